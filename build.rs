@@ -1,0 +1,21 @@
+//! Generates the gRPC code for `proto/` without a system `protoc`: protox parses the protos in
+//! Rust, tonic-prost-build writes the messages and services, and the encoded descriptor set is
+//! kept for the reflection service.
+
+use protox::prost::Message;
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/tally/v1/ledger.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out_dir.join("tally_descriptor.bin"), descriptors.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

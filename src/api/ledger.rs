@@ -1,0 +1,230 @@
+//! The `tally.v1.Ledger` service.
+
+use super::caller::Caller;
+use super::convert;
+use super::proto::{self, ledger_server::Ledger};
+use super::status::{classify_rejection, invalid, to_status};
+use crate::engine::EngineHandle;
+use tonic::{Request, Response, Status};
+
+/// Commands in one `SubmitBatch`: about TigerBeetle's 8189 per request, rounded to a power
+/// of two, and well inside gRPC's default 4 MiB message limit for our command sizes.
+pub const MAX_BATCH_COMMANDS: usize = 4096;
+
+/// History entries per page when the request asks for none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// History entries per page at most.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+pub struct LedgerService {
+    engine: EngineHandle,
+}
+
+impl LedgerService {
+    pub fn new(engine: EngineHandle) -> Self {
+        Self { engine }
+    }
+
+    /// Waits until queries see every command acknowledged before the call arrived.
+    async fn consistent(&self) -> Result<(), Status> {
+        self.engine.wait_for_projections().await.map_err(to_status)
+    }
+}
+
+#[tonic::async_trait]
+impl Ledger for LedgerService {
+    async fn open_account(
+        &self,
+        request: Request<proto::OpenAccountRequest>,
+    ) -> Result<Response<proto::OpenAccountResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let (meta, command) = convert::open_account(&caller, request.get_ref());
+        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        Ok(Response::new(convert::open_account_response(&receipt)))
+    }
+
+    async fn award(&self, request: Request<proto::AwardRequest>) -> Result<Response<proto::AwardResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let (meta, command) = convert::award(&caller, request.get_ref())?;
+        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        Ok(Response::new(convert::award_response(&receipt)))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<proto::ReserveRequest>,
+    ) -> Result<Response<proto::ReserveResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let (meta, command) = convert::reserve(&caller, request.get_ref());
+        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        Ok(Response::new(convert::reserve_response(&receipt)))
+    }
+
+    async fn commit(&self, request: Request<proto::CommitRequest>) -> Result<Response<proto::CommitResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let (meta, command) = convert::commit(&caller, request.get_ref());
+        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        Ok(Response::new(convert::commit_response(&receipt)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<proto::ReleaseRequest>,
+    ) -> Result<Response<proto::ReleaseResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let (meta, command) = convert::release(&caller, request.get_ref());
+        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        Ok(Response::new(convert::release_response(&receipt)))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<proto::SubmitBatchRequest>,
+    ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
+        use proto::batch_result::Result as R;
+        let caller = Caller::from_metadata(request.metadata())?;
+        let commands = &request.get_ref().commands;
+        if commands.is_empty() || commands.len() > MAX_BATCH_COMMANDS {
+            return Err(invalid(
+                "commands",
+                format!(
+                    "a batch holds 1 to {MAX_BATCH_COMMANDS} commands, got {}",
+                    commands.len()
+                ),
+            ));
+        }
+        // Commands that do not even convert get their error in place; the rest go to the
+        // engine together, in order.
+        let mut results: Vec<Option<R>> = Vec::with_capacity(commands.len());
+        let mut accepted = Vec::new();
+        let mut positions = Vec::new();
+        for (position, command) in commands.iter().enumerate() {
+            match convert::batch_command(&caller, command) {
+                Ok(pair) => {
+                    positions.push(position);
+                    accepted.push(pair);
+                    results.push(None);
+                }
+                Err(status) => results.push(Some(R::Error(status_error(&status)))),
+            }
+        }
+        let kinds: Vec<_> = accepted.iter().map(|(_, command)| command.clone()).collect();
+        let outcomes = if accepted.is_empty() {
+            Vec::new()
+        } else {
+            self.engine.submit_batch(accepted).await.map_err(to_status)?
+        };
+        for ((position, command), outcome) in positions.into_iter().zip(kinds).zip(outcomes) {
+            results[position] = Some(match outcome {
+                Ok(receipt) => convert::batch_result(&command, &receipt),
+                Err(rejection) => R::Error(classify_rejection(&rejection).into_batch_error()),
+            });
+        }
+        let results = results
+            .into_iter()
+            .map(|result| proto::BatchResult {
+                result: Some(result.expect("every command has a result")),
+            })
+            .collect();
+        Ok(Response::new(proto::SubmitBatchResponse { results }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<proto::GetAccountRequest>,
+    ) -> Result<Response<proto::GetAccountResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let account_id = &request.get_ref().account_id;
+        self.consistent().await?;
+        let view = self
+            .engine
+            .projections()
+            .account(&caller.tenant, account_id)
+            .map_err(|e| to_status(e.into()))?;
+        let view = view.ok_or_else(|| not_found_account(account_id))?;
+        Ok(Response::new(proto::GetAccountResponse {
+            account: Some(convert::account(&view)),
+        }))
+    }
+
+    async fn get_hold(
+        &self,
+        request: Request<proto::GetHoldRequest>,
+    ) -> Result<Response<proto::GetHoldResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let hold_id = request.get_ref().hold_id;
+        self.consistent().await?;
+        let view = self
+            .engine
+            .projections()
+            .hold(hold_id)
+            .map_err(|e| to_status(e.into()))?;
+        let view = view
+            .filter(|h| h.tenant == caller.tenant)
+            .ok_or_else(|| classify_rejection(&crate::domain::Rejection::HoldNotFound { hold_id }).into_status())?;
+        Ok(Response::new(proto::GetHoldResponse {
+            hold: Some(convert::hold(&view)),
+        }))
+    }
+
+    async fn list_history(
+        &self,
+        request: Request<proto::ListHistoryRequest>,
+    ) -> Result<Response<proto::ListHistoryResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.get_ref();
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => return Err(invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}"))),
+            n => n,
+        } as usize;
+        let after_seq = match request.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse::<u64>()
+                .map_err(|_| invalid("page_token", "is not a token this server issued"))?,
+        };
+        self.consistent().await?;
+        let projections = self.engine.projections();
+        let store_error = |e: crate::projection::StoreError| to_status(e.into());
+        if projections
+            .account(&caller.tenant, &request.account_id)
+            .map_err(store_error)?
+            .is_none()
+        {
+            return Err(not_found_account(&request.account_id));
+        }
+        let mut rows = projections
+            .history(&caller.tenant, &request.account_id, after_seq, page_size + 1)
+            .map_err(store_error)?;
+        let more = rows.len() > page_size;
+        rows.truncate(page_size);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => last.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListHistoryResponse {
+            entries: rows.iter().map(convert::history_entry).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+fn not_found_account(account: &str) -> Status {
+    classify_rejection(&crate::domain::Rejection::AccountNotFound {
+        account: account.to_string(),
+    })
+    .into_status()
+}
+
+/// A status turned into a batch error, keeping its reason.
+fn status_error(status: &Status) -> proto::Error {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info();
+    proto::Error {
+        code: super::status::code_name(status.code()).to_string(),
+        reason: info.as_ref().map(|i| i.reason.clone()).unwrap_or_default(),
+        message: status.message().to_string(),
+        metadata: info.map(|i| i.metadata).unwrap_or_default(),
+    }
+}

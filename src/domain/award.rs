@@ -1,0 +1,291 @@
+//! Awards: gameplay accrual from rating slips, manual staff rewards (comps), promotions.
+
+use super::command::{AwardRequest, Command};
+use super::decide::{account, check_natural, validate_id, validate_text, Balances, Ctx, Decision, Emitted};
+use super::event::{AwardSource, Event, ManualSource, PointsAwarded, PromotionSource, RatingSlipSource, TierChanged};
+use super::limits::*;
+use super::rejection::Rejection;
+use super::state::{NaturalKey, NaturalKind};
+
+/// µs in a UTC day: manual comps without an external id are deduplicated per day.
+const DAY_US: u64 = 86_400_000_000;
+
+pub(super) fn award(ctx: &Ctx<'_>, account_id: &str, source: &AwardRequest) -> Result<Decision, Rejection> {
+    validate_id("account_id", account_id, MAX_ID_BYTES)?;
+    let (points, source_event) = validate_source(ctx, source)?;
+    let natural = natural_key(&ctx.meta.tenant, account_id, source, ctx.now_us);
+    let command = Command::Award {
+        account: account_id.to_string(),
+        source: source.clone(),
+    };
+    if let Some(replay) = check_natural(ctx, &natural, &command)? {
+        return Ok(replay);
+    }
+    let current = account(ctx, account_id)?;
+    if let AwardRequest::Manual { staff_id, .. } = source {
+        check_comp_rate(ctx, staff_id)?;
+    }
+    let overflow = || Rejection::BalanceOverflow {
+        account: account_id.to_string(),
+    };
+    let before = Balances::of(current);
+    let after = Balances {
+        posted: before.posted.checked_add(points).ok_or_else(overflow)?,
+        lifetime: before.lifetime.checked_add(points).ok_or_else(overflow)?,
+        ..before.clone()
+    };
+    let mut events = vec![emit(
+        ctx,
+        account_id,
+        Event::PointsAwarded(PointsAwarded {
+            points,
+            source: source_event,
+            effect: before.effect_to(&after),
+        }),
+    )];
+    let tier = ctx.policy.tiers.tier_for(after.lifetime);
+    if tier != after.tier {
+        let promoted = Balances {
+            tier: tier.to_string(),
+            ..after.clone()
+        };
+        events.push(emit(
+            ctx,
+            account_id,
+            Event::TierChanged(TierChanged {
+                from: after.tier.clone(),
+                to: tier.to_string(),
+                effect: after.effect_to(&promoted),
+            }),
+        ));
+    }
+    Ok(Decision::Append(events))
+}
+
+fn emit(ctx: &Ctx<'_>, account: &str, event: Event) -> Emitted {
+    Emitted {
+        tenant: ctx.meta.tenant.clone(),
+        account: account.to_string(),
+        event,
+    }
+}
+
+/// Checks the source's fields and works out the points and the recorded source.
+fn validate_source(ctx: &Ctx<'_>, source: &AwardRequest) -> Result<(u64, AwardSource), Rejection> {
+    match source {
+        AwardRequest::RatingSlip {
+            slip_id,
+            game,
+            average_bet_cents,
+            decisions_per_hour,
+            minutes_played,
+            house_edge_bps,
+        } => {
+            validate_id("rating_slip.slip_id", slip_id, MAX_ID_BYTES)?;
+            validate_text("rating_slip.game", game, MAX_ID_BYTES)?;
+            in_range(
+                "rating_slip.average_bet_cents",
+                *average_bet_cents,
+                1,
+                MAX_AVERAGE_BET_CENTS,
+            )?;
+            in_range(
+                "rating_slip.decisions_per_hour",
+                (*decisions_per_hour).into(),
+                1,
+                MAX_DECISIONS_PER_HOUR.into(),
+            )?;
+            in_range(
+                "rating_slip.minutes_played",
+                (*minutes_played).into(),
+                1,
+                MAX_MINUTES_PLAYED.into(),
+            )?;
+            in_range(
+                "rating_slip.house_edge_bps",
+                (*house_edge_bps).into(),
+                1,
+                MAX_HOUSE_EDGE_BPS.into(),
+            )?;
+            let rates = &ctx.policy.rate_table;
+            let (theo_cents, points) = accrual(
+                *average_bet_cents,
+                *decisions_per_hour,
+                *minutes_played,
+                *house_edge_bps,
+                rates.points_per_theo_dollar_milli,
+            );
+            Ok((
+                points,
+                AwardSource::RatingSlip(RatingSlipSource {
+                    slip_id: slip_id.clone(),
+                    game: game.clone(),
+                    average_bet_cents: *average_bet_cents,
+                    decisions_per_hour: *decisions_per_hour,
+                    minutes_played: *minutes_played,
+                    house_edge_bps: *house_edge_bps,
+                    theo_cents,
+                    rate_table_version: rates.version.clone(),
+                    points_per_theo_dollar_milli: rates.points_per_theo_dollar_milli,
+                }),
+            ))
+        }
+        AwardRequest::Manual {
+            staff_id,
+            points,
+            reason,
+            external_reward_id,
+        } => {
+            validate_staff(ctx, staff_id)?;
+            validate_text("manual.reason", reason, REASON_MAX_CHARS)?;
+            if reason.trim().chars().count() < MANUAL_REWARD_REASON_MIN_CHARS {
+                return Err(Rejection::invalid(
+                    "manual.reason",
+                    format!("must be at least {MANUAL_REWARD_REASON_MIN_CHARS} characters"),
+                ));
+            }
+            if !external_reward_id.is_empty() {
+                validate_id("manual.external_reward_id", external_reward_id, MAX_ID_BYTES)?;
+            }
+            if *points == 0 {
+                return Err(Rejection::invalid("manual.points", "must be at least 1"));
+            }
+            if *points > MANUAL_REWARD_MAX_POINTS {
+                return Err(Rejection::ManualRewardTooLarge {
+                    points: *points,
+                    limit: MANUAL_REWARD_MAX_POINTS,
+                });
+            }
+            Ok((
+                *points,
+                AwardSource::Manual(ManualSource {
+                    staff_id: staff_id.clone(),
+                    reason: reason.clone(),
+                    external_reward_id: external_reward_id.clone(),
+                }),
+            ))
+        }
+        AwardRequest::Promotion {
+            points,
+            promotion_id,
+            external_reward_id,
+        } => {
+            validate_id("promotion.promotion_id", promotion_id, MAX_ID_BYTES)?;
+            validate_id("promotion.external_reward_id", external_reward_id, MAX_ID_BYTES)?;
+            in_range("promotion.points", *points, 1, MAX_AWARD_POINTS)?;
+            Ok((
+                *points,
+                AwardSource::Promotion(PromotionSource {
+                    promotion_id: promotion_id.clone(),
+                    external_reward_id: external_reward_id.clone(),
+                }),
+            ))
+        }
+    }
+}
+
+/// The staff id of a comp is the authenticated caller, never another name.
+fn validate_staff(ctx: &Ctx<'_>, staff_id: &str) -> Result<(), Rejection> {
+    if staff_id.is_empty() || ctx.meta.actor.is_empty() || ctx.meta.actor == ANONYMOUS_ACTOR {
+        return Err(Rejection::Unauthenticated(
+            "a manual reward needs an identified staff caller".to_string(),
+        ));
+    }
+    if staff_id != ctx.meta.actor {
+        return Err(Rejection::PermissionDenied(format!(
+            "manual reward names staff {staff_id:?} but the caller is {:?}",
+            ctx.meta.actor
+        )));
+    }
+    validate_id("manual.staff_id", staff_id, MAX_ID_BYTES)
+}
+
+/// The actor of a caller that did not identify itself.
+pub const ANONYMOUS_ACTOR: &str = "anonymous";
+
+fn in_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), Rejection> {
+    if value < min || value > max {
+        return Err(Rejection::invalid(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_comp_rate(ctx: &Ctx<'_>, staff_id: &str) -> Result<(), Rejection> {
+    let key = (ctx.meta.tenant.clone(), staff_id.to_string());
+    let window_start = ctx.now_us.saturating_sub(MANUAL_REWARD_WINDOW_US);
+    let recent = ctx
+        .state
+        .comps
+        .get(&key)
+        .map_or(0, |times| times.iter().filter(|&&t| t > window_start).count());
+    if recent >= MANUAL_REWARDS_PER_STAFF_PER_MINUTE {
+        return Err(Rejection::ManualRewardRateLimited {
+            staff_id: staff_id.to_string(),
+            limit: MANUAL_REWARDS_PER_STAFF_PER_MINUTE,
+        });
+    }
+    Ok(())
+}
+
+/// Theo in cents and the points it earns, both rounded down:
+/// theo = bet × decisions/hour × (minutes / 60) × (edge bps / 10,000);
+/// points = theo dollars × (rate milli / 1000).
+pub fn accrual(
+    average_bet_cents: u64,
+    decisions_per_hour: u32,
+    minutes_played: u32,
+    house_edge_bps: u32,
+    points_per_theo_dollar_milli: u64,
+) -> (u64, u64) {
+    let theo = u128::from(average_bet_cents)
+        * u128::from(decisions_per_hour)
+        * u128::from(minutes_played)
+        * u128::from(house_edge_bps)
+        / (60 * 10_000);
+    let points = theo * u128::from(points_per_theo_dollar_milli) / (100 * 1000);
+    // The input bounds keep theo below 2^64: 1e8 × 1e4 × 1440 × 1e4 / 6e5 = 2.4e13.
+    let theo = u64::try_from(theo).expect("bounded inputs keep theo within u64");
+    (theo, u64::try_from(points).unwrap_or(u64::MAX))
+}
+
+/// The award's natural identity: the slip, the external reward, or the day's comp.
+pub(super) fn natural_key(tenant: &str, account: &str, source: &AwardRequest, ts_us: u64) -> NaturalKey {
+    let (kind, id) = match source {
+        AwardRequest::RatingSlip { slip_id, .. } => (NaturalKind::RatingSlip, slip_id.clone()),
+        AwardRequest::Promotion { external_reward_id, .. } => {
+            (NaturalKind::PromotionReward, external_reward_id.clone())
+        }
+        AwardRequest::Manual { external_reward_id, .. } if !external_reward_id.is_empty() => {
+            (NaturalKind::ManualReward, external_reward_id.clone())
+        }
+        AwardRequest::Manual {
+            staff_id,
+            points,
+            reason,
+            ..
+        } => (
+            NaturalKind::ManualComp,
+            comp_id(account, staff_id, *points, reason, ts_us / DAY_US),
+        ),
+    };
+    NaturalKey {
+        tenant: tenant.to_string(),
+        kind,
+        id,
+    }
+}
+
+/// A comp's identity within its UTC day: blake3 over the length-prefixed fields, 128 bits.
+fn comp_id(account: &str, staff_id: &str, points: u64, reason: &str, day: u64) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in [account.as_bytes(), staff_id.as_bytes(), reason.as_bytes()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.update(&points.to_le_bytes());
+    hasher.update(&day.to_le_bytes());
+    hasher.finalize().to_hex()[..32].to_string()
+}

@@ -1,0 +1,63 @@
+//! Every limit of the ledger, each with the reason for its number.
+
+/// Largest single award. Points are `u64`, so overflow is far away; an award this large is
+/// a bug upstream (a rating slip with a misplaced decimal), not a real comp.
+pub const MAX_AWARD_POINTS: u64 = 1_000_000_000;
+
+/// Largest manual staff reward. Comps are regulated (25 CFR 543.13 requires authorization
+/// limits); larger goodwill goes through a promotion with its own approval.
+pub const MANUAL_REWARD_MAX_POINTS: u64 = 10_000;
+
+/// A comp's reason must say something a reviewer can read ("goodwill" alone is 8).
+pub const MANUAL_REWARD_REASON_MIN_CHARS: usize = 10;
+
+/// Reasons are notes, not documents; this keeps a record small.
+pub const REASON_MAX_CHARS: usize = 500;
+
+/// Comps per staff member per rolling minute of log time: a fast floor supervisor comps a
+/// few tables a minute; more than ten is a script or a stolen session.
+pub const MANUAL_REWARDS_PER_STAFF_PER_MINUTE: usize = 10;
+
+/// The rolling window of the comp rate limit, in µs.
+pub const MANUAL_REWARD_WINDOW_US: u64 = 60_000_000;
+
+/// Hold TTL when the request gives none: long enough for a checkout, short enough that
+/// abandoned carts do not lock points for long.
+pub const HOLD_TTL_DEFAULT_SECONDS: u32 = 300;
+
+/// Shortest hold: anything shorter expires before a commit can travel back.
+pub const HOLD_TTL_MIN_SECONDS: u32 = 1;
+
+/// Longest hold: an hour covers any interactive redemption; longer holds are pending
+/// transactions and belong to another flow.
+pub const HOLD_TTL_MAX_SECONDS: u32 = 3600;
+
+/// Active holds per account: a member redeems at a few terminals at once, never a thousand;
+/// the bound keeps a runaway client from filling memory through one account.
+pub const MAX_ACTIVE_HOLDS_PER_ACCOUNT: u32 = 1000;
+
+/// Length of account ids, idempotency keys and scopes, slip and reward ids, in bytes:
+/// room for a UUID with a prefix, small enough to keep index entries short.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Length of a tenant id, in bytes.
+pub const MAX_TENANT_BYTES: usize = 64;
+
+/// Length of correlation and causation ids, in bytes (W3C trace ids are 55 characters).
+pub const MAX_TRACE_ID_BYTES: usize = 128;
+
+/// Average bet on a rating slip, in cents: $1,000,000 is beyond any table limit.
+pub const MAX_AVERAGE_BET_CENTS: u64 = 100_000_000;
+
+/// Decisions per hour: the fastest electronic games stay well under this.
+pub const MAX_DECISIONS_PER_HOUR: u32 = 10_000;
+
+/// Minutes on one slip: a slip covers one session, and sessions are closed daily.
+pub const MAX_MINUTES_PLAYED: u32 = 1_440;
+
+/// House edge in basis points: 100% is the mathematical ceiling.
+pub const MAX_HOUSE_EDGE_BPS: u32 = 10_000;
+
+/// Holds expired by one sweeper pulse: bounds the size of the batch the pulse adds to the
+/// log, so a backlog of expiries never stalls other commands for long.
+pub const EXPIRE_PULSE_MAX_HOLDS: u32 = 1024;

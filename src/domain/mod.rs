@@ -1,0 +1,26 @@
+//! The ledger's rules, pure: commands, events, state, `decide` and `evolve`, limits.
+//!
+//! Invariant: nothing here does I/O, reads a clock or draws a random number. Time comes in
+//! as the timestamp the sequencer will stamp on the events, so replaying the log folds to
+//! the same state every time.
+
+mod account;
+mod award;
+pub mod command;
+mod decide;
+pub mod event;
+mod evolve;
+mod hold;
+pub mod limits;
+pub mod rejection;
+pub mod state;
+pub mod tier;
+
+pub use award::{accrual, ANONYMOUS_ACTOR};
+pub use command::{AwardRequest, Command, CommandMeta, IdempotencyKey};
+pub use decide::{decide, Decision, Emitted, Policy, RateTable};
+pub use event::{Effect, Envelope, Event, EventKind, HoldStatus, Record};
+pub use evolve::{evolve, request_of};
+pub use rejection::Rejection;
+pub use state::State;
+pub use tier::TierPolicy;

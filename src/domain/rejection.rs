@@ -1,0 +1,64 @@
+//! Rejections: a command the ledger refuses. A rejection is a value, never a panic, and
+//! changes nothing.
+
+use super::event::HoldStatus;
+
+/// Why a command was refused. Each variant maps to one gRPC status code and one
+/// machine-readable reason (see `api::status`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A request field is missing, malformed or out of range.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    /// The same idempotency identity was used for a different request.
+    #[error("idempotency key already used for a different request (first differing field: {field}; original sequence {original_sequence})")]
+    IdempotencyConflict {
+        field: &'static str,
+        original_sequence: u64,
+    },
+    /// The account does not exist in the caller's tenant.
+    #[error("account {account:?} not found")]
+    AccountNotFound { account: String },
+    /// The hold does not exist in the caller's tenant.
+    #[error("hold {hold_id} not found")]
+    HoldNotFound { hold_id: u64 },
+    /// Not enough available points for a hold.
+    #[error("insufficient points: {available} available, {requested} requested")]
+    InsufficientPoints { available: u64, requested: u64 },
+    /// A commit or release arrived at or after the hold's `expires_at`.
+    #[error("hold {hold_id} expired at {expires_at_us}")]
+    HoldExpired { hold_id: u64, expires_at_us: u64 },
+    /// The hold was already committed, released or expired.
+    #[error("hold {hold_id} is already {status}")]
+    HoldAlreadyResolved { hold_id: u64, status: HoldStatus },
+    /// A commit asked for more than the hold.
+    #[error("commit of {requested} exceeds hold {hold_id} of {held}")]
+    CommitExceedsHold { hold_id: u64, held: u64, requested: u64 },
+    /// The account has the maximum number of active holds.
+    #[error("account {account:?} has {limit} active holds, the maximum")]
+    TooManyHolds { account: String, limit: u32 },
+    /// A balance would leave the range of `u64`.
+    #[error("balance overflow on account {account:?}")]
+    BalanceOverflow { account: String },
+    /// A staff member exceeded the comp rate.
+    #[error("staff member {staff_id:?} has issued {limit} manual rewards in the last minute")]
+    ManualRewardRateLimited { staff_id: String, limit: usize },
+    /// The comp is over the per-operation maximum.
+    #[error("manual reward of {points} points exceeds the maximum of {limit}")]
+    ManualRewardTooLarge { points: u64, limit: u64 },
+    /// The caller is not identified, and the command needs to know who it is.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (for example, name another staff member on a comp).
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+impl Rejection {
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Rejection::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The write-side state: everything `decide` needs, and nothing more. It is a fold of the
+//! log (`evolve`); the engine keeps it in memory and snapshots it (msgpack) as a cache that
+//! can always be rebuilt from the log.
+
+use super::command::{Command, IdempotencyKey};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+pub use super::event::HoldStatus;
+
+/// An account's identity: account ids are unique per tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AccountKey {
+    pub tenant: String,
+    pub account: String,
+}
+
+impl AccountKey {
+    pub fn new(tenant: &str, account: &str) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            account: account.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub posted: u64,
+    /// Sum of the amounts of the account's active holds.
+    pub held: u64,
+    pub lifetime: u64,
+    pub tier: String,
+    pub active_holds: u32,
+    pub opened_seq: u64,
+    pub opened_at_us: u64,
+    pub last_seq: u64,
+}
+
+impl Account {
+    /// Points that can be reserved: posted minus held, never negative.
+    pub fn available(&self) -> u64 {
+        self.posted
+            .checked_sub(self.held)
+            .expect("invariant: held never exceeds posted")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub tenant: String,
+    pub account: String,
+    pub amount: u64,
+    pub status: HoldStatus,
+    pub created_at_us: u64,
+    pub expires_at_us: u64,
+    pub committed: u64,
+    pub released: u64,
+    pub resolved_at_us: u64,
+    pub resolved_seq: u64,
+}
+
+/// A natural identity of an operation, independent of the caller's idempotency key: a
+/// rating slip accrues once, an external reward is granted once, a comp without an external
+/// id is given once per day.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NaturalKey {
+    pub tenant: String,
+    pub kind: NaturalKind,
+    pub id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NaturalKind {
+    RatingSlip,
+    PromotionReward,
+    ManualReward,
+    /// Derived from (account, staff, points, reason, UTC day).
+    ManualComp,
+}
+
+/// An accepted command, kept to answer retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub request: Command,
+    pub last_seq: u64,
+}
+
+/// Durable idempotency: every accepted command's identity, rebuilt from the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idempotency {
+    /// `(tenant, scope, key)` → sequence number of the command's first event.
+    pub by_key: HashMap<(String, String, String), u64>,
+    /// Natural identity → sequence number of the command's first event.
+    pub by_natural: HashMap<NaturalKey, u64>,
+    /// First sequence number → the command and its last event.
+    pub applied: HashMap<u64, Applied>,
+}
+
+impl Idempotency {
+    pub fn first_seq_of_key(&self, tenant: &str, key: &IdempotencyKey) -> Option<u64> {
+        self.by_key
+            .get(&(tenant.to_string(), key.scope.clone(), key.key.clone()))
+            .copied()
+    }
+
+    pub fn applied(&self, first_seq: u64) -> &Applied {
+        self.applied
+            .get(&first_seq)
+            .expect("invariant: every indexed identity has its applied command")
+    }
+}
+
+/// The whole write-side state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Sequence number of the last folded record (0 for an empty log).
+    pub head_seq: u64,
+    pub head_ts_us: u64,
+    pub accounts: HashMap<AccountKey, Account>,
+    /// Every hold ever placed, by id (the sequence number of its reservation).
+    pub holds: HashMap<u64, Hold>,
+    /// Active holds by `(expires_at_us, hold_id)`, for the expiry pulse.
+    pub expiry: BTreeSet<(u64, u64)>,
+    pub idempotency: Idempotency,
+    /// `(tenant, staff id)` → timestamps of the staff member's latest comps.
+    pub comps: HashMap<(String, String), VecDeque<u64>>,
+}

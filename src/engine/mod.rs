@@ -1,0 +1,424 @@
+//! The engine: the bounded inbox, the single-writer sequencer with group commit, the
+//! projector and the expiry sweeper, started from a data directory.
+//!
+//! Invariant: only the sequencer thread changes the write-side state or appends to the
+//! log. Everything else — the API, the sweeper — submits commands through the inbox.
+
+mod clock;
+mod projector;
+mod sequencer;
+pub mod sweeper;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
+
+use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
+use crate::domain::{evolve, Command, CommandMeta, Policy, Record, Rejection, State};
+use crate::log::{self, codec::GENESIS_HASH, Durability, FileLog, LogError, LogOptions, LogReader, LogWriter};
+use crate::projection::{ProjectionName, Projections, StoreError};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Jobs waiting for the sequencer. A job is one request (a single command or a batch), so
+/// this bounds the memory of waiting work; when it is full, callers hear
+/// RESOURCE_EXHAUSTED at once instead of queueing without bound.
+pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
+
+/// Records between write-state snapshots: a restart folds at most this many records.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+
+/// How long a query waits for the projections to reach the log head it saw on arrival.
+pub const QUERY_CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
+
+/// How to start an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub segment_bytes: u64,
+    pub policy: Policy,
+    pub inbox_capacity: usize,
+    pub snapshot_every: u64,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            durability: Durability::Sync,
+            segment_bytes: log::DEFAULT_SEGMENT_BYTES,
+            policy: Policy::default(),
+            inbox_capacity: DEFAULT_INBOX_CAPACITY,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+        }
+    }
+}
+
+/// Errors of the engine layer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The ledger refused the command.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The inbox is full: retry later.
+    #[error("the ledger is busy: its inbox is full")]
+    Busy,
+    /// The engine stopped or failed; nothing was applied.
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where the engine stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Serving,
+    /// A commit failed: the process must restart to re-read the log.
+    Failed(String),
+    Stopped,
+}
+
+/// The result of an accepted command: its records, and whether they are the original
+/// result of an earlier request (a replay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub replayed: bool,
+    pub records: Vec<Record>,
+}
+
+pub(crate) enum Outcome {
+    Appended(Vec<Record>),
+    Replayed { first_seq: u64, last_seq: u64 },
+    Nothing,
+    Rejected(Rejection),
+}
+
+pub(crate) struct Job {
+    commands: Vec<(CommandMeta, Command)>,
+    reply: oneshot::Sender<Vec<Outcome>>,
+}
+
+pub(crate) enum Msg {
+    Job(Job),
+    Stop,
+}
+
+/// Wakes the projector; also carries the request to stop.
+#[derive(Default)]
+pub(crate) struct Signal {
+    state: Mutex<(u64, bool)>,
+    condvar: Condvar,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.state.lock().expect("signal lock").0 += 1;
+        self.condvar.notify_all();
+    }
+
+    fn stop(&self) {
+        self.state.lock().expect("signal lock").1 = true;
+        self.condvar.notify_all();
+    }
+
+    /// Waits for a notification or the timeout; returns whether a stop was requested.
+    fn wait(&self, timeout: Duration) -> bool {
+        let guard = self.state.lock().expect("signal lock");
+        let seen = guard.0;
+        let (guard, _) = self
+            .condvar
+            .wait_timeout_while(guard, timeout, |(generation, stop)| *generation == seen && !*stop)
+            .expect("signal lock");
+        guard.1
+    }
+}
+
+/// What starting found.
+#[derive(Clone, Debug, Default)]
+pub struct StartReport {
+    pub head_seq: u64,
+    /// First sequence number and bytes of a torn tail that was cut off.
+    pub truncated: Option<(u64, u64)>,
+    /// Sequence number of the write-state snapshot used, if any.
+    pub snapshot_seq: Option<u64>,
+    /// Records folded after the snapshot.
+    pub folded: u64,
+}
+
+/// A running engine. Dropping it without [`Engine::shutdown`] stops nothing gracefully.
+pub struct Engine {
+    handle: EngineHandle,
+    signal: Arc<Signal>,
+    sequencer: Option<JoinHandle<()>>,
+    projector: Option<JoinHandle<()>>,
+    report: StartReport,
+}
+
+impl Engine {
+    /// Opens the data directory (log, then projections), restores the write-side state
+    /// from the latest snapshot plus the log after it, and starts the sequencer and the
+    /// projector threads.
+    pub fn start(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Engine, EngineError> {
+        let options = LogOptions {
+            segment_bytes: config.segment_bytes,
+            durability: config.durability,
+            ..LogOptions::default()
+        };
+        let (log, opened) = FileLog::open(&config.data_dir.join("log"), options)?;
+        let reader = log.reader();
+        let projections = Arc::new(Projections::open(&config.data_dir.join("projections"))?);
+        let head = log.head();
+        for name in ProjectionName::ALL {
+            if projections.checkpoint(name)? > head.seq {
+                tracing::warn!(
+                    projection = name.name(),
+                    "projection is ahead of the log; folding it again"
+                );
+                projections.clear(name)?;
+            }
+        }
+        let (state, report) = restore(&projections, &reader, head.seq)?;
+        let report = StartReport {
+            truncated: opened.truncated,
+            ..report
+        };
+        tracing::info!(?report, "ledger state restored");
+        let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_capacity);
+        let (committed_tx, committed_rx) = watch::channel(head.seq);
+        let (applied_tx, applied_rx) = watch::channel(projections.applied()?);
+        let (status_tx, status_rx) = watch::channel(Status::Serving);
+        let signal = Arc::new(Signal::default());
+        let projector = projector::Projector {
+            projections: projections.clone(),
+            reader: reader.clone(),
+            signal: signal.clone(),
+            applied: applied_tx,
+            mirror: state.clone(),
+            snapshot_every: config.snapshot_every,
+        };
+        let sequencer = sequencer::Sequencer {
+            state,
+            log: Box::new(log),
+            policy: config.policy,
+            clock,
+            inbox: inbox_rx,
+            committed: committed_tx,
+            projector: signal.clone(),
+            status: status_tx,
+        };
+        let spawn_error = |e: std::io::Error| EngineError::Unavailable(format!("cannot start a thread: {e}"));
+        let projector = std::thread::Builder::new()
+            .name("tally-projector".into())
+            .spawn(move || projector.run())
+            .map_err(spawn_error)?;
+        let sequencer = std::thread::Builder::new()
+            .name("tally-sequencer".into())
+            .spawn(move || sequencer.run())
+            .map_err(spawn_error)?;
+        signal.notify();
+        Ok(Engine {
+            handle: EngineHandle {
+                inbox: inbox_tx,
+                reader,
+                projections,
+                committed: committed_rx,
+                applied: applied_rx,
+                status: status_rx,
+            },
+            signal,
+            sequencer: Some(sequencer),
+            projector: Some(projector),
+            report,
+        })
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    pub fn report(&self) -> &StartReport {
+        &self.report
+    }
+
+    /// Stops accepting commands, lets the sequencer finish the batch in flight, lets the
+    /// projector catch up and snapshot, and waits for both. Blocks: call it from a
+    /// blocking context.
+    pub fn shutdown(mut self) {
+        // A full inbox still takes the stop message once the sequencer drains it.
+        let _ = self.handle.inbox.blocking_send(Msg::Stop);
+        if let Some(sequencer) = self.sequencer.take() {
+            let _ = sequencer.join();
+        }
+        self.signal.stop();
+        if let Some(projector) = self.projector.take() {
+            let _ = projector.join();
+        }
+    }
+}
+
+/// The write-side state: the snapshot if it belongs to this log, then the records after it.
+fn restore(projections: &Projections, reader: &LogReader, head_seq: u64) -> Result<(State, StartReport), EngineError> {
+    let mut report = StartReport {
+        head_seq,
+        ..StartReport::default()
+    };
+    let mut state = match projections.load_snapshot()? {
+        Some((snapshot, hash)) if snapshot.head_seq <= head_seq && hash_at(reader, snapshot.head_seq)? == hash => {
+            report.snapshot_seq = Some(snapshot.head_seq);
+            snapshot
+        }
+        Some(_) => {
+            tracing::warn!("write-state snapshot does not match the log; folding the log from the start");
+            projections.drop_snapshot()?;
+            State::default()
+        }
+        None => State::default(),
+    };
+    for record in reader.iter_from(state.head_seq + 1) {
+        evolve(&mut state, &record?);
+        report.folded += 1;
+    }
+    assert_eq!(state.head_seq, head_seq, "restored state reaches the log head");
+    Ok((state, report))
+}
+
+fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], EngineError> {
+    if seq == 0 {
+        return Ok(GENESIS_HASH);
+    }
+    Ok(log::read_one(reader, seq)?.map_or([0xFF; 32], |r| r.hash))
+}
+
+/// A cheap, cloneable handle to a running engine: submit commands, read projections.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inbox: mpsc::Sender<Msg>,
+    reader: LogReader,
+    projections: Arc<Projections>,
+    committed: watch::Receiver<u64>,
+    applied: watch::Receiver<u64>,
+    status: watch::Receiver<Status>,
+}
+
+impl EngineHandle {
+    /// Submits one command and waits until it is committed (or refused).
+    pub async fn submit(&self, meta: CommandMeta, command: Command) -> Result<Receipt, EngineError> {
+        let mut results = self.submit_batch(vec![(meta, command)]).await?;
+        assert_eq!(results.len(), 1, "one result per command");
+        results.pop().expect("one result").map_err(EngineError::Rejected)
+    }
+
+    /// Submits commands that are decided in order, each against the state the ones before
+    /// it left; answers once all are committed, one result per command.
+    pub async fn submit_batch(
+        &self,
+        commands: Vec<(CommandMeta, Command)>,
+    ) -> Result<Vec<Result<Receipt, Rejection>>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .try_send(Msg::Job(Job { commands, reply }))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => EngineError::Busy,
+                mpsc::error::TrySendError::Closed(_) => self.unavailable(),
+            })?;
+        let outcomes = answer.await.map_err(|_| self.unavailable())?;
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            results.push(match outcome {
+                Outcome::Appended(records) => Ok(Receipt {
+                    replayed: false,
+                    records,
+                }),
+                Outcome::Nothing => Ok(Receipt {
+                    replayed: false,
+                    records: Vec::new(),
+                }),
+                Outcome::Replayed { first_seq, last_seq } => Ok(Receipt {
+                    replayed: true,
+                    records: self.read_range(first_seq, last_seq).await?,
+                }),
+                Outcome::Rejected(rejection) => Err(rejection),
+            });
+        }
+        Ok(results)
+    }
+
+    /// One expiry pulse; returns how many holds it expired.
+    pub async fn sweep(&self) -> Result<usize, EngineError> {
+        let meta = CommandMeta {
+            tenant: "system".into(),
+            actor: "system:sweeper".into(),
+            ..CommandMeta::default()
+        };
+        let receipt = self
+            .submit(
+                meta,
+                Command::ExpireDue {
+                    limit: EXPIRE_PULSE_MAX_HOLDS,
+                },
+            )
+            .await?;
+        Ok(receipt.records.len())
+    }
+
+    /// Reads committed records `first..=last` off the log.
+    pub async fn read_range(&self, first: u64, last: u64) -> Result<Vec<Record>, EngineError> {
+        let reader = self.reader.clone();
+        let records =
+            tokio::task::spawn_blocking(move || reader.iter_range(first, last).collect::<Result<Vec<_>, _>>())
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("reader task failed: {e}")))??;
+        assert_eq!(records.len() as u64, last - first + 1, "committed records are readable");
+        Ok(records)
+    }
+
+    /// Waits until every projection has applied everything committed when this was called,
+    /// so that a query sees every command acknowledged before it arrived.
+    pub async fn wait_for_projections(&self) -> Result<(), EngineError> {
+        let target = *self.committed.borrow();
+        let mut applied = self.applied.clone();
+        let caught_up = tokio::time::timeout(QUERY_CONSISTENCY_WAIT, applied.wait_for(|&seq| seq >= target)).await;
+        match caught_up {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(self.unavailable()),
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "projections did not reach sequence {target} within {QUERY_CONSISTENCY_WAIT:?}"
+            ))),
+        }
+    }
+
+    fn unavailable(&self) -> EngineError {
+        match &*self.status.borrow() {
+            Status::Failed(reason) => EngineError::Unavailable(format!("the ledger failed and must restart: {reason}")),
+            _ => EngineError::Unavailable("the ledger is shutting down".into()),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A watch of the engine's status, for health reporting.
+    pub fn status_watch(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Sequence number of the last committed record.
+    pub fn committed_seq(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+
+    pub fn projections(&self) -> &Projections {
+        &self.projections
+    }
+}

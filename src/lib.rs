@@ -1,0 +1,17 @@
+//! Tally: a loyalty-points ledger, event-sourced on an append-only, blake3-chained log.
+//!
+//! - [`domain`]: the rules, pure. Commands, events, `decide` and `evolve`, limits. No I/O.
+//! - [`log`]: the source of truth. Segment files of batch frames, each record chained by
+//!   blake3; recovery of a torn tail; verification; a sparse time and sequence index.
+//! - [`projection`]: folds of the log into sled trees (balances, holds, idempotency,
+//!   history), each checkpointed atomically with its state, and the write-state snapshot.
+//! - [`engine`]: the single-writer sequencer with group commit, its bounded inbox, the
+//!   projector thread and the expiry sweeper.
+//! - [`api`]: the gRPC services (tonic), the caller interceptor and the one mapping from
+//!   errors to gRPC status codes.
+
+pub mod api;
+pub mod domain;
+pub mod engine;
+pub mod log;
+pub mod projection;

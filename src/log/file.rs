@@ -1,0 +1,327 @@
+//! The file log: segment files in one directory, written by one writer with group commit.
+
+use super::codec::{self, FRAME_HEADER_LEN};
+use super::reader::{LogReader, Shared, SharedState};
+use super::scan::{self, IndexEntry, Scan, INDEX_STRIDE_BYTES, SEGMENT_HEADER_LEN};
+use super::{Durability, Head, LogError, LogOptions, LogWriter, Recovery, MIN_SEGMENT_BYTES};
+use crate::domain::{Envelope, Event};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// The segment being appended to.
+struct Active {
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    /// Where the next frame goes.
+    offset: u64,
+    capacity: u64,
+    /// Offset of the last sparse index entry in this segment.
+    last_indexed: Option<u64>,
+}
+
+/// A record encoded into the pending batch.
+struct Staged {
+    start: usize,
+    len: usize,
+    seq: u64,
+    ts_us: u64,
+    prev_hash: [u8; 32],
+}
+
+/// What opening found and did.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    pub head: Head,
+    pub segments: usize,
+    /// A torn final frame that was cut off: first lost sequence number and bytes cleared.
+    pub truncated: Option<(u64, u64)>,
+}
+
+/// An append-only log in a directory of preallocated segment files.
+pub struct FileLog {
+    dir: PathBuf,
+    options: LogOptions,
+    active: Active,
+    head: Head,
+    staged_head: Head,
+    staged: Vec<u8>,
+    staged_records: Vec<Staged>,
+    frame: Vec<u8>,
+    shared: Arc<Shared>,
+    poisoned: bool,
+}
+
+impl FileLog {
+    /// Opens (or creates) the log in `dir`: verifies every record's hash and the chain,
+    /// handles a torn tail as `options.recovery` says, and refuses corruption before the
+    /// tail with the bad sequence number.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<(FileLog, OpenReport), LogError> {
+        assert!(
+            options.segment_bytes >= MIN_SEGMENT_BYTES,
+            "segments must hold a few records"
+        );
+        fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+        let mut scan = scan::scan(dir)?;
+        let mut report = OpenReport {
+            head: scan.head,
+            ..OpenReport::default()
+        };
+        if let Some(torn) = scan.torn.take() {
+            if options.recovery == Recovery::Refuse {
+                return Err(LogError::TornTail {
+                    seq: torn.seq,
+                    path: torn.path,
+                    offset: torn.offset,
+                    reason: torn.reason,
+                });
+            }
+            repair(dir, &torn)?;
+            tracing::warn!(
+                first_lost_seq = torn.seq,
+                segment = %torn.path.display(),
+                offset = torn.offset,
+                bytes = torn.dirty_end - torn.offset,
+                reason = %torn.reason,
+                "cut off a torn tail (a group commit interrupted before it was acknowledged)"
+            );
+            report.truncated = Some((torn.seq, torn.dirty_end - torn.offset));
+        }
+        report.segments = scan.segments.len();
+        let active = match scan.segments.last() {
+            Some(last) => reopen_segment(last.first_seq, &last.path, last.end, last.len, &scan, &options)?,
+            None => create_segment(dir, scan.head.seq + 1, &options)?,
+        };
+        let mut segments: BTreeMap<u64, PathBuf> =
+            scan.segments.iter().map(|s| (s.first_seq, s.path.clone())).collect();
+        segments.insert(active.first_seq, active.path.clone());
+        let shared = Arc::new(Shared {
+            state: RwLock::new(SharedState {
+                head: scan.head,
+                segments,
+                index: scan.index,
+            }),
+        });
+        let log = FileLog {
+            dir: dir.to_path_buf(),
+            options,
+            active,
+            head: scan.head,
+            staged_head: scan.head,
+            staged: Vec::with_capacity(1 << 20),
+            staged_records: Vec::new(),
+            frame: Vec::with_capacity(1 << 20),
+            shared,
+            poisoned: false,
+        };
+        Ok((log, report))
+    }
+
+    /// Writes the staged records as frames, rolling to a new segment when one is full.
+    fn write_staged(&mut self) -> Result<(), LogError> {
+        let mut new_index = Vec::new();
+        let mut new_segments = Vec::new();
+        let mut next = 0;
+        while next < self.staged_records.len() {
+            let room = self.active.capacity - self.active.offset;
+            let mut end = next;
+            let mut size = FRAME_HEADER_LEN as u64;
+            while end < self.staged_records.len() && size + self.staged_records[end].len as u64 <= room {
+                size += self.staged_records[end].len as u64;
+                end += 1;
+            }
+            if end == next {
+                assert!(
+                    self.active.offset > SEGMENT_HEADER_LEN as u64,
+                    "a record must fit an empty segment"
+                );
+                self.sync_active()?;
+                self.active = create_segment(&self.dir, self.staged_records[next].seq, &self.options)?;
+                new_segments.push((self.active.first_seq, self.active.path.clone()));
+                continue;
+            }
+            let first = &self.staged_records[next];
+            let last = &self.staged_records[end - 1];
+            self.frame.clear();
+            let records = &self.staged[first.start..last.start + last.len];
+            codec::encode_frame_header(
+                &mut self.frame,
+                records.len(),
+                (end - next) as u32,
+                first.seq,
+                &first.prev_hash,
+            );
+            self.frame.extend_from_slice(records);
+            self.active
+                .file
+                .write_all_at(&self.frame, self.active.offset)
+                .map_err(LogError::io(&self.active.path))?;
+            if self
+                .active
+                .last_indexed
+                .is_none_or(|at| self.active.offset - at >= INDEX_STRIDE_BYTES)
+            {
+                new_index.push(IndexEntry {
+                    seq: first.seq,
+                    ts_us: first.ts_us,
+                    segment: self.active.first_seq,
+                    offset: self.active.offset,
+                });
+                self.active.last_indexed = Some(self.active.offset);
+            }
+            self.active.offset += size;
+            next = end;
+        }
+        self.sync_active()?;
+        let mut shared = self.shared.state.write().expect("log index lock poisoned");
+        shared.segments.extend(new_segments);
+        shared.index.extend(new_index);
+        shared.head = self.staged_head;
+        Ok(())
+    }
+
+    fn sync_active(&self) -> Result<(), LogError> {
+        if self.options.durability == Durability::Sync {
+            self.active.file.sync_data().map_err(LogError::io(&self.active.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl LogWriter for FileLog {
+    fn stage(&mut self, seq: u64, ts_us: u64, envelope: &Envelope, event: &Event) -> [u8; 32] {
+        assert_eq!(seq, self.staged_head.seq + 1, "records are staged in gapless sequence");
+        assert!(ts_us >= self.staged_head.ts_us, "timestamps never decrease");
+        let start = self.staged.len();
+        let prev_hash = self.staged_head.hash;
+        let hash = codec::encode_record(&mut self.staged, &prev_hash, seq, ts_us, envelope, event);
+        self.staged_records.push(Staged {
+            start,
+            len: self.staged.len() - start,
+            seq,
+            ts_us,
+            prev_hash,
+        });
+        self.staged_head = Head { seq, ts_us, hash };
+        hash
+    }
+
+    fn commit(&mut self) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if self.staged_records.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_staged();
+        if result.is_err() {
+            // What reached the disk is unknown; only reopening (and its scan) can tell.
+            self.poisoned = true;
+            return result;
+        }
+        self.head = self.staged_head;
+        self.staged.clear();
+        self.staged_records.clear();
+        Ok(())
+    }
+
+    fn head(&self) -> Head {
+        self.head
+    }
+
+    fn reader(&self) -> LogReader {
+        LogReader::new(self.shared.clone())
+    }
+}
+
+/// Clears a torn tail so that the next scan sees the end of the log where it now is.
+fn repair(dir: &Path, torn: &scan::Torn) -> Result<(), LogError> {
+    if torn.header_torn {
+        fs::remove_file(&torn.path).map_err(LogError::io(&torn.path))?;
+        return sync_dir(dir);
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&torn.path)
+        .map_err(LogError::io(&torn.path))?;
+    let zeros = vec![0u8; (torn.dirty_end - torn.offset) as usize];
+    file.write_all_at(&zeros, torn.offset)
+        .map_err(LogError::io(&torn.path))?;
+    file.sync_data().map_err(LogError::io(&torn.path))
+}
+
+fn create_segment(dir: &Path, first_seq: u64, options: &LogOptions) -> Result<Active, LogError> {
+    let path = scan::segment_path(dir, first_seq);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(LogError::io(&path))?;
+    preallocate(&file, &path, options.segment_bytes)?;
+    file.write_all_at(&scan::segment_header(first_seq), 0)
+        .map_err(LogError::io(&path))?;
+    file.sync_all().map_err(LogError::io(&path))?;
+    sync_dir(dir)?;
+    Ok(Active {
+        file,
+        path,
+        first_seq,
+        offset: SEGMENT_HEADER_LEN as u64,
+        capacity: options.segment_bytes,
+        last_indexed: None,
+    })
+}
+
+fn reopen_segment(
+    first_seq: u64,
+    path: &Path,
+    end: u64,
+    len: u64,
+    scan: &Scan,
+    options: &LogOptions,
+) -> Result<Active, LogError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(LogError::io(path))?;
+    let capacity = len.max(options.segment_bytes);
+    if len < capacity {
+        preallocate(&file, path, capacity)?;
+        file.sync_all().map_err(LogError::io(path))?;
+    }
+    let last_indexed = scan
+        .index
+        .iter()
+        .rev()
+        .find(|e| e.segment == first_seq)
+        .map(|e| e.offset);
+    Ok(Active {
+        file,
+        path: path.to_path_buf(),
+        first_seq,
+        offset: end,
+        capacity,
+        last_indexed,
+    })
+}
+
+/// Reserves the segment's blocks up front, so appends never grow the file.
+fn preallocate(file: &File, path: &Path, bytes: u64) -> Result<(), LogError> {
+    let len = libc::off_t::try_from(bytes).expect("segment sizes fit off_t");
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        return Err(LogError::io(path)(std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::io(dir))
+}

@@ -1,0 +1,316 @@
+//! Reading a log directory from the start: segment headers, frames, the hash chain. Used
+//! when opening the log for writing (with repair of a torn tail) and by `tally verify`
+//! (read-only).
+//!
+//! A bad frame is a *torn tail* when it is in the last segment and no valid frame follows it:
+//! the crash cut the last group commit short, and nobody heard "ok" for it. Anything else —
+//! a bad frame followed by a good one, or a bad frame in an earlier segment — is corruption,
+//! named by the sequence number of the first bad record.
+
+use super::codec::{self, DecodeError, FRAME_HEADER_LEN};
+use super::{Head, LogError};
+use crate::domain::EventKind;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Segment header, 64 bytes: magic, format version, first sequence number, and a blake3
+/// of the first 32 bytes.
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"TALLYSEG";
+/// The log format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
+/// Distance between sparse index entries: a read starts at most this many bytes before
+/// the record it wants.
+pub(crate) const INDEX_STRIDE_BYTES: u64 = 64 << 10;
+
+/// Where a frame starts: the sparse sequence and time index is a list of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub seq: u64,
+    pub ts_us: u64,
+    /// First sequence number of the segment (its file name).
+    pub segment: u64,
+    pub offset: u64,
+}
+
+pub(crate) fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    header[0..8].copy_from_slice(SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let digest = blake3::hash(&header[..32]);
+    header[32..64].copy_from_slice(digest.as_bytes());
+    header
+}
+
+fn check_segment_header(bytes: &[u8], first_seq: u64) -> Result<(), String> {
+    let header = bytes.get(..SEGMENT_HEADER_LEN).ok_or("segment header cut short")?;
+    if &header[0..8] != SEGMENT_MAGIC {
+        return Err("not a Tally segment (bad magic)".into());
+    }
+    if blake3::hash(&header[..32]).as_bytes() != &header[32..64] {
+        return Err("segment header checksum does not match".into());
+    }
+    let version = codec::u32_at(header, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "segment format version {version}; this build reads {FORMAT_VERSION}"
+        ));
+    }
+    let named = codec::u64_at(header, 16);
+    if named != first_seq {
+        return Err(format!(
+            "segment header says it starts at {named}, its name says {first_seq}"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.seg"))
+}
+
+/// The segment files of a log directory, by first sequence number.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut segments = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(segments),
+        Err(e) => return Err(LogError::io(dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(LogError::io(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(first) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
+            segments.push((first, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// A torn final frame (or a torn segment header) found by the scan.
+#[derive(Clone, Debug)]
+pub(crate) struct Torn {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub seq: u64,
+    pub reason: String,
+    /// End of the non-zero bytes of the segment: what repair has to clear.
+    pub dirty_end: u64,
+    /// The segment's own header is torn: the file holds nothing and is removed.
+    pub header_torn: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentInfo {
+    pub first_seq: u64,
+    pub path: PathBuf,
+    /// Offset just past the last valid frame.
+    pub end: u64,
+    pub len: u64,
+}
+
+pub(crate) struct Scan {
+    pub head: Head,
+    pub segments: Vec<SegmentInfo>,
+    pub index: Vec<IndexEntry>,
+    pub torn: Option<Torn>,
+}
+
+struct FrameSummary {
+    len: usize,
+    first_ts: u64,
+    last_seq: u64,
+    last_ts: u64,
+    last_hash: [u8; 32],
+}
+
+/// Checks one frame at the start of `bytes`, continuing the chain from `prev_hash`.
+/// `Ok(None)`: zeros, the end of the written part of the segment.
+fn walk_frame(
+    bytes: &[u8],
+    expected_seq: u64,
+    prev_hash: &[u8; 32],
+    last_ts: u64,
+) -> Result<Option<FrameSummary>, DecodeError> {
+    let Some(header) = codec::decode_frame_header(bytes, expected_seq)? else {
+        return Ok(None);
+    };
+    let fail = |reason: &str| DecodeError {
+        seq: expected_seq,
+        reason: reason.to_string(),
+    };
+    if header.prev_hash != *prev_hash {
+        return Err(fail("frame does not continue the hash chain"));
+    }
+    let frame = bytes.get(..header.frame_len).ok_or_else(|| fail("frame cut short"))?;
+    let (mut pos, mut prev, mut seq, mut ts) = (FRAME_HEADER_LEN, *prev_hash, expected_seq, last_ts);
+    let mut first_ts = None;
+    for _ in 0..header.record_count {
+        let record = codec::decode_raw(&frame[pos..], &prev, seq, true)?;
+        if record.ts_us < ts {
+            return Err(DecodeError {
+                seq,
+                reason: "timestamp goes backwards".into(),
+            });
+        }
+        if EventKind::from_code(record.kind).is_none() {
+            return Err(DecodeError {
+                seq,
+                reason: format!("unknown event kind {}", record.kind),
+            });
+        }
+        first_ts.get_or_insert(record.ts_us);
+        (prev, ts, pos, seq) = (record.hash, record.ts_us, pos + record.len, seq + 1);
+    }
+    if pos != header.frame_len {
+        return Err(fail("frame length does not match its records"));
+    }
+    Ok(Some(FrameSummary {
+        len: header.frame_len,
+        first_ts: first_ts.expect("frames hold at least one record"),
+        last_seq: seq - 1,
+        last_ts: ts,
+        last_hash: prev,
+    }))
+}
+
+/// Is there a frame after `from` that checks out on its own and lies beyond `head_seq`?
+/// If so, the bad bytes before it are not a torn tail but damage to written data.
+fn valid_frame_after(bytes: &[u8], from: usize, head_seq: u64) -> bool {
+    let magic = codec::FRAME_MAGIC.to_le_bytes();
+    (from..bytes.len().saturating_sub(FRAME_HEADER_LEN)).any(|at| {
+        if bytes[at..at + 4] != magic {
+            return false;
+        }
+        let first_seq = codec::u64_at(bytes, at + 16);
+        let prev: [u8; 32] = bytes[at + 24..at + 56].try_into().expect("32 bytes");
+        first_seq > head_seq && matches!(walk_frame(&bytes[at..], first_seq, &prev, 0), Ok(Some(_)))
+    })
+}
+
+/// Scans the whole log directory.
+pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
+    let listed = list_segments(dir)?;
+    let mut result = Scan {
+        head: Head {
+            hash: codec::GENESIS_HASH,
+            ..Head::default()
+        },
+        segments: Vec::new(),
+        index: Vec::new(),
+        torn: None,
+    };
+    for (position, (first_seq, path)) in listed.iter().enumerate() {
+        let last = position + 1 == listed.len();
+        let bytes = fs::read(path).map_err(LogError::io(path))?;
+        let expected = result.head.seq + 1;
+        let corrupt = |seq: u64, offset: usize, reason: String| LogError::Corrupt {
+            seq,
+            path: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        if *first_seq != expected {
+            return Err(corrupt(
+                expected,
+                0,
+                format!("segment starts at {first_seq}, expected {expected}"),
+            ));
+        }
+        if let Err(reason) = check_segment_header(&bytes, *first_seq) {
+            let empty = bytes
+                .get(SEGMENT_HEADER_LEN..)
+                .is_none_or(|rest| rest.iter().all(|&b| b == 0));
+            if last && empty {
+                result.torn = Some(Torn {
+                    path: path.clone(),
+                    offset: 0,
+                    seq: expected,
+                    reason,
+                    dirty_end: bytes.len() as u64,
+                    header_torn: true,
+                });
+                break;
+            }
+            return Err(corrupt(expected, 0, reason));
+        }
+        let mut offset = SEGMENT_HEADER_LEN;
+        let mut last_indexed: Option<usize> = None;
+        let failure = loop {
+            let head = result.head;
+            match walk_frame(&bytes[offset..], head.seq + 1, &head.hash, head.ts_us) {
+                Ok(None) => match bytes[offset..].iter().rposition(|&b| b != 0) {
+                    None => break None,
+                    Some(_) => {
+                        break Some(DecodeError {
+                            seq: head.seq + 1,
+                            reason: "zeros where a frame should be, with data after them".into(),
+                        })
+                    }
+                },
+                Ok(Some(frame)) => {
+                    if last_indexed.is_none_or(|at| (offset - at) as u64 >= INDEX_STRIDE_BYTES) {
+                        result.index.push(IndexEntry {
+                            seq: head.seq + 1,
+                            ts_us: frame.first_ts,
+                            segment: *first_seq,
+                            offset: offset as u64,
+                        });
+                        last_indexed = Some(offset);
+                    }
+                    result.head = Head {
+                        seq: frame.last_seq,
+                        ts_us: frame.last_ts,
+                        hash: frame.last_hash,
+                    };
+                    offset += frame.len;
+                }
+                Err(error) => break Some(error),
+            }
+        };
+        if let Some(error) = failure {
+            if !last || valid_frame_after(&bytes, offset + 1, result.head.seq) {
+                return Err(corrupt(error.seq, offset, error.reason));
+            }
+            let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(offset, |at| at + 1);
+            result.torn = Some(Torn {
+                path: path.clone(),
+                offset: offset as u64,
+                seq: error.seq,
+                reason: error.reason,
+                dirty_end: dirty_end as u64,
+                header_torn: false,
+            });
+        }
+        result.segments.push(SegmentInfo {
+            first_seq: *first_seq,
+            path: path.clone(),
+            end: offset as u64,
+            len: bytes.len() as u64,
+        });
+    }
+    Ok(result)
+}
+
+/// What `tally verify` reports of a sound log.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub head: Head,
+    pub segments: usize,
+    /// A torn final frame that opening the log would cut off: `(first lost seq, bytes)`.
+    pub torn_tail: Option<(u64, u64)>,
+}
+
+/// Verifies a log directory without changing it: every segment header, frame and record
+/// hash, the chain from the first record to the last. Corruption before the tail is an
+/// error naming the bad sequence number.
+pub fn verify(dir: &Path) -> Result<Verified, LogError> {
+    let scan = scan(dir)?;
+    Ok(Verified {
+        head: scan.head,
+        segments: scan.segments.len(),
+        torn_tail: scan.torn.map(|t| (t.seq, t.dirty_end - t.offset)),
+    })
+}

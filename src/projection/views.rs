@@ -1,0 +1,121 @@
+//! The rows projections store in sled (MessagePack). They are caches of the log: when one
+//! stops decoding after an upgrade, the projection is rebuilt from the log.
+
+use crate::domain::{Effect, Event, HoldStatus, Record};
+use serde::{Deserialize, Serialize};
+
+/// An account's balances and tier, as of `last_seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub account_id: String,
+    pub posted: u64,
+    pub held: u64,
+    pub lifetime: u64,
+    pub tier: String,
+    pub active_holds: u32,
+    pub opened_at_us: u64,
+    pub last_seq: u64,
+}
+
+impl AccountView {
+    pub fn available(&self) -> u64 {
+        self.posted - self.held
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldView {
+    pub hold_id: u64,
+    pub tenant: String,
+    pub account_id: String,
+    pub amount: u64,
+    pub status: HoldStatus,
+    pub created_at_us: u64,
+    pub expires_at_us: u64,
+    pub committed: u64,
+    pub released: u64,
+    pub resolved_at_us: u64,
+    pub resolved_seq: u64,
+}
+
+/// One ledger entry of an account's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub seq: u64,
+    pub ts_us: u64,
+    pub event_id: [u8; 16],
+    pub kind: u16,
+    pub actor: String,
+    pub correlation_id: String,
+    pub causation_id: String,
+    pub idempotency_key: String,
+    pub idempotency_scope: String,
+    /// The staff reason of a comp, or a short description of the source.
+    pub reason: String,
+    pub effect: Effect,
+    pub hold_id: u64,
+    pub points: u64,
+}
+
+impl HistoryView {
+    /// The history row for a record (every event has one).
+    pub fn of(record: &Record) -> Option<HistoryView> {
+        let effect = match &record.event {
+            Event::AccountOpened(opened) => Effect {
+                posted_before: 0,
+                posted_after: 0,
+                held_before: 0,
+                held_after: 0,
+                lifetime_before: 0,
+                lifetime_after: 0,
+                tier_before: String::new(),
+                tier_after: opened.tier.clone(),
+            },
+            other => other.effect()?.clone(),
+        };
+        let (reason, points) = match &record.event {
+            Event::AccountOpened(_) => ("account opened".to_string(), 0),
+            Event::PointsAwarded(award) => (describe_source(&award.source), award.points),
+            Event::HoldReserved(e) => (String::new(), e.amount),
+            Event::HoldCommitted(e) => (String::new(), e.committed),
+            Event::HoldReleased(e) => (String::new(), e.amount),
+            Event::HoldExpired(e) => (String::new(), e.amount),
+            Event::TierChanged(e) => (format!("{} -> {}", e.from, e.to), 0),
+        };
+        let envelope = &record.envelope;
+        Some(HistoryView {
+            seq: record.seq,
+            ts_us: record.ts_us,
+            event_id: *envelope.event_id.as_bytes(),
+            kind: record.event.kind().code(),
+            actor: envelope.actor.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            causation_id: envelope.causation_id.clone(),
+            idempotency_key: envelope.idempotency_key.clone(),
+            idempotency_scope: envelope.idempotency_scope.clone(),
+            reason,
+            effect,
+            hold_id: record.event.hold_id().unwrap_or(0),
+            points,
+        })
+    }
+}
+
+fn describe_source(source: &crate::domain::event::AwardSource) -> String {
+    use crate::domain::event::AwardSource::*;
+    match source {
+        RatingSlip(s) => format!(
+            "rating slip {} (theo {} cents, rates {})",
+            s.slip_id, s.theo_cents, s.rate_table_version
+        ),
+        Manual(m) => m.reason.clone(),
+        Promotion(p) => format!("promotion {} (reward {})", p.promotion_id, p.external_reward_id),
+    }
+}
+
+/// The span of events an idempotency identity produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyView {
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
