@@ -247,11 +247,12 @@ impl Engine {
     }
 
     /// Stops accepting commands, lets the sequencer finish the batch in flight, lets the
-    /// projector catch up and snapshot, and waits for both. Blocks: call it from a
-    /// blocking context.
+    /// projector catch up and snapshot, and waits for both. Blocks the calling thread.
     pub fn shutdown(mut self) {
-        // A full inbox still takes the stop message once the sequencer drains it.
-        let _ = self.handle.inbox.blocking_send(Msg::Stop);
+        // A full inbox still takes the stop message once the sequencer drains it. The send
+        // runs on a thread of its own so that shutdown also works from async contexts.
+        let inbox = self.handle.inbox.clone();
+        let _ = std::thread::spawn(move || inbox.blocking_send(Msg::Stop)).join();
         if let Some(sequencer) = self.sequencer.take() {
             let _ = sequencer.join();
         }

@@ -168,6 +168,8 @@ impl RecordIter {
                 return Err(self.corrupt(expected, format!("next segment starts at {next}")));
             }
             (self.segment, self.offset) = (next, SEGMENT_HEADER_LEN as u64);
+            // The read-ahead belongs to the previous segment.
+            self.chunk.clear();
             return Ok(());
         };
         if self.last_hash.is_some_and(|h| h != header.prev_hash) {

@@ -1,0 +1,155 @@
+//! Helpers shared by the integration tests: a pure-domain harness, engines on temporary
+//! directories with a manual clock, and a gRPC server on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use tally::domain::{
+    decide, evolve, Command, CommandMeta, Decision, Envelope, IdempotencyKey, Policy, Record, Rejection, State,
+};
+use tally::engine::{Engine, EngineConfig, EngineHandle, ManualClock};
+use tally::log::Durability;
+
+/// A fixed start time: 2026-01-01T00:00:00Z.
+pub const T0: u64 = 1_767_225_600_000_000;
+
+/// A command's metadata in tenant `t1`, sent by `staff-1`, with idempotency key `key`.
+pub fn meta(key: &str) -> CommandMeta {
+    meta_as("t1", "staff-1", key, "")
+}
+
+pub fn meta_as(tenant: &str, actor: &str, key: &str, scope: &str) -> CommandMeta {
+    CommandMeta {
+        tenant: tenant.into(),
+        actor: actor.into(),
+        correlation_id: format!("corr-{key}"),
+        causation_id: String::new(),
+        idempotency: Some(IdempotencyKey {
+            key: key.into(),
+            scope: scope.into(),
+        }),
+    }
+}
+
+/// The pure core with a log kept in memory: decide, stamp, evolve.
+pub struct Harness {
+    pub policy: Policy,
+    pub state: State,
+    pub records: Vec<Record>,
+    pub now_us: u64,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            state: State::default(),
+            records: Vec::new(),
+            now_us: T0,
+        }
+    }
+}
+
+impl Harness {
+    /// Decides and, if accepted, appends and folds the events. Returns the decision.
+    pub fn run(&mut self, meta: &CommandMeta, command: Command) -> Result<Decision, Rejection> {
+        let decision = decide(&self.policy, &self.state, meta, &command, self.now_us)?;
+        if let Decision::Append(emitted) = &decision {
+            for e in emitted {
+                let record = Record {
+                    seq: self.state.head_seq + 1,
+                    ts_us: self.now_us,
+                    envelope: Envelope {
+                        tenant: e.tenant.clone(),
+                        stream: e.account.clone(),
+                        actor: meta.actor.clone(),
+                        correlation_id: meta.correlation_id.clone(),
+                        idempotency_key: meta.idempotency.as_ref().map(|k| k.key.clone()).unwrap_or_default(),
+                        idempotency_scope: meta.idempotency.as_ref().map(|k| k.scope.clone()).unwrap_or_default(),
+                        ..Envelope::default()
+                    },
+                    event: e.event.clone(),
+                    hash: [0; 32],
+                };
+                evolve(&mut self.state, &record);
+                self.records.push(record);
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Runs a command that must be accepted; returns its records.
+    pub fn ok(&mut self, meta: &CommandMeta, command: Command) -> Vec<Record> {
+        let before = self.records.len();
+        match self.run(meta, command.clone()) {
+            Ok(Decision::Append(_)) => self.records[before..].to_vec(),
+            other => panic!("{command:?} should append, got {other:?}"),
+        }
+    }
+
+    /// Runs a command that must be refused; returns the rejection.
+    pub fn refused(&mut self, meta: &CommandMeta, command: Command) -> Rejection {
+        match self.run(meta, command.clone()) {
+            Err(rejection) => rejection,
+            other => panic!("{command:?} should be refused, got {other:?}"),
+        }
+    }
+
+    /// State folded from scratch over the records so far.
+    pub fn refold(&self) -> State {
+        let mut state = State::default();
+        for record in &self.records {
+            evolve(&mut state, record);
+        }
+        state
+    }
+}
+
+/// An engine on a temporary directory with a manual clock starting at [`T0`].
+pub struct TestEngine {
+    pub engine: Option<Engine>,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+    pub config: EngineConfig,
+}
+
+impl TestEngine {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = EngineConfig {
+            durability: Durability::Buffered,
+            segment_bytes: 1 << 20,
+            ..EngineConfig::new(dir.path())
+        };
+        Self::start_with(dir, config)
+    }
+
+    pub fn start_with(dir: tempfile::TempDir, config: EngineConfig) -> Self {
+        let clock = Arc::new(ManualClock::new(T0));
+        let engine = Engine::start(config.clone(), clock.clone()).expect("engine starts");
+        Self {
+            engine: Some(engine),
+            clock,
+            dir,
+            config,
+        }
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.engine.as_ref().expect("running").handle()
+    }
+
+    /// Stops the engine gracefully and starts it again on the same directory.
+    pub fn restart(&mut self) {
+        self.engine.take().expect("running").shutdown();
+        let engine = Engine::start(self.config.clone(), self.clock.clone()).expect("engine restarts");
+        self.engine = Some(engine);
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.shutdown();
+        }
+    }
+}
