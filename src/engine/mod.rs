@@ -202,6 +202,7 @@ impl Engine {
             mirror: state.clone(),
             snapshot_every: config.snapshot_every,
         };
+        let failed = status_tx.clone();
         let sequencer = sequencer::Sequencer {
             state,
             log: Box::new(log),
@@ -219,7 +220,19 @@ impl Engine {
             .map_err(spawn_error)?;
         let sequencer = std::thread::Builder::new()
             .name("tally-sequencer".into())
-            .spawn(move || sequencer.run())
+            .spawn(move || {
+                // A broken invariant panics the sequencer (by design); say so to callers and
+                // to health checks rather than looking like a shutdown.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sequencer.run()));
+                if let Err(panic) = run {
+                    let reason = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    failed.send_replace(Status::Failed(format!("invariant broken: {reason}")));
+                }
+            })
             .map_err(spawn_error)?;
         signal.notify();
         Ok(Engine {
