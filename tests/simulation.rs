@@ -37,7 +37,12 @@ impl Rng {
 }
 
 const ACCOUNTS: [&str; 5] = ["a0", "a1", "a2", "a3", "a4"];
-const TIERS: [(u64, &str); 4] = [(0, "Member"), (10_000, "Silver"), (50_000, "Gold"), (200_000, "Platinum")];
+const TIERS: [(u64, &str); 4] = [
+    (0, "Member"),
+    (10_000, "Silver"),
+    (50_000, "Gold"),
+    (200_000, "Platinum"),
+];
 
 #[derive(Clone, Debug, PartialEq)]
 struct MAccount {
@@ -86,11 +91,19 @@ fn tier(lifetime: u64) -> &'static str {
 impl Model {
     fn apply(&mut self, key: &str, command: &Command, now: u64) -> Expect {
         if let Some((request, first, last)) = self.keys.get(key) {
-            return if request == command { Expect::Replay { first: *first, last: *last } } else { Expect::Reject("conflict") };
+            return if request == command {
+                Expect::Replay {
+                    first: *first,
+                    last: *last,
+                }
+            } else {
+                Expect::Reject("conflict")
+            };
         }
         let expect = self.decide(command, now);
         if let Expect::Append { first, events } = expect {
-            self.keys.insert(key.to_string(), (command.clone(), first, first + events - 1));
+            self.keys
+                .insert(key.to_string(), (command.clone(), first, first + events - 1));
         }
         expect
     }
@@ -109,34 +122,75 @@ impl Model {
                 }
                 let expect = self.append(1);
                 self.opened_at.insert(account.clone(), self.seq);
-                self.accounts.insert(account.clone(), MAccount { posted: 0, held: 0, lifetime: 0, active_holds: 0 });
+                self.accounts.insert(
+                    account.clone(),
+                    MAccount {
+                        posted: 0,
+                        held: 0,
+                        lifetime: 0,
+                        active_holds: 0,
+                    },
+                );
                 expect
             }
             Command::Award { account, source } => {
                 let (natural, points) = match source {
-                    AwardRequest::Promotion { points, external_reward_id, .. } => (format!("promo:{external_reward_id}"), *points),
-                    AwardRequest::RatingSlip { slip_id, average_bet_cents, decisions_per_hour, minutes_played, house_edge_bps, .. } => {
-                        let theo = average_bet_cents * *decisions_per_hour as u64 * *minutes_played as u64 * *house_edge_bps as u64 / 600_000;
+                    AwardRequest::Promotion {
+                        points,
+                        external_reward_id,
+                        ..
+                    } => (format!("promo:{external_reward_id}"), *points),
+                    AwardRequest::RatingSlip {
+                        slip_id,
+                        average_bet_cents,
+                        decisions_per_hour,
+                        minutes_played,
+                        house_edge_bps,
+                        ..
+                    } => {
+                        let theo = average_bet_cents
+                            * *decisions_per_hour as u64
+                            * *minutes_played as u64
+                            * *house_edge_bps as u64
+                            / 600_000;
                         (format!("slip:{slip_id}"), theo * 1000 / 100_000)
                     }
                     AwardRequest::Manual { .. } => unreachable!("the simulation sends no comps"),
                 };
                 if let Some((request, first, last)) = self.naturals.get(&natural) {
-                    return if request == command { Expect::Replay { first: *first, last: *last } } else { Expect::Reject("conflict") };
+                    return if request == command {
+                        Expect::Replay {
+                            first: *first,
+                            last: *last,
+                        }
+                    } else {
+                        Expect::Reject("conflict")
+                    };
                 }
-                let Some(acc) = self.accounts.get_mut(account) else { return Expect::Reject("account_not_found") };
+                let Some(acc) = self.accounts.get_mut(account) else {
+                    return Expect::Reject("account_not_found");
+                };
                 let before = tier(acc.lifetime);
                 acc.posted += points;
                 acc.lifetime += points;
                 self.awarded += points;
                 let events = if tier(acc.lifetime) != before { 2 } else { 1 };
                 let expect = self.append(events);
-                let Expect::Append { first, .. } = expect else { unreachable!() };
-                self.naturals.insert(natural, (command.clone(), first, first + events - 1));
+                let Expect::Append { first, .. } = expect else {
+                    unreachable!()
+                };
+                self.naturals
+                    .insert(natural, (command.clone(), first, first + events - 1));
                 expect
             }
-            Command::Reserve { account, amount, ttl_seconds } => {
-                let Some(acc) = self.accounts.get_mut(account) else { return Expect::Reject("account_not_found") };
+            Command::Reserve {
+                account,
+                amount,
+                ttl_seconds,
+            } => {
+                let Some(acc) = self.accounts.get_mut(account) else {
+                    return Expect::Reject("account_not_found");
+                };
                 if *amount > acc.posted - acc.held {
                     return Expect::Reject("insufficient");
                 }
@@ -162,7 +216,9 @@ impl Model {
                     Command::Release { hold_id } => (hold_id, None, false),
                     _ => unreachable!(),
                 };
-                let Some(hold) = self.holds.get(hold_id) else { return Expect::Reject("hold_not_found") };
+                let Some(hold) = self.holds.get(hold_id) else {
+                    return Expect::Reject("hold_not_found");
+                };
                 if hold.status != HoldStatus::Active {
                     return Expect::Reject("already_resolved");
                 }
@@ -174,7 +230,11 @@ impl Model {
                     return Expect::Reject("exceeds");
                 }
                 let hold = self.holds.get_mut(hold_id).unwrap();
-                hold.status = if is_commit { HoldStatus::Committed } else { HoldStatus::Released };
+                hold.status = if is_commit {
+                    HoldStatus::Committed
+                } else {
+                    HoldStatus::Released
+                };
                 hold.committed = take;
                 hold.released = hold.amount - take;
                 let acc = self.accounts.get_mut(&hold.account).unwrap();
@@ -190,7 +250,12 @@ impl Model {
 
     /// The expiry pulse: every active hold at or past its deadline, by (deadline, id).
     fn sweep(&mut self, now: u64) -> u64 {
-        let mut due: Vec<(u64, u64)> = self.holds.iter().filter(|(_, h)| h.status == HoldStatus::Active && h.expires_at <= now).map(|(id, h)| (h.expires_at, *id)).collect();
+        let mut due: Vec<(u64, u64)> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.status == HoldStatus::Active && h.expires_at <= now)
+            .map(|(id, h)| (h.expires_at, *id))
+            .collect();
         due.sort();
         for (_, id) in &due {
             let hold = self.holds.get_mut(id).unwrap();
@@ -206,9 +271,18 @@ impl Model {
 
     fn check_invariants(&self) {
         let posted: u64 = self.accounts.values().map(|a| a.posted).sum();
-        assert_eq!(posted, self.awarded - self.committed, "conservation: Σ posted = Σ awarded − Σ committed");
+        assert_eq!(
+            posted,
+            self.awarded - self.committed,
+            "conservation: Σ posted = Σ awarded − Σ committed"
+        );
         for (name, acc) in &self.accounts {
-            let active: u64 = self.holds.values().filter(|h| &h.account == name && h.status == HoldStatus::Active).map(|h| h.amount).sum();
+            let active: u64 = self
+                .holds
+                .values()
+                .filter(|h| &h.account == name && h.status == HoldStatus::Active)
+                .map(|h| h.amount)
+                .sum();
             assert_eq!(acc.held, active, "{name}: held = Σ active holds");
             assert!(acc.held <= acc.posted, "{name}: available ≥ 0");
         }
@@ -236,8 +310,18 @@ fn random_command(rng: &mut Rng, model: &Model, sent: &[(String, Command)], coun
             return (key, command);
         }
         let altered = match command {
-            Command::Reserve { account, amount, ttl_seconds } => Command::Reserve { account, amount: amount + 1, ttl_seconds },
-            _ => Command::OpenAccount { account: "a-other".into() },
+            Command::Reserve {
+                account,
+                amount,
+                ttl_seconds,
+            } => Command::Reserve {
+                account,
+                amount: amount + 1,
+                ttl_seconds,
+            },
+            _ => Command::OpenAccount {
+                account: "a-other".into(),
+            },
         };
         return (key, altered);
     }
@@ -245,7 +329,13 @@ fn random_command(rng: &mut Rng, model: &Model, sent: &[(String, Command)], coun
     let key = format!("k{counter}");
     let account = ACCOUNTS[rng.below(ACCOUNTS.len() as u64) as usize].to_string();
     let hold_ids: Vec<u64> = model.holds.keys().copied().collect();
-    let some_hold = |rng: &mut Rng| if hold_ids.is_empty() || rng.chance(5) { 999_999 } else { hold_ids[rng.below(hold_ids.len() as u64) as usize] };
+    let some_hold = |rng: &mut Rng| {
+        if hold_ids.is_empty() || rng.chance(5) {
+            999_999
+        } else {
+            hold_ids[rng.below(hold_ids.len() as u64) as usize]
+        }
+    };
     let command = match rng.below(100) {
         0..=9 => Command::OpenAccount { account },
         10..=34 => Command::Award {
@@ -268,13 +358,23 @@ fn random_command(rng: &mut Rng, model: &Model, sent: &[(String, Command)], coun
                 house_edge_bps: 200,
             },
         },
-        45..=69 => Command::Reserve { account, amount: 1 + rng.below(600), ttl_seconds: 1 + rng.below(120) as u32 },
+        45..=69 => Command::Reserve {
+            account,
+            amount: 1 + rng.below(600),
+            ttl_seconds: 1 + rng.below(120) as u32,
+        },
         70..=87 => {
             let hold_id = some_hold(rng);
-            let amount = if rng.chance(50) { None } else { Some(1 + rng.below(model.holds.get(&hold_id).map_or(50, |h| h.amount + 3))) };
+            let amount = if rng.chance(50) {
+                None
+            } else {
+                Some(1 + rng.below(model.holds.get(&hold_id).map_or(50, |h| h.amount + 3)))
+            };
             Command::Commit { hold_id, amount }
         }
-        _ => Command::Release { hold_id: some_hold(rng) },
+        _ => Command::Release {
+            hold_id: some_hold(rng),
+        },
     };
     (key, command)
 }
@@ -284,13 +384,24 @@ async fn check_projections(engine: &TestEngine, model: &Model) {
     handle.wait_for_projections().await.unwrap();
     let projections = handle.projections();
     for (name, acc) in &model.accounts {
-        let view = projections.account("t1", name).unwrap().expect("opened accounts are projected");
-        assert_eq!((view.posted, view.held, view.lifetime, view.active_holds), (acc.posted, acc.held, acc.lifetime, acc.active_holds), "account {name}");
+        let view = projections
+            .account("t1", name)
+            .unwrap()
+            .expect("opened accounts are projected");
+        assert_eq!(
+            (view.posted, view.held, view.lifetime, view.active_holds),
+            (acc.posted, acc.held, acc.lifetime, acc.active_holds),
+            "account {name}"
+        );
         assert_eq!(view.tier, tier(acc.lifetime), "account {name} tier");
     }
     for (id, hold) in &model.holds {
         let view = projections.hold(*id).unwrap().expect("holds are projected");
-        assert_eq!((view.status, view.committed, view.released, view.amount), (hold.status, hold.committed, hold.released, hold.amount), "hold {id}");
+        assert_eq!(
+            (view.status, view.committed, view.released, view.amount),
+            (hold.status, hold.committed, hold.released, hold.amount),
+            "hold {id}"
+        );
     }
 }
 
@@ -306,7 +417,9 @@ fn check_receipt(expect: &Expect, result: &Result<Receipt, Rejection>, context: 
             let seqs: Vec<u64> = receipt.records.iter().map(|r| r.seq).collect();
             assert_eq!(seqs, (*first..=*last).collect::<Vec<_>>(), "{context}");
         }
-        (Expect::Reject(name), Err(rejection)) => assert_eq!(*name, rejection_name(rejection), "{context}: {rejection}"),
+        (Expect::Reject(name), Err(rejection)) => {
+            assert_eq!(*name, rejection_name(rejection), "{context}: {rejection}")
+        }
         (expect, result) => panic!("{context}: expected {expect:?}, got {result:?}"),
     }
 }
@@ -331,17 +444,29 @@ async fn run_seed(seed: u64) {
             batch.push((meta(&key), command));
         }
         let commands: Vec<Command> = batch.iter().map(|(_, c)| c.clone()).collect();
-        let results = engine.handle().submit_batch(batch).await.expect("the engine takes the batch");
+        let results = engine
+            .handle()
+            .submit_batch(batch)
+            .await
+            .expect("the engine takes the batch");
         for ((expect, result), command) in expects.iter().zip(&results).zip(&commands) {
             check_receipt(expect, result, &format!("seed {seed} step {step} {command:?}"));
         }
         model.check_invariants();
         check_projections(&engine, &model).await;
         // Time moves: mostly a little, sometimes past every hold's deadline.
-        engine.clock.advance(if rng.chance(10) { 60_000_000 + rng.below(120_000_000) } else { rng.below(5_000_000) });
+        engine.clock.advance(if rng.chance(10) {
+            60_000_000 + rng.below(120_000_000)
+        } else {
+            rng.below(5_000_000)
+        });
         if rng.chance(25) {
             let expired = engine.handle().sweep().await.unwrap() as u64;
-            assert_eq!(expired, model.sweep(engine.clock.now_us_for_test()), "seed {seed} step {step}: sweep");
+            assert_eq!(
+                expired,
+                model.sweep(engine.clock.now_us_for_test()),
+                "seed {seed} step {step}: sweep"
+            );
             model.check_invariants();
         }
         if rng.chance(4) {
@@ -356,20 +481,33 @@ async fn run_seed(seed: u64) {
 fn check_log(engine: &TestEngine, model: &Model) {
     let handle = engine.handle();
     let records: Vec<_> = handle.reader().iter_from(1).collect::<Result<_, _>>().unwrap();
-    assert_eq!(records.len() as u64, model.seq, "every expected event is in the log, no more");
+    assert_eq!(
+        records.len() as u64,
+        model.seq,
+        "every expected event is in the log, no more"
+    );
     let mut resolutions: HashMap<u64, u32> = HashMap::new();
     let mut key_ranges: HashMap<String, Vec<u64>> = HashMap::new();
     for record in &records {
-        if matches!(record.event, Event::HoldCommitted(_) | Event::HoldReleased(_) | Event::HoldExpired(_)) {
+        if matches!(
+            record.event,
+            Event::HoldCommitted(_) | Event::HoldReleased(_) | Event::HoldExpired(_)
+        ) {
             *resolutions.entry(record.event.hold_id().unwrap()).or_default() += 1;
         }
         if !record.envelope.idempotency_key.is_empty() {
-            key_ranges.entry(record.envelope.idempotency_key.clone()).or_default().push(record.seq);
+            key_ranges
+                .entry(record.envelope.idempotency_key.clone())
+                .or_default()
+                .push(record.seq);
         }
     }
     assert!(resolutions.values().all(|&n| n == 1), "each hold resolves at most once");
     for (key, seqs) in key_ranges {
-        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "key {key} was applied once (its events are one contiguous command)");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "key {key} was applied once (its events are one contiguous command)"
+        );
     }
     tally::log::verify(&engine.dir.path().join("log")).expect("the log verifies");
     // Projections folded from scratch equal the live ones.
@@ -379,7 +517,12 @@ fn check_log(engine: &TestEngine, model: &Model) {
         fresh.apply(chunk).unwrap();
     }
     for name in ProjectionName::ALL {
-        assert_eq!(fresh.digest(name).unwrap(), handle.projections().digest(name).unwrap(), "projection {} folded from scratch", name.name());
+        assert_eq!(
+            fresh.digest(name).unwrap(),
+            handle.projections().digest(name).unwrap(),
+            "projection {} folded from scratch",
+            name.name()
+        );
     }
 }
 
@@ -398,12 +541,21 @@ fn random_command_streams_match_the_reference_model() {
     let seeds: Vec<u64> = match std::env::var("TALLY_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("TALLY_SIM_SEED is a number")],
         Err(_) => {
-            let count = std::env::var("TALLY_SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(24);
-            (1..=count).map(|n: u64| n.wrapping_mul(0x2545_F491_4F6C_DD1D)).collect()
+            let count = std::env::var("TALLY_SIM_SEEDS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(24);
+            (1..=count)
+                .map(|n: u64| n.wrapping_mul(0x2545_F491_4F6C_DD1D))
+                .collect()
         }
     };
     for seed in seeds {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(run_seed(seed))));
         if let Err(panic) = outcome {
             eprintln!("simulation failed for seed {seed}; replay it with TALLY_SIM_SEED={seed}");

@@ -153,3 +153,64 @@ impl Drop for TestEngine {
         }
     }
 }
+
+/// A gRPC server on 127.0.0.1:0 in front of a [`TestEngine`].
+pub struct TestServer {
+    pub engine: TestEngine,
+    pub address: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let engine = TestEngine::start();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = engine.handle();
+        let task = tokio::spawn(async move {
+            tally::api::serve(handle, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self {
+            engine,
+            address,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn client(&self) -> tally::api::proto::ledger_client::LedgerClient<tonic::transport::Channel> {
+        tally::api::proto::ledger_client::LedgerClient::new(self.channel().await)
+    }
+
+    /// Stops serving and waits for in-flight calls.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// A request with tenant and actor metadata.
+pub fn request<T>(message: T, tenant: &str, actor: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("x-tally-tenant", tenant.parse().unwrap());
+    request.metadata_mut().insert("x-tally-actor", actor.parse().unwrap());
+    request
+}
