@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 pub use file::FileLog;
 pub use reader::{LogReader, RecordIter};
-pub use scan::{verify, Verified};
+pub use scan::{verify, Verified, FORMAT_VERSION};
 
 use crate::domain::{Envelope, Event, Record};
 

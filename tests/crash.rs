@@ -1,0 +1,200 @@
+//! Protects "acknowledged means durable" and exactly-once retries across crashes: the real
+//! `tally serve` binary (durability Sync) is driven by concurrent gRPC clients and killed
+//! with SIGKILL mid-load, several times. After each restart every request whose answer was
+//! lost is retried with its key; at the end every command the clients ever sent is in the
+//! log exactly once, every acknowledged one with the sequence number it was acknowledged
+//! with, balances add up, and `tally verify` passes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use support::request;
+use tally::api::proto::{ledger_client::LedgerClient, *};
+use tokio::sync::Notify;
+
+const CYCLES: usize = 4;
+const CLIENTS: usize = 8;
+const ACCOUNTS: usize = 4;
+/// Acknowledgements to wait for before each kill.
+const ACKS_BEFORE_KILL: u64 = 150;
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+fn start(data_dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(["--segment-mib", "1"])
+        .env("TALLY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tally serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("tally prints its address");
+    let address = line
+        .split_whitespace()
+        .nth(3)
+        .expect("tally listening on ADDRESS")
+        .to_string();
+    Server { child, address }
+}
+
+async fn connect(server: &Server) -> LedgerClient<tonic::transport::Channel> {
+    LedgerClient::connect(format!("http://{}", server.address))
+        .await
+        .expect("connect")
+}
+
+fn award(n: u64) -> AwardRequest {
+    AwardRequest {
+        account_id: format!("p{}", n % ACCOUNTS as u64),
+        idempotency_key: format!("award-{n}"),
+        source: Some(award_request::Source::Promotion(Promotion {
+            points: 1 + n % 17,
+            promotion_id: "load".into(),
+            external_reward_id: format!("reward-{n}"),
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let mut client = connect(&server).await;
+    for a in 0..ACCOUNTS {
+        let open = OpenAccountRequest {
+            account_id: format!("p{a}"),
+            idempotency_key: format!("open-{a}"),
+            ..Default::default()
+        };
+        client.open_account(request(open, "t1", "load")).await.unwrap();
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let mut acknowledged: HashMap<u64, u64> = HashMap::new();
+    for cycle in 0..CYCLES {
+        let acked = Arc::new(AtomicU64::new(0));
+        let enough = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let mut client = connect(&server).await;
+            let (next, acked, enough) = (next.clone(), acked.clone(), enough.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut lost) = (HashMap::new(), Vec::new());
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    match client.award(request(award(n), "t1", "load")).await {
+                        Ok(response) => {
+                            ok.insert(n, response.into_inner().outcome.unwrap().sequence);
+                            if acked.fetch_add(1, Ordering::SeqCst) + 1 == ACKS_BEFORE_KILL {
+                                enough.notify_one();
+                            }
+                        }
+                        Err(_) => {
+                            lost.push(n);
+                            return (ok, lost);
+                        }
+                    }
+                }
+            }));
+        }
+        enough.notified().await;
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().unwrap();
+        let mut unanswered = Vec::new();
+        for task in tasks {
+            let (ok, lost) = task.await.unwrap();
+            acknowledged.extend(ok);
+            unanswered.extend(lost);
+        }
+        assert!(acknowledged.len() as u64 >= ACKS_BEFORE_KILL * (cycle as u64 + 1));
+        server = start(dir.path());
+        let mut client = connect(&server).await;
+        // Every acknowledged command is there, with the sequence number it was given.
+        for (&n, &sequence) in acknowledged.iter().filter(|(n, _)| *n % 7 == cycle as u64 % 7) {
+            let replay = client
+                .award(request(award(n), "t1", "load"))
+                .await
+                .unwrap()
+                .into_inner()
+                .outcome
+                .unwrap();
+            assert!(replay.replayed, "cycle {cycle}: acknowledged award {n} must replay");
+            assert_eq!(
+                replay.sequence, sequence,
+                "cycle {cycle}: award {n} keeps its sequence number"
+            );
+        }
+        // Requests whose answer was lost are retried with the same key: applied at most once.
+        for n in unanswered {
+            let outcome = client
+                .award(request(award(n), "t1", "load"))
+                .await
+                .unwrap()
+                .into_inner()
+                .outcome
+                .unwrap();
+            acknowledged.insert(n, outcome.sequence);
+        }
+    }
+    // Stop gracefully and check the log offline.
+    sigterm(&server.child);
+    server.child.wait().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("verify")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "tally verify: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let (log, _) = tally::log::FileLog::open(&dir.path().join("log"), tally::log::LogOptions::default()).unwrap();
+    let records: Vec<_> = tally::log::LogWriter::reader(&log)
+        .iter_from(1)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut posted: HashMap<String, u64> = HashMap::new();
+    for record in &records {
+        if let tally::domain::Event::PointsAwarded(award) = &record.event {
+            *seen.entry(record.envelope.idempotency_key.clone()).or_default() += 1;
+            *posted.entry(record.envelope.stream.clone()).or_default() += award.points;
+        }
+    }
+    for (n, sequence) in &acknowledged {
+        assert_eq!(
+            seen.get(&format!("award-{n}")),
+            Some(&1),
+            "award {n} is in the log exactly once"
+        );
+        assert!(records
+            .iter()
+            .any(|r| r.seq == *sequence && r.envelope.idempotency_key == format!("award-{n}")));
+    }
+    assert_eq!(seen.len(), acknowledged.len(), "nothing but what the clients sent");
+    let expected: u64 = acknowledged.keys().map(|n| 1 + n % 17).sum();
+    assert_eq!(posted.values().sum::<u64>(), expected, "points add up");
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
