@@ -28,7 +28,7 @@ fn event(seq: u64) -> (Envelope, Event) {
         idempotency_key: format!("k{seq}"),
         ..Envelope::default()
     };
-    let event = if seq % 3 == 0 {
+    let event = if seq.is_multiple_of(3) {
         Event::AccountOpened(AccountOpened { tier: "Member".into() })
     } else {
         Event::PointsAwarded(PointsAwarded {
@@ -57,7 +57,7 @@ fn append(log: &mut FileLog, from: u64, to: u64, per_frame: u64) {
     for seq in from..=to {
         let (envelope, event) = event(seq);
         log.stage(seq, seq * 1000, &envelope, &event);
-        if (seq - from + 1) % per_frame == 0 || seq == to {
+        if (seq - from + 1).is_multiple_of(per_frame) || seq == to {
             log.commit().expect("commit");
         }
     }
