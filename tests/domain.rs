@@ -310,6 +310,32 @@ fn bad_input_is_refused_naming_the_field() {
 }
 
 #[test]
+fn the_envelope_fields_are_validated_too() {
+    let mut h = funded(0);
+    let mut long_actor = meta("a");
+    long_actor.actor = "x".repeat(MAX_ID_BYTES + 1);
+    assert!(matches!(
+        h.refused(&long_actor, promo(1, "r")),
+        Rejection::InvalidArgument { field: "actor", .. }
+    ));
+    let mut bad_tenant = meta("b");
+    bad_tenant.tenant = "t 1".into();
+    assert!(matches!(
+        h.refused(&bad_tenant, promo(1, "r")),
+        Rejection::InvalidArgument { field: "tenant", .. }
+    ));
+    let mut control = meta("c");
+    control.correlation_id = "line\nbreak".into();
+    assert!(matches!(
+        h.refused(&control, promo(1, "r")),
+        Rejection::InvalidArgument {
+            field: "correlation_id",
+            ..
+        }
+    ));
+}
+
+#[test]
 fn points_go_only_to_opened_accounts() {
     let mut h = Harness::default();
     assert_eq!(

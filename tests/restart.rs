@@ -16,12 +16,51 @@ async fn workload(engine: &TestEngine, from: u64, to: u64) {
     let h = engine.handle();
     for n in from..to {
         let account = format!("p{}", n % 3);
-        h.submit(meta(&format!("open-{account}")), Command::OpenAccount { account: account.clone() }).await.unwrap();
-        let source = AwardRequest::Promotion { points: 10 + n, promotion_id: "p".into(), external_reward_id: format!("r{n}") };
-        h.submit(meta(&format!("a{n}")), Command::Award { account: account.clone(), source }).await.unwrap();
-        let hold = h.submit(meta(&format!("r{n}")), Command::Reserve { account, amount: 5, ttl_seconds: 60 }).await.unwrap().records[0].seq;
+        h.submit(
+            meta(&format!("open-{account}")),
+            Command::OpenAccount {
+                account: account.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        let source = AwardRequest::Promotion {
+            points: 10 + n,
+            promotion_id: "p".into(),
+            external_reward_id: format!("r{n}"),
+        };
+        h.submit(
+            meta(&format!("a{n}")),
+            Command::Award {
+                account: account.clone(),
+                source,
+            },
+        )
+        .await
+        .unwrap();
+        let hold = h
+            .submit(
+                meta(&format!("r{n}")),
+                Command::Reserve {
+                    account,
+                    amount: 5,
+                    ttl_seconds: 60,
+                },
+            )
+            .await
+            .unwrap()
+            .records[0]
+            .seq;
         if n % 2 == 0 {
-            h.submit(meta(&format!("c{n}")), Command::Commit { hold_id: hold, amount: Some(3) }).await.unwrap();
+            h.submit(
+                meta(&format!("c{n}")),
+                Command::Commit {
+                    hold_id: hold,
+                    amount: Some(3),
+                },
+            )
+            .await
+            .unwrap();
         }
     }
 }
@@ -29,7 +68,10 @@ async fn workload(engine: &TestEngine, from: u64, to: u64) {
 async fn digests(engine: &TestEngine) -> Vec<[u8; 32]> {
     let h = engine.handle();
     h.wait_for_projections().await.unwrap();
-    ProjectionName::ALL.iter().map(|&p| h.projections().digest(p).unwrap()).collect()
+    ProjectionName::ALL
+        .iter()
+        .map(|&p| h.projections().digest(p).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,14 +82,25 @@ async fn state_returns_from_snapshot_and_log_tail() {
     let head = engine.handle().committed_seq();
     engine.restart();
     let report = engine.engine.as_ref().unwrap().report().clone();
-    assert_eq!((report.head_seq, report.snapshot_seq, report.folded), (head, Some(head), 0), "graceful stop leaves a snapshot at the head");
+    assert_eq!(
+        (report.head_seq, report.snapshot_seq, report.folded),
+        (head, Some(head), 0),
+        "graceful stop leaves a snapshot at the head"
+    );
     assert_eq!(digests(&engine).await, before);
     // The restored state answers retries with the original results and goes on.
     let handle = engine.handle();
-    let replay = handle.submit(meta("a7"), Command::Award {
-        account: "p1".into(),
-        source: AwardRequest::Promotion { points: 17, promotion_id: "p".into(), external_reward_id: "r7".into() },
-    });
+    let replay = handle.submit(
+        meta("a7"),
+        Command::Award {
+            account: "p1".into(),
+            source: AwardRequest::Promotion {
+                points: 17,
+                promotion_id: "p".into(),
+                external_reward_id: "r7".into(),
+            },
+        },
+    );
     assert!(replay.await.unwrap().replayed);
     workload(&engine, 30, 40).await;
 }

@@ -128,6 +128,7 @@ pub(super) fn check_natural(
 
 fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection> {
     validate_id("tenant", &meta.tenant, MAX_TENANT_BYTES)?;
+    validate_id("actor", &meta.actor, MAX_ID_BYTES)?;
     match &meta.idempotency {
         Some(key) => {
             validate_id("idempotency_key", &key.key, MAX_ID_BYTES)?;
