@@ -15,3 +15,4 @@ pub mod domain;
 pub mod engine;
 pub mod log;
 pub mod projection;
+pub mod query;

@@ -350,5 +350,6 @@ pub fn history_entry(view: &HistoryView) -> proto::HistoryEntry {
         tier_after: e.tier_after.clone(),
         hold_id: view.hold_id,
         points: view.points,
+        account_id: view.account_id.clone(),
     }
 }

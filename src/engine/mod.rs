@@ -5,11 +5,14 @@
 //! log. Everything else — the API, the sweeper — submits commands through the inbox.
 
 mod clock;
+pub mod jobs;
+pub mod operations;
 mod projector;
 mod sequencer;
 pub mod sweeper;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use operations::{JobControl, JobError, OperationRecord, OperationState, Operations};
 pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
 
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
@@ -30,6 +33,10 @@ pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
 /// Records between write-state snapshots: a restart folds at most this many records.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
 
+/// Records between periodic projection snapshot files: a lost projection store or a
+/// rebuild from a snapshot folds at most this many records.
+pub const DEFAULT_PROJECTION_SNAPSHOT_EVERY: u64 = 1_000_000;
+
 /// How long a query waits for the projections to reach the log head it saw on arrival.
 pub const QUERY_CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
 
@@ -42,6 +49,8 @@ pub struct EngineConfig {
     pub policy: Policy,
     pub inbox_capacity: usize,
     pub snapshot_every: u64,
+    /// 0 turns periodic projection snapshots off (they can still be asked for).
+    pub projection_snapshot_every: u64,
 }
 
 impl EngineConfig {
@@ -53,7 +62,18 @@ impl EngineConfig {
             policy: Policy::default(),
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            projection_snapshot_every: DEFAULT_PROJECTION_SNAPSHOT_EVERY,
         }
+    }
+
+    /// Where projection snapshot files go.
+    pub fn projection_snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("projection-snapshots")
+    }
+
+    /// Where replays to file are written.
+    pub fn exports_dir(&self) -> PathBuf {
+        self.data_dir.join("exports")
     }
 }
 
@@ -183,17 +203,20 @@ impl Engine {
                 projections.clear(name)?;
             }
         }
+        adopt_projection_snapshots(&projections, &reader, &config.projection_snapshot_dir())?;
         let (state, report) = restore(&projections, &reader, head.seq)?;
         let report = StartReport {
             truncated: opened.truncated,
             ..report
         };
         tracing::info!(?report, "ledger state restored");
+        let config_for_handle = config.clone();
         let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_capacity);
         let (committed_tx, committed_rx) = watch::channel(head.seq);
         let (applied_tx, applied_rx) = watch::channel(projections.applied()?);
         let (status_tx, status_rx) = watch::channel(Status::Serving);
         let signal = Arc::new(Signal::default());
+        let apply_lock = Arc::new(Mutex::new(()));
         let projector = projector::Projector {
             projections: projections.clone(),
             reader: reader.clone(),
@@ -201,7 +224,11 @@ impl Engine {
             applied: applied_tx,
             mirror: state.clone(),
             snapshot_every: config.snapshot_every,
+            apply_lock: apply_lock.clone(),
+            projection_snapshot_every: config.projection_snapshot_every,
+            projection_snapshot_dir: config.projection_snapshot_dir(),
         };
+        let operations = Operations::load(projections.aux_tree("operations")?, clock.clone());
         let failed = status_tx.clone();
         let sequencer = sequencer::Sequencer {
             state,
@@ -243,6 +270,9 @@ impl Engine {
                 committed: committed_rx,
                 applied: applied_rx,
                 status: status_rx,
+                apply_lock,
+                operations,
+                config: Arc::new(config_for_handle),
             },
             signal,
             sequencer: Some(sequencer),
@@ -309,6 +339,36 @@ fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], EngineError> {
     Ok(log::read_one(reader, seq)?.map_or([0xFF; 32], |r| r.hash))
 }
 
+/// A projection that starts empty (its store was lost) begins from its latest snapshot
+/// file, when that snapshot belongs to this log, instead of from sequence 1.
+fn adopt_projection_snapshots(
+    projections: &Projections,
+    reader: &LogReader,
+    dir: &std::path::Path,
+) -> Result<(), EngineError> {
+    let head = reader.head().seq;
+    for name in ProjectionName::ALL {
+        if projections.checkpoint(name)? != 0 || head == 0 {
+            continue;
+        }
+        let Some(info) = crate::projection::latest_projection_snapshot(dir, name).filter(|s| s.seq <= head) else {
+            continue;
+        };
+        match projections.begin_rebuild_from_snapshot(&info, hash_at(reader, info.seq)?) {
+            Ok(rebuild) => {
+                projections.adopt_rebuild(rebuild)?;
+                tracing::info!(
+                    projection = name.name(),
+                    seq = info.seq,
+                    "projection restored from its snapshot file"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "projection snapshot not usable; folding from the start"),
+        }
+    }
+    Ok(())
+}
+
 /// A cheap, cloneable handle to a running engine: submit commands, read projections.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -318,6 +378,9 @@ pub struct EngineHandle {
     committed: watch::Receiver<u64>,
     applied: watch::Receiver<u64>,
     status: watch::Receiver<Status>,
+    apply_lock: Arc<Mutex<()>>,
+    operations: Operations,
+    config: Arc<EngineConfig>,
 }
 
 impl EngineHandle {
@@ -430,6 +493,98 @@ impl EngineHandle {
 
     pub fn reader(&self) -> &LogReader {
         &self.reader
+    }
+
+    /// A watch of the last committed sequence number, for subscriptions.
+    pub fn committed_watch(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    pub fn operations(&self) -> &Operations {
+        &self.operations
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Starts rebuilding one projection (or all, one after the other) as an operation.
+    pub fn start_rebuild(
+        &self,
+        only: Option<ProjectionName>,
+        verify_only: bool,
+        from_snapshot: bool,
+    ) -> OperationRecord {
+        let names: Vec<ProjectionName> = only.map_or(ProjectionName::ALL.to_vec(), |n| vec![n]);
+        let description = format!(
+            "rebuild {}{}{}",
+            names.iter().map(|n| n.name()).collect::<Vec<_>>().join(", "),
+            if verify_only { ", verify only" } else { "" },
+            if from_snapshot {
+                ", from the latest snapshot"
+            } else {
+                ""
+            }
+        );
+        let (projections, reader, lock) = (self.projections.clone(), self.reader.clone(), self.apply_lock.clone());
+        let snapshot_dir = from_snapshot.then(|| self.config.projection_snapshot_dir());
+        self.operations.start("rebuild", description, move |control| {
+            let mut lines = Vec::new();
+            let mut mismatched = Vec::new();
+            for name in names {
+                let outcome = jobs::rebuild(
+                    &projections,
+                    &reader,
+                    &lock,
+                    name,
+                    snapshot_dir.as_deref(),
+                    verify_only,
+                    control,
+                )?;
+                if !outcome.matched() {
+                    mismatched.push(name.name());
+                }
+                lines.push(jobs::describe(&outcome));
+            }
+            if verify_only && !mismatched.is_empty() {
+                return Err(JobError::Failed(format!(
+                    "projections differ from a fold of the log: {}; {}",
+                    mismatched.join(", "),
+                    lines.join("; ")
+                )));
+            }
+            Ok(lines.join("; "))
+        })
+    }
+
+    /// Starts writing a snapshot file of every projection.
+    pub fn start_projection_snapshot(&self) -> OperationRecord {
+        let (projections, reader, lock) = (self.projections.clone(), self.reader.clone(), self.apply_lock.clone());
+        let dir = self.config.projection_snapshot_dir();
+        self.operations.start(
+            "projection_snapshot",
+            format!("snapshot every projection into {}", dir.display()),
+            move |_| jobs::snapshot_projections(&projections, &reader, &lock, &dir),
+        )
+    }
+
+    /// Starts writing a window of events to `<data-dir>/exports/<file_name>` as JSON lines.
+    pub fn start_replay_to_file(
+        &self,
+        window: crate::query::Window,
+        filter: crate::query::EventFilter,
+        max_events: u64,
+        file_name: &str,
+    ) -> Result<OperationRecord, String> {
+        let exports = self.config.exports_dir();
+        let path = jobs::export_path(&exports, file_name)?;
+        std::fs::create_dir_all(&exports).map_err(|e| format!("cannot create {}: {e}", exports.display()))?;
+        let reader = self.reader.clone();
+        let description = format!("replay {window:?} to {}", path.display());
+        Ok(self.operations.start("replay_to_file", description, move |control| {
+            let written = jobs::replay_to_file(&reader, window, filter, max_events, &path, control)?;
+            Ok(format!("{written} events written to {}", path.display()))
+        }))
     }
 
     pub fn projections(&self) -> &Projections {

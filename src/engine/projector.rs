@@ -6,7 +6,8 @@ use super::Signal;
 use crate::domain::{evolve, State};
 use crate::log::LogReader;
 use crate::projection::Projections;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -24,11 +25,16 @@ pub(super) struct Projector {
     pub applied: watch::Sender<u64>,
     pub mirror: State,
     pub snapshot_every: u64,
+    /// Held while applying, so that a rebuild can compare and swap at a still checkpoint.
+    pub apply_lock: Arc<Mutex<()>>,
+    pub projection_snapshot_every: u64,
+    pub projection_snapshot_dir: PathBuf,
 }
 
 impl Projector {
     pub fn run(mut self) {
         let mut last_snapshot = self.mirror.head_seq;
+        let mut last_projection_snapshot = self.mirror.head_seq;
         loop {
             let stopping = self.signal.wait(IDLE_POLL);
             if let Err(error) = self.catch_up() {
@@ -39,6 +45,15 @@ impl Projector {
             if stopping || self.mirror.head_seq >= last_snapshot + self.snapshot_every {
                 self.snapshot();
                 last_snapshot = self.mirror.head_seq;
+            }
+            let every = self.projection_snapshot_every;
+            if every > 0 && self.mirror.head_seq >= last_projection_snapshot + every {
+                let dir = &self.projection_snapshot_dir;
+                match super::jobs::snapshot_projections(&self.projections, &self.reader, &self.apply_lock, dir) {
+                    Ok(summary) => tracing::info!(%summary, "periodic projection snapshot"),
+                    Err(error) => tracing::error!(?error, "periodic projection snapshot failed"),
+                }
+                last_projection_snapshot = self.mirror.head_seq;
             }
             if stopping {
                 if let Err(error) = self.projections.flush() {
@@ -56,7 +71,10 @@ impl Projector {
         while from <= head {
             let to = head.min(from + RECORDS_PER_BATCH as u64 - 1);
             let records = self.reader.iter_range(from, to).collect::<Result<Vec<_>, _>>()?;
-            self.projections.apply(&records)?;
+            {
+                let _applying = self.apply_lock.lock().expect("apply lock");
+                self.projections.apply(&records)?;
+            }
             let mirrored = self.mirror.head_seq;
             for record in records.iter().filter(|r| r.seq > mirrored) {
                 evolve(&mut self.mirror, record);

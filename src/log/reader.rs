@@ -37,6 +37,37 @@ impl LogReader {
         Self { shared }
     }
 
+    /// Opens a log directory for reading only: checks it as `verify` does and never writes,
+    /// so it is safe beside a running server. A torn tail (or a frame being written right
+    /// now) is simply not part of what it reads; corruption before the tail is an error.
+    pub fn open(dir: &std::path::Path) -> Result<LogReader, LogError> {
+        let scan = super::scan::scan(dir)?;
+        let segments = scan.segments.iter().map(|s| (s.first_seq, s.path.clone())).collect();
+        Ok(LogReader::new(Arc::new(Shared {
+            state: RwLock::new(SharedState {
+                head: scan.head,
+                segments,
+                index: scan.index,
+            }),
+        })))
+    }
+
+    /// Sequence number of the last record with a timestamp at or before `ts_us` (0 if none).
+    pub fn seq_at_time(&self, ts_us: u64) -> Result<u64, LogError> {
+        let head = self.head();
+        if ts_us >= head.ts_us {
+            return Ok(head.seq);
+        }
+        match self
+            .iter_from_time(ts_us.saturating_add(1), head.seq)
+            .next()
+            .transpose()?
+        {
+            Some(first_after) => Ok(first_after.seq - 1),
+            None => Ok(head.seq),
+        }
+    }
+
     /// The last committed record.
     pub fn head(&self) -> Head {
         self.shared.state.read().expect("log index lock poisoned").head

@@ -1,23 +1,31 @@
 //! Projections: folds of the log into sled trees, one tree per projection with its
 //! checkpoint (the last applied sequence number) written in the same atomic batch as its
-//! state. sled holds nothing that cannot be rebuilt from the log.
+//! rows. sled holds nothing that cannot be rebuilt from the log.
+//!
+//! Each projection lives in a *generation* of its tree (`accounts.3`); a rebuild folds into
+//! the next generation and swaps it in, so readers never see a half-built projection.
 //!
 //! Invariant: projections never decide anything; they only follow the log.
 
+mod fold;
+pub mod keys;
+mod rebuild;
 pub mod views;
 
-use crate::domain::{Event, HoldStatus, Record, State};
+use crate::domain::{Record, State};
+pub use rebuild::{latest_projection_snapshot, Rebuild, RebuildOutcome, SnapshotInfo};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 pub use views::{AccountView, HistoryView, HoldView, IdempotencyView};
 
-/// The key of a projection's checkpoint inside its own tree. Account and history keys start
-/// with an ASCII tenant id and hold keys are 8 bytes, so no row can collide with it.
-const CHECKPOINT_KEY: [u8; 9] = [0xFF; 9];
+/// The key of a projection's checkpoint inside its own tree. Row keys start with an ASCII
+/// tenant id or are 8-byte hold ids, so no row can collide with it.
+pub(crate) const CHECKPOINT_KEY: [u8; 9] = [0xFF; 9];
 const SNAPSHOT_KEY: &[u8] = b"write-state";
 
 /// The projections this build maintains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProjectionName {
     /// Balances, tier and active-hold count per account.
     Accounts,
@@ -27,14 +35,20 @@ pub enum ProjectionName {
     History,
     /// The events each idempotency identity produced.
     Idempotency,
+    /// Events by correlation id.
+    Correlation,
+    /// Events by actor and time.
+    Actor,
 }
 
 impl ProjectionName {
-    pub const ALL: [ProjectionName; 4] = [
+    pub const ALL: [ProjectionName; 6] = [
         ProjectionName::Accounts,
         ProjectionName::Holds,
         ProjectionName::History,
         ProjectionName::Idempotency,
+        ProjectionName::Correlation,
+        ProjectionName::Actor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,7 +57,13 @@ impl ProjectionName {
             ProjectionName::Holds => "holds",
             ProjectionName::History => "history",
             ProjectionName::Idempotency => "idempotency",
+            ProjectionName::Correlation => "correlation",
+            ProjectionName::Actor => "actor",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
     }
 }
 
@@ -54,12 +74,16 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("projection {tree}: row does not decode: {reason}")]
     Decode { tree: &'static str, reason: String },
+    #[error("projection snapshot {path}: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
 }
 
 /// The projection store: a sled database with one tree per projection.
 pub struct Projections {
     db: sled::Db,
-    trees: HashMap<ProjectionName, sled::Tree>,
+    /// Which generation of each projection's tree is live.
+    generations: sled::Tree,
+    trees: RwLock<HashMap<ProjectionName, sled::Tree>>,
     snapshots: sled::Tree,
 }
 
@@ -69,6 +93,9 @@ impl Projections {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = match sled::Config::new().path(dir).open() {
             Ok(db) => db,
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(sled::Error::Io(e).into())
+            }
             Err(error) => {
                 let aside = PathBuf::from(format!("{}.unreadable-{}", dir.display(), std::process::id()));
                 tracing::warn!(%error, moved_to = %aside.display(), "projection store unreadable; rebuilding from the log");
@@ -76,24 +103,29 @@ impl Projections {
                 sled::Config::new().path(dir).open()?
             }
         };
+        let generations = db.open_tree("generations")?;
         let mut trees = HashMap::new();
         for name in ProjectionName::ALL {
-            trees.insert(name, db.open_tree(name.name())?);
+            let generation = generation_of(&generations, name)?;
+            trees.insert(name, db.open_tree(tree_name(name, generation))?);
         }
         let snapshots = db.open_tree("snapshots")?;
-        Ok(Self { db, trees, snapshots })
+        Ok(Self {
+            db,
+            generations,
+            trees: RwLock::new(trees),
+            snapshots,
+        })
     }
 
-    fn tree(&self, name: ProjectionName) -> &sled::Tree {
-        &self.trees[&name]
+    /// The live tree of a projection (a cheap handle).
+    pub(crate) fn tree(&self, name: ProjectionName) -> sled::Tree {
+        self.trees.read().expect("projection map lock")[&name].clone()
     }
 
     /// The last sequence number applied to a projection.
     pub fn checkpoint(&self, name: ProjectionName) -> Result<u64, StoreError> {
-        Ok(self
-            .tree(name)
-            .get(CHECKPOINT_KEY)?
-            .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+        checkpoint_of(&self.tree(name))
     }
 
     /// The lowest checkpoint: every projection has applied at least this far.
@@ -115,158 +147,7 @@ impl Projections {
     /// one atomic batch per projection.
     pub fn apply(&self, records: &[Record]) -> Result<(), StoreError> {
         for name in ProjectionName::ALL {
-            let checkpoint = self.checkpoint(name)?;
-            let start = records.partition_point(|r| r.seq <= checkpoint);
-            let todo = &records[start..];
-            let Some(last) = todo.last() else { continue };
-            assert_eq!(
-                todo[0].seq,
-                checkpoint + 1,
-                "projection {} folds gapless records",
-                name.name()
-            );
-            let mut batch = sled::Batch::default();
-            match name {
-                ProjectionName::Accounts => self.fold_accounts(todo, &mut batch)?,
-                ProjectionName::Holds => self.fold_holds(todo, &mut batch)?,
-                ProjectionName::History => fold_history(todo, &mut batch),
-                ProjectionName::Idempotency => self.fold_idempotency(todo, &mut batch)?,
-            }
-            batch.insert(&CHECKPOINT_KEY, &last.seq.to_be_bytes());
-            self.tree(name).apply_batch(batch)?;
-        }
-        Ok(())
-    }
-
-    fn fold_accounts(&self, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
-        let tree = self.tree(ProjectionName::Accounts);
-        let mut touched: HashMap<Vec<u8>, AccountView> = HashMap::new();
-        for record in records {
-            let key = account_key(&record.envelope.tenant, &record.envelope.stream);
-            if let Event::AccountOpened(opened) = &record.event {
-                touched.insert(
-                    key,
-                    AccountView {
-                        account_id: record.envelope.stream.clone(),
-                        posted: 0,
-                        held: 0,
-                        lifetime: 0,
-                        tier: opened.tier.clone(),
-                        active_holds: 0,
-                        opened_at_us: record.ts_us,
-                        last_seq: record.seq,
-                    },
-                );
-                continue;
-            }
-            let view = match touched.remove(&key) {
-                Some(view) => view,
-                None => {
-                    decode::<AccountView>("accounts", tree.get(&key)?)?.expect("events follow their account's opening")
-                }
-            };
-            let effect = record.event.effect().expect("every event but an opening has an effect");
-            let active_holds = match &record.event {
-                Event::HoldReserved(_) => view.active_holds + 1,
-                Event::HoldCommitted(_) | Event::HoldReleased(_) | Event::HoldExpired(_) => view.active_holds - 1,
-                _ => view.active_holds,
-            };
-            let updated = AccountView {
-                posted: effect.posted_after,
-                held: effect.held_after,
-                lifetime: effect.lifetime_after,
-                tier: effect.tier_after.clone(),
-                active_holds,
-                last_seq: record.seq,
-                ..view
-            };
-            touched.insert(key, updated);
-        }
-        for (key, view) in touched {
-            batch.insert(key, encode(&view));
-        }
-        Ok(())
-    }
-
-    fn fold_holds(&self, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
-        let tree = self.tree(ProjectionName::Holds);
-        let mut touched: HashMap<u64, HoldView> = HashMap::new();
-        for record in records {
-            let (hold_id, status, committed, released) = match &record.event {
-                Event::HoldReserved(r) => {
-                    touched.insert(
-                        r.hold_id,
-                        HoldView {
-                            hold_id: r.hold_id,
-                            tenant: record.envelope.tenant.clone(),
-                            account_id: record.envelope.stream.clone(),
-                            amount: r.amount,
-                            status: HoldStatus::Active,
-                            created_at_us: record.ts_us,
-                            expires_at_us: r.expires_at_us,
-                            committed: 0,
-                            released: 0,
-                            resolved_at_us: 0,
-                            resolved_seq: 0,
-                        },
-                    );
-                    continue;
-                }
-                Event::HoldCommitted(c) => (c.hold_id, HoldStatus::Committed, c.committed, c.released),
-                Event::HoldReleased(r) => (r.hold_id, HoldStatus::Released, 0, r.amount),
-                Event::HoldExpired(x) => (x.hold_id, HoldStatus::Expired, 0, x.amount),
-                _ => continue,
-            };
-            let view = match touched.remove(&hold_id) {
-                Some(view) => view,
-                None => decode::<HoldView>("holds", tree.get(hold_id.to_be_bytes())?)?
-                    .expect("resolved holds were reserved"),
-            };
-            touched.insert(
-                hold_id,
-                HoldView {
-                    status,
-                    committed,
-                    released,
-                    resolved_at_us: record.ts_us,
-                    resolved_seq: record.seq,
-                    ..view
-                },
-            );
-        }
-        for (hold_id, view) in touched {
-            batch.insert(&hold_id.to_be_bytes(), encode(&view));
-        }
-        Ok(())
-    }
-
-    fn fold_idempotency(&self, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
-        let tree = self.tree(ProjectionName::Idempotency);
-        let mut touched: HashMap<Vec<u8>, IdempotencyView> = HashMap::new();
-        for record in records {
-            let envelope = &record.envelope;
-            if envelope.idempotency_key.is_empty() {
-                continue;
-            }
-            let key = idempotency_key(&envelope.tenant, &envelope.idempotency_scope, &envelope.idempotency_key);
-            let existing = match touched.remove(&key) {
-                Some(view) => Some(view),
-                None => decode::<IdempotencyView>("idempotency", tree.get(&key)?)?,
-            };
-            let view = match existing {
-                Some(view) => IdempotencyView {
-                    last_seq: record.seq,
-                    ..view
-                },
-                None => IdempotencyView {
-                    first_seq: record.seq,
-                    last_seq: record.seq,
-                },
-            };
-            touched.insert(key, view);
-        }
-        for (key, view) in touched {
-            batch.insert(key, encode(&view));
+            apply_to(name, &self.tree(name), records)?;
         }
         Ok(())
     }
@@ -275,13 +156,36 @@ impl Projections {
     pub fn account(&self, tenant: &str, account: &str) -> Result<Option<AccountView>, StoreError> {
         decode(
             "accounts",
-            self.tree(ProjectionName::Accounts).get(account_key(tenant, account))?,
+            self.tree(ProjectionName::Accounts)
+                .get(keys::account(tenant, account))?,
         )
     }
 
     /// A hold, whatever its tenant (the caller checks the tenant).
     pub fn hold(&self, hold_id: u64) -> Result<Option<HoldView>, StoreError> {
         decode("holds", self.tree(ProjectionName::Holds).get(hold_id.to_be_bytes())?)
+    }
+
+    /// Up to `limit` history entries of an account with `after_seq < seq <= up_to_seq`.
+    pub fn history_range(
+        &self,
+        tenant: &str,
+        account: &str,
+        after_seq: u64,
+        up_to_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryView>, StoreError> {
+        if after_seq >= up_to_seq {
+            return Ok(Vec::new());
+        }
+        let start = keys::history(tenant, account, after_seq + 1);
+        let end = keys::history(tenant, account, up_to_seq);
+        let mut rows = Vec::new();
+        for row in self.tree(ProjectionName::History).range(start..=end).take(limit) {
+            let (_, value) = row?;
+            rows.push(decode("history", Some(value))?.expect("present"));
+        }
+        Ok(rows)
     }
 
     /// Up to `limit` history entries of an account with a sequence number above `after_seq`.
@@ -292,18 +196,14 @@ impl Projections {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<HistoryView>, StoreError> {
-        let prefix = account_key(tenant, account);
-        let mut start = prefix.clone();
-        start.push(0);
-        start.extend_from_slice(&after_seq.saturating_add(1).to_be_bytes());
-        let mut end = prefix;
-        end.push(1);
-        let mut rows = Vec::new();
-        for row in self.tree(ProjectionName::History).range(start..end).take(limit) {
-            let (_, value) = row?;
-            rows.push(decode("history", Some(value))?.expect("present"));
-        }
-        Ok(rows)
+        self.history_range(tenant, account, after_seq, u64::MAX, limit)
+    }
+
+    fn history_row(&self, tenant: &str, account: &str, seq: u64) -> Result<HistoryView, StoreError> {
+        let row = self
+            .tree(ProjectionName::History)
+            .get(keys::history(tenant, account, seq))?;
+        Ok(decode("history", row)?.expect("indexed events have a history row"))
     }
 
     /// The events an idempotency identity produced.
@@ -311,25 +211,66 @@ impl Projections {
         decode(
             "idempotency",
             self.tree(ProjectionName::Idempotency)
-                .get(idempotency_key(tenant, scope, key))?,
+                .get(keys::idempotency(tenant, scope, key))?,
         )
+    }
+
+    /// Up to `limit` events with a correlation id, after sequence number `after_seq`.
+    pub fn by_correlation(
+        &self,
+        tenant: &str,
+        correlation_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryView>, StoreError> {
+        let start = keys::correlation(tenant, correlation_id, after_seq.saturating_add(1));
+        let end = keys::correlation(tenant, correlation_id, u64::MAX);
+        self.rows_by_index(ProjectionName::Correlation, start..=end, limit)
+    }
+
+    /// Up to `limit` events of an actor with `from_us <= ts < to_us`, after `(ts, seq)`.
+    pub fn by_actor(
+        &self,
+        tenant: &str,
+        actor: &str,
+        from_us: u64,
+        to_us: u64,
+        after: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<Vec<HistoryView>, StoreError> {
+        if from_us >= to_us {
+            return Ok(Vec::new());
+        }
+        let start = match after {
+            Some((ts, seq)) => keys::actor(tenant, actor, ts, seq.saturating_add(1)),
+            None => keys::actor(tenant, actor, from_us, 0),
+        };
+        let end = keys::actor(tenant, actor, to_us - 1, u64::MAX);
+        self.rows_by_index(ProjectionName::Actor, start..=end, limit)
+    }
+
+    /// History rows for index entries whose key ends with the sequence number and whose
+    /// value is the account id.
+    fn rows_by_index(
+        &self,
+        index: ProjectionName,
+        range: std::ops::RangeInclusive<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<HistoryView>, StoreError> {
+        let mut rows = Vec::new();
+        for entry in self.tree(index).range(range).take(limit) {
+            let (key, account) = entry?;
+            let (tenant, seq) = keys::tenant_and_seq(&key);
+            let account = std::str::from_utf8(&account).expect("account ids are ASCII");
+            rows.push(self.history_row(tenant, account, seq)?);
+        }
+        Ok(rows)
     }
 
     /// blake3 over a projection's rows in key order, checkpoint excluded: two stores that
     /// folded the same records have the same digest.
     pub fn digest(&self, name: ProjectionName) -> Result<[u8; 32], StoreError> {
-        let mut hasher = blake3::Hasher::new();
-        for row in self.tree(name).iter() {
-            let (key, value) = row?;
-            if key.as_ref() == CHECKPOINT_KEY {
-                continue;
-            }
-            for part in [key.as_ref(), value.as_ref()] {
-                hasher.update(&(part.len() as u64).to_le_bytes());
-                hasher.update(part);
-            }
-        }
-        Ok(*hasher.finalize().as_bytes())
+        digest_of(&self.tree(name))
     }
 
     /// Stores the write-side state as of `state.head_seq`, with the chain hash there, so a
@@ -359,10 +300,15 @@ impl Projections {
         }
     }
 
-    /// Forgets the snapshot (it does not belong to this log).
+    /// Forgets the write-state snapshot (it does not belong to this log).
     pub fn drop_snapshot(&self) -> Result<(), StoreError> {
         self.snapshots.remove(SNAPSHOT_KEY)?;
         Ok(())
+    }
+
+    /// A tree for other durable, non-ledger records (the operations history).
+    pub fn aux_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(format!("aux.{name}"))?)
     }
 
     /// Writes everything to disk (on shutdown; in between, sled flushes on its own).
@@ -372,33 +318,61 @@ impl Projections {
     }
 }
 
-fn fold_history(records: &[Record], batch: &mut sled::Batch) {
-    for record in records {
-        let view = HistoryView::of(record).expect("every event has a history row");
-        let mut key = account_key(&record.envelope.tenant, &record.envelope.stream);
-        key.push(0);
-        key.extend_from_slice(&record.seq.to_be_bytes());
-        batch.insert(key, encode(&view));
+/// Folds the records after `tree`'s checkpoint into it, atomically with the new checkpoint.
+pub(crate) fn apply_to(name: ProjectionName, tree: &sled::Tree, records: &[Record]) -> Result<(), StoreError> {
+    let checkpoint = checkpoint_of(tree)?;
+    let start = records.partition_point(|r| r.seq <= checkpoint);
+    let todo = &records[start..];
+    let Some(last) = todo.last() else { return Ok(()) };
+    assert_eq!(
+        todo[0].seq,
+        checkpoint + 1,
+        "projection {} folds gapless records",
+        name.name()
+    );
+    let mut batch = sled::Batch::default();
+    fold::fold(name, tree, todo, &mut batch)?;
+    batch.insert(&CHECKPOINT_KEY, &last.seq.to_be_bytes());
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+pub(crate) fn checkpoint_of(tree: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(CHECKPOINT_KEY)?
+        .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+}
+
+pub(crate) fn digest_of(tree: &sled::Tree) -> Result<[u8; 32], StoreError> {
+    let mut hasher = blake3::Hasher::new();
+    for row in tree.iter() {
+        let (key, value) = row?;
+        if key.as_ref() == CHECKPOINT_KEY {
+            continue;
+        }
+        for part in [key.as_ref(), value.as_ref()] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
     }
+    Ok(*hasher.finalize().as_bytes())
 }
 
-fn account_key(tenant: &str, account: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + account.len() + 1);
-    key.extend_from_slice(tenant.as_bytes());
-    key.push(0);
-    key.extend_from_slice(account.as_bytes());
-    key
+fn tree_name(name: ProjectionName, generation: u64) -> String {
+    format!("{}.{generation}", name.name())
 }
 
-fn idempotency_key(tenant: &str, scope: &str, key: &str) -> Vec<u8> {
-    [tenant.as_bytes(), scope.as_bytes(), key.as_bytes()].join(&0u8)
+fn generation_of(generations: &sled::Tree, name: ProjectionName) -> Result<u64, StoreError> {
+    Ok(generations
+        .get(name.name())?
+        .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("encoding into a Vec cannot fail")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     tree: &'static str,
     bytes: Option<sled::IVec>,
 ) -> Result<Option<T>, StoreError> {

@@ -41,6 +41,7 @@ pub struct HoldView {
 /// One ledger entry of an account's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryView {
+    pub account_id: String,
     pub seq: u64,
     pub ts_us: u64,
     pub event_id: [u8; 16],
@@ -84,6 +85,7 @@ impl HistoryView {
         };
         let envelope = &record.envelope;
         Some(HistoryView {
+            account_id: envelope.stream.clone(),
             seq: record.seq,
             ts_us: record.ts_us,
             event_id: *envelope.event_id.as_bytes(),
@@ -114,8 +116,9 @@ fn describe_source(source: &crate::domain::event::AwardSource) -> String {
 }
 
 /// The span of events an idempotency identity produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyView {
+    pub account_id: String,
     pub first_seq: u64,
     pub last_seq: u64,
 }

@@ -1,0 +1,152 @@
+//! The jobs behind long-running operations, also run by the offline CLI: rebuild a
+//! projection, snapshot the projections, replay a window to a file.
+
+use super::operations::{JobControl, JobError};
+use crate::log::{self, codec::GENESIS_HASH, LogReader};
+use crate::projection::{latest_projection_snapshot, ProjectionName, Projections, RebuildOutcome};
+use crate::query::{json, EventFilter, Replay, Window};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Records folded per step of a rebuild; also how often it checks for cancellation.
+const REBUILD_CHUNK: u64 = 4096;
+
+/// Chain hash of the record at `seq` (the genesis hash at 0).
+pub fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], JobError> {
+    if seq == 0 {
+        return Ok(GENESIS_HASH);
+    }
+    Ok(log::read_one(reader, seq)?
+        .ok_or_else(|| JobError::Failed(format!("no record {seq} in the log")))?
+        .hash)
+}
+
+/// Folds `name` from the start (or from its latest snapshot in `snapshot_dir`) into a fresh
+/// generation, brings it and the live projection to the same checkpoint while the projector
+/// waits on `apply_lock`, compares their digests, and swaps the rebuilt one in unless
+/// `verify_only`.
+pub fn rebuild(
+    projections: &Projections,
+    reader: &LogReader,
+    apply_lock: &Mutex<()>,
+    name: ProjectionName,
+    snapshot_dir: Option<&Path>,
+    verify_only: bool,
+    control: &JobControl,
+) -> Result<RebuildOutcome, JobError> {
+    let head = reader.head().seq;
+    let snapshot = snapshot_dir
+        .and_then(|dir| latest_projection_snapshot(dir, name))
+        .filter(|s| s.seq <= head);
+    let rebuild = match &snapshot {
+        Some(info) => projections.begin_rebuild_from_snapshot(info, hash_at(reader, info.seq)?)?,
+        None => projections.begin_rebuild(name)?,
+    };
+    let start = rebuild.checkpoint()?;
+    let fold_to = |target: u64| -> Result<(), JobError> {
+        let mut from = rebuild.checkpoint()? + 1;
+        while from <= target {
+            control.check()?;
+            let to = target.min(from + REBUILD_CHUNK - 1);
+            let records = reader.iter_range(from, to).collect::<Result<Vec<_>, _>>()?;
+            rebuild.apply(&records)?;
+            control.set_progress(to - start, head.max(to) - start);
+            from = to + 1;
+        }
+        Ok(())
+    };
+    if let Err(error) = fold_to(head) {
+        projections.abandon_rebuild(rebuild)?;
+        return Err(error);
+    }
+    let _still = apply_lock.lock().expect("apply lock");
+    let live = projections.checkpoint(name)?;
+    let rebuilt = rebuild.checkpoint()?;
+    if rebuilt < live {
+        fold_to(live)?;
+    } else if live < rebuilt {
+        let records = reader.iter_range(live + 1, rebuilt).collect::<Result<Vec<_>, _>>()?;
+        projections.apply(&records)?;
+    }
+    Ok(projections.finish_rebuild(rebuild, !verify_only)?)
+}
+
+/// Writes a snapshot file of every projection, each at its own checkpoint.
+pub fn snapshot_projections(
+    projections: &Projections,
+    reader: &LogReader,
+    apply_lock: &Mutex<()>,
+    dir: &Path,
+) -> Result<String, JobError> {
+    let _still = apply_lock.lock().expect("apply lock");
+    let mut written = Vec::new();
+    for name in ProjectionName::ALL {
+        let seq = projections.checkpoint(name)?;
+        let info = projections.write_projection_snapshot(name, dir, hash_at(reader, seq)?)?;
+        written.push(format!("{} at {} ({} rows)", name.name(), info.seq, info.rows));
+    }
+    Ok(format!("snapshots written: {}", written.join(", ")))
+}
+
+/// Writes the window's matching events to `path` as JSON lines; returns how many.
+pub fn replay_to_file(
+    reader: &LogReader,
+    window: Window,
+    filter: EventFilter,
+    max_events: u64,
+    path: &Path,
+    control: &JobControl,
+) -> Result<u64, JobError> {
+    let file = std::fs::File::create(path)?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut replay = Replay::new(reader, window, filter, max_events);
+    while let Some(record) = replay.next_event()? {
+        writeln!(out, "{}", json::to_json_line(&record))?;
+        let progress = replay.progress();
+        if progress.events_sent % 1024 == 0 {
+            control.check()?;
+            control.set_progress(progress.percent as u64, 100);
+        }
+    }
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    control.set_progress(100, 100);
+    Ok(replay.progress().events_sent)
+}
+
+/// A file name for an export: one plain name, no directories.
+pub fn export_path(exports: &Path, file_name: &str) -> Result<PathBuf, String> {
+    let valid = !file_name.is_empty()
+        && file_name.len() <= 128
+        && file_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !file_name.starts_with('.');
+    if !valid {
+        return Err(format!(
+            "{file_name:?} must be 1 to 128 of A-Z a-z 0-9 - _ . and not start with a dot"
+        ));
+    }
+    Ok(exports.join(file_name))
+}
+
+/// A rebuild's outcome in words.
+pub fn describe(outcome: &RebuildOutcome) -> String {
+    let verdict = if outcome.matched() {
+        "matches the live projection"
+    } else {
+        "DIFFERS from the live projection"
+    };
+    let action = if outcome.swapped { "swapped in" } else { "verified only" };
+    let start = outcome
+        .from_snapshot
+        .map_or("from the start".to_string(), |s| format!("from the snapshot at {s}"));
+    format!(
+        "{}: rebuilt {start} to sequence {}, digest {} {verdict} ({}); {action}",
+        outcome.projection.name(),
+        outcome.seq,
+        json::hex(&outcome.rebuilt_digest),
+        json::hex(&outcome.live_digest),
+    )
+}

@@ -1,0 +1,179 @@
+//! How each projection folds records into its tree. Every fold writes into a `sled::Batch`
+//! that the caller applies atomically together with the new checkpoint.
+
+use super::views::{AccountView, HistoryView, HoldView, IdempotencyView};
+use super::{decode, encode, keys, ProjectionName, StoreError};
+use crate::domain::{Event, HoldStatus, Record};
+use std::collections::HashMap;
+
+/// Folds `records` (all after the tree's checkpoint) into `batch`.
+pub(super) fn fold(
+    name: ProjectionName,
+    tree: &sled::Tree,
+    records: &[Record],
+    batch: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    match name {
+        ProjectionName::Accounts => accounts(tree, records, batch),
+        ProjectionName::Holds => holds(tree, records, batch),
+        ProjectionName::History => {
+            history(records, batch);
+            Ok(())
+        }
+        ProjectionName::Idempotency => idempotency(tree, records, batch),
+        ProjectionName::Correlation => {
+            for record in records.iter().filter(|r| !r.envelope.correlation_id.is_empty()) {
+                let e = &record.envelope;
+                batch.insert(
+                    keys::correlation(&e.tenant, &e.correlation_id, record.seq),
+                    e.stream.as_bytes(),
+                );
+            }
+            Ok(())
+        }
+        ProjectionName::Actor => {
+            for record in records {
+                let e = &record.envelope;
+                batch.insert(
+                    keys::actor(&e.tenant, &e.actor, record.ts_us, record.seq),
+                    e.stream.as_bytes(),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn accounts(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
+    let mut touched: HashMap<Vec<u8>, AccountView> = HashMap::new();
+    for record in records {
+        let key = keys::account(&record.envelope.tenant, &record.envelope.stream);
+        if let Event::AccountOpened(opened) = &record.event {
+            let view = AccountView {
+                account_id: record.envelope.stream.clone(),
+                posted: 0,
+                held: 0,
+                lifetime: 0,
+                tier: opened.tier.clone(),
+                active_holds: 0,
+                opened_at_us: record.ts_us,
+                last_seq: record.seq,
+            };
+            touched.insert(key, view);
+            continue;
+        }
+        let view = match touched.remove(&key) {
+            Some(view) => view,
+            None => decode::<AccountView>("accounts", tree.get(&key)?)?.expect("events follow their account's opening"),
+        };
+        let effect = record.event.effect().expect("every event but an opening has an effect");
+        let active_holds = match &record.event {
+            Event::HoldReserved(_) => view.active_holds + 1,
+            Event::HoldCommitted(_) | Event::HoldReleased(_) | Event::HoldExpired(_) => view.active_holds - 1,
+            _ => view.active_holds,
+        };
+        let updated = AccountView {
+            posted: effect.posted_after,
+            held: effect.held_after,
+            lifetime: effect.lifetime_after,
+            tier: effect.tier_after.clone(),
+            active_holds,
+            last_seq: record.seq,
+            ..view
+        };
+        touched.insert(key, updated);
+    }
+    for (key, view) in touched {
+        batch.insert(key, encode(&view));
+    }
+    Ok(())
+}
+
+fn holds(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
+    let mut touched: HashMap<u64, HoldView> = HashMap::new();
+    for record in records {
+        let (hold_id, status, committed, released) = match &record.event {
+            Event::HoldReserved(r) => {
+                let view = HoldView {
+                    hold_id: r.hold_id,
+                    tenant: record.envelope.tenant.clone(),
+                    account_id: record.envelope.stream.clone(),
+                    amount: r.amount,
+                    status: HoldStatus::Active,
+                    created_at_us: record.ts_us,
+                    expires_at_us: r.expires_at_us,
+                    committed: 0,
+                    released: 0,
+                    resolved_at_us: 0,
+                    resolved_seq: 0,
+                };
+                touched.insert(r.hold_id, view);
+                continue;
+            }
+            Event::HoldCommitted(c) => (c.hold_id, HoldStatus::Committed, c.committed, c.released),
+            Event::HoldReleased(r) => (r.hold_id, HoldStatus::Released, 0, r.amount),
+            Event::HoldExpired(x) => (x.hold_id, HoldStatus::Expired, 0, x.amount),
+            _ => continue,
+        };
+        let view = match touched.remove(&hold_id) {
+            Some(view) => view,
+            None => {
+                decode::<HoldView>("holds", tree.get(hold_id.to_be_bytes())?)?.expect("resolved holds were reserved")
+            }
+        };
+        let resolved = HoldView {
+            status,
+            committed,
+            released,
+            resolved_at_us: record.ts_us,
+            resolved_seq: record.seq,
+            ..view
+        };
+        touched.insert(hold_id, resolved);
+    }
+    for (hold_id, view) in touched {
+        batch.insert(&hold_id.to_be_bytes(), encode(&view));
+    }
+    Ok(())
+}
+
+fn history(records: &[Record], batch: &mut sled::Batch) {
+    for record in records {
+        let view = HistoryView::of(record).expect("every event has a history row");
+        batch.insert(
+            keys::history(&record.envelope.tenant, &record.envelope.stream, record.seq),
+            encode(&view),
+        );
+    }
+}
+
+fn idempotency(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
+    let mut touched: HashMap<Vec<u8>, IdempotencyView> = HashMap::new();
+    for record in records {
+        let e = &record.envelope;
+        if e.idempotency_key.is_empty() {
+            continue;
+        }
+        let key = keys::idempotency(&e.tenant, &e.idempotency_scope, &e.idempotency_key);
+        let existing = match touched.remove(&key) {
+            Some(view) => Some(view),
+            None => decode::<IdempotencyView>("idempotency", tree.get(&key)?)?,
+        };
+        let view = match existing {
+            Some(view) => IdempotencyView {
+                last_seq: record.seq,
+                ..view
+            },
+            None => IdempotencyView {
+                account_id: e.stream.clone(),
+                first_seq: record.seq,
+                last_seq: record.seq,
+            },
+        };
+        touched.insert(key, view);
+    }
+    for (key, view) in touched {
+        batch.insert(key, encode(&view));
+    }
+    Ok(())
+}
