@@ -26,11 +26,115 @@ enum Cmd {
     /// Run the ledger server (gRPC) on a data directory.
     Serve(ServeArgs),
     /// Check a data directory's log offline: every record's hash and the whole chain.
-    /// Exits 0 if sound, 2 on corruption (naming the bad sequence number).
+    /// Exits 0 if sound, 2 on corruption (naming the bad sequence number), 3 if the log
+    /// does not contain the digest given with --expect.
     Verify {
         /// The data directory (the one `serve` was given).
         data_dir: PathBuf,
+        /// A digest saved earlier, SEQUENCE:HASH (as `verify` prints it): the log must still
+        /// hold that record with that chain hash, i.e. nothing up to it was rewritten or lost.
+        #[arg(long)]
+        expect: Option<String>,
     },
+    /// Print a window of events (reads the log only; safe beside a running server).
+    Replay(ReplayArgs),
+    /// Fold projections again from the log, compare with the live ones, and swap them in.
+    /// Needs the server stopped (use the StartRebuild RPC while it runs).
+    Rebuild {
+        data_dir: PathBuf,
+        /// One projection (accounts, holds, history, idempotency, correlation, actor).
+        #[arg(long)]
+        projection: Option<String>,
+        /// Compare only; exit 1 if a projection differs from the fold of the log.
+        #[arg(long)]
+        verify: bool,
+        /// Start from the latest projection snapshot file instead of sequence 1.
+        #[arg(long)]
+        from_snapshot: bool,
+    },
+    /// Who changed what, when and why (reads the log only; safe beside a running server).
+    Audit {
+        data_dir: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[command(subcommand)]
+        query: AuditQuery,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditQuery {
+    /// Every event of an account.
+    History { account: String },
+    /// Every event with a correlation id.
+    Correlation { correlation_id: String },
+    /// Everything an actor did, optionally in a time window.
+    Actor {
+        actor: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// The events an idempotency key (and scope) produced.
+    Key {
+        key: String,
+        #[arg(long, default_value = "")]
+        scope: String,
+    },
+    /// An account's balances and active holds as of a sequence number or a time.
+    AsOf {
+        account: String,
+        #[arg(long, conflicts_with = "time", required_unless_present = "time")]
+        sequence: Option<u64>,
+        /// RFC 3339 UTC or µs since the epoch.
+        #[arg(long)]
+        time: Option<String>,
+    },
+}
+
+#[derive(Parser)]
+struct ReplayArgs {
+    data_dir: PathBuf,
+    /// First sequence number of the window.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    from_seq: Option<u64>,
+    /// End of the window (exclusive).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    to_seq: Option<u64>,
+    /// Start of the window: RFC 3339 UTC (2026-11-22T05:00:00Z) or µs since the epoch.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the window (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+    /// Event kinds (points.awarded, hold.committed, …); repeatable.
+    #[arg(long)]
+    kind: Vec<String>,
+    #[arg(long)]
+    account: Vec<String>,
+    #[arg(long)]
+    correlation: Vec<String>,
+    #[arg(long)]
+    actor: Vec<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Stop after this many events.
+    #[arg(long, default_value_t = 0)]
+    max: u64,
+    #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// Aligned columns for people.
+    Table,
 }
 
 #[derive(Parser)]
@@ -78,7 +182,20 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Cmd::Serve(args) => serve(args),
-        Cmd::Verify { data_dir } => verify(&data_dir),
+        Cmd::Verify { data_dir, expect } => verify(&data_dir, expect.as_deref()),
+        Cmd::Replay(args) => offline::replay(args),
+        Cmd::Rebuild {
+            data_dir,
+            projection,
+            verify,
+            from_snapshot,
+        } => offline::rebuild(&data_dir, projection.as_deref(), verify, from_snapshot),
+        Cmd::Audit {
+            data_dir,
+            tenant,
+            format,
+            query,
+        } => offline::audit(&data_dir, tenant, format, query),
     }
 }
 
@@ -162,7 +279,7 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn verify(data_dir: &std::path::Path) -> ExitCode {
+fn verify(data_dir: &std::path::Path, expect: Option<&str>) -> ExitCode {
     let log_dir = data_dir.join("log");
     if !log_dir.is_dir() {
         eprintln!("tally verify: {} has no log directory", data_dir.display());
@@ -176,7 +293,10 @@ fn verify(data_dir: &std::path::Path) -> ExitCode {
             if let Some((seq, bytes)) = verified.torn_tail {
                 println!("torn tail: {bytes} bytes from sequence {seq} were never acknowledged and are cut off when the server opens the log");
             }
-            ExitCode::SUCCESS
+            match expect {
+                Some(digest) => offline::check_digest(&log_dir, digest),
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(error @ LogError::Corrupt { .. }) => {
             let LogError::Corrupt { seq, .. } = &error else {
@@ -194,5 +314,369 @@ fn verify(data_dir: &std::path::Path) -> ExitCode {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    tally::query::json::hex(bytes)
+}
+
+/// The offline tools: they read a data directory, never the network.
+mod offline {
+    use super::{AuditQuery, Format, ReplayArgs};
+    use std::io::{IsTerminal, Write};
+    use std::path::Path;
+    use std::process::ExitCode;
+    use std::sync::Mutex;
+    use tally::engine::{jobs, JobControl};
+    use tally::log::LogReader;
+    use tally::projection::{HistoryView, ProjectionName, Projections};
+    use tally::query::{asof, json, time, EventFilter, Replay, Window};
+
+    fn fail(message: impl std::fmt::Display) -> ExitCode {
+        eprintln!("tally: {message}");
+        ExitCode::from(1)
+    }
+
+    fn usage(message: impl std::fmt::Display) -> ExitCode {
+        eprintln!("tally: {message}");
+        ExitCode::from(64)
+    }
+
+    fn open_log(data_dir: &Path) -> Result<LogReader, ExitCode> {
+        let dir = data_dir.join("log");
+        if !dir.is_dir() {
+            return Err(usage(format!("{} has no log directory", data_dir.display())));
+        }
+        LogReader::open(&dir).map_err(|e| {
+            eprintln!("tally: {e}");
+            ExitCode::from(2)
+        })
+    }
+
+    /// `SEQUENCE:HASH` must be a record of the log.
+    pub fn check_digest(log_dir: &Path, digest: &str) -> ExitCode {
+        let Some((seq, hash)) = digest
+            .split_once(':')
+            .and_then(|(s, h)| Some((s.parse::<u64>().ok()?, h.to_ascii_lowercase())))
+        else {
+            return usage("--expect takes SEQUENCE:HASH, as `tally verify` prints them");
+        };
+        let reader = match LogReader::open(log_dir) {
+            Ok(reader) => reader,
+            Err(e) => return fail(e),
+        };
+        match tally::log::read_one(&reader, seq) {
+            Ok(Some(record)) if json::hex(&record.hash) == hash => {
+                println!("digest matches: sequence {seq} has hash {hash}");
+                ExitCode::SUCCESS
+            }
+            Ok(Some(record)) => {
+                println!("DIGEST MISMATCH at sequence {seq}: the log has {}, the digest says {hash}; the log was rewritten up to there", json::hex(&record.hash));
+                ExitCode::from(3)
+            }
+            Ok(None) => {
+                println!(
+                    "DIGEST MISMATCH: the log ends at {} and no longer has sequence {seq}",
+                    reader.head().seq
+                );
+                ExitCode::from(3)
+            }
+            Err(e) => fail(e),
+        }
+    }
+
+    fn print_record(format: Format, record: &tally::domain::Record, out: &mut impl Write) -> std::io::Result<()> {
+        match format {
+            Format::Jsonl => writeln!(out, "{}", json::to_json_line(record)),
+            Format::Table => {
+                let row = HistoryView::of(record).expect("every record has a history row");
+                let e = &row.effect;
+                writeln!(
+                    out,
+                    "{:>8}  {}  {:<15} {}/{}  actor={}  points={}  posted {}->{}  held {}->{}  tier {}->{}  corr={}  {}",
+                    row.seq,
+                    time::format_rfc3339(row.ts_us),
+                    record.event.kind().name(),
+                    record.envelope.tenant,
+                    row.account_id,
+                    row.actor,
+                    row.points,
+                    e.posted_before,
+                    e.posted_after,
+                    e.held_before,
+                    e.held_after,
+                    e.tier_before,
+                    e.tier_after,
+                    row.correlation_id,
+                    row.reason
+                )
+            }
+        }
+    }
+
+    /// Runs a replay to stdout, with a progress line on stderr when it is a terminal.
+    fn run_replay(reader: &LogReader, window: Window, filter: EventFilter, max: u64, format: Format) -> ExitCode {
+        let mut replay = Replay::new(reader, window, filter, max);
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let show_progress = std::io::stderr().is_terminal();
+        loop {
+            match replay.next_event() {
+                Ok(Some(record)) => {
+                    if print_record(format, &record, &mut out).is_err() {
+                        return ExitCode::SUCCESS; // the reader went away (a closed pipe)
+                    }
+                    let progress = replay.progress();
+                    if show_progress && progress.events_sent % 1000 == 0 {
+                        eprint!(
+                            "\r{:5.1}%  {} events  at sequence {}",
+                            progress.percent, progress.events_sent, progress.position
+                        );
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = out.flush();
+                    eprintln!();
+                    eprintln!("tally: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        let _ = out.flush();
+        if show_progress {
+            let progress = replay.progress();
+            eprintln!(
+                "\r100.0%  {} events  at sequence {}",
+                progress.events_sent, progress.position
+            );
+        }
+        ExitCode::SUCCESS
+    }
+
+    pub fn replay(args: ReplayArgs) -> ExitCode {
+        let reader = match open_log(&args.data_dir) {
+            Ok(reader) => reader,
+            Err(code) => return code,
+        };
+        let window = if args.from.is_some() || args.to.is_some() {
+            let parse = |t: &Option<String>| t.as_deref().map(time::parse_time).transpose();
+            match (parse(&args.from), parse(&args.to)) {
+                (Ok(from), Ok(to)) => Window::Time {
+                    from_us: from.unwrap_or(0),
+                    to_us: to,
+                },
+                (Err(e), _) | (_, Err(e)) => return usage(e),
+            }
+        } else {
+            Window::Sequence {
+                from: args.from_seq.unwrap_or(1),
+                to: args.to_seq,
+            }
+        };
+        let kinds = match EventFilter::parse_kinds(&args.kind) {
+            Ok(kinds) => kinds,
+            Err(e) => return usage(e),
+        };
+        let filter = EventFilter {
+            tenant: args.tenant,
+            kinds,
+            accounts: args.account,
+            correlation_ids: args.correlation,
+            actors: args.actor,
+            idempotency: None,
+        };
+        run_replay(&reader, window, filter, args.max, args.format)
+    }
+
+    pub fn rebuild(data_dir: &Path, projection: Option<&str>, verify_only: bool, from_snapshot: bool) -> ExitCode {
+        let names = match projection {
+            None => ProjectionName::ALL.to_vec(),
+            Some(name) => match ProjectionName::from_name(name) {
+                Some(name) => vec![name],
+                None => return usage(format!("unknown projection {name:?}")),
+            },
+        };
+        let reader = match open_log(data_dir) {
+            Ok(reader) => reader,
+            Err(code) => return code,
+        };
+        let projections = match Projections::open(&data_dir.join("projections")) {
+            Ok(p) => p,
+            Err(e) => {
+                return fail(format!(
+                    "{e} (is a server running on this directory? use the StartRebuild RPC then)"
+                ))
+            }
+        };
+        let snapshot_dir = data_dir.join("projection-snapshots");
+        let lock = Mutex::new(());
+        let mut differed = false;
+        for name in names {
+            let snapshots = from_snapshot.then_some(snapshot_dir.as_path());
+            match jobs::rebuild(
+                &projections,
+                &reader,
+                &lock,
+                name,
+                snapshots,
+                verify_only,
+                &JobControl::detached(),
+            ) {
+                Ok(outcome) => {
+                    differed |= !outcome.matched();
+                    println!("{}", jobs::describe(&outcome));
+                }
+                Err(e) => return fail(format!("rebuild of {} failed: {e:?}", name.name())),
+            }
+        }
+        if let Err(e) = projections.flush() {
+            return fail(e);
+        }
+        if verify_only && differed {
+            return ExitCode::from(1);
+        }
+        ExitCode::SUCCESS
+    }
+
+    pub fn audit(data_dir: &Path, tenant: Option<String>, format: Format, query: AuditQuery) -> ExitCode {
+        let reader = match open_log(data_dir) {
+            Ok(reader) => reader,
+            Err(code) => return code,
+        };
+        let all = Window::Sequence { from: 1, to: None };
+        let filter = EventFilter {
+            tenant,
+            ..EventFilter::default()
+        };
+        match query {
+            AuditQuery::History { account } => run_replay(
+                &reader,
+                all,
+                EventFilter {
+                    accounts: vec![account],
+                    ..filter
+                },
+                0,
+                format,
+            ),
+            AuditQuery::Correlation { correlation_id } => run_replay(
+                &reader,
+                all,
+                EventFilter {
+                    correlation_ids: vec![correlation_id],
+                    ..filter
+                },
+                0,
+                format,
+            ),
+            AuditQuery::Key { key, scope } => run_replay(
+                &reader,
+                all,
+                EventFilter {
+                    idempotency: Some((key, scope)),
+                    ..filter
+                },
+                0,
+                format,
+            ),
+            AuditQuery::Actor { actor, from, to } => {
+                let parse = |t: Option<String>| t.as_deref().map(time::parse_time).transpose();
+                let window = match (parse(from), parse(to)) {
+                    (Ok(from), Ok(to)) => Window::Time {
+                        from_us: from.unwrap_or(0),
+                        to_us: to,
+                    },
+                    (Err(e), _) | (_, Err(e)) => return usage(e),
+                };
+                run_replay(
+                    &reader,
+                    window,
+                    EventFilter {
+                        actors: vec![actor],
+                        ..filter
+                    },
+                    0,
+                    format,
+                )
+            }
+            AuditQuery::AsOf {
+                account,
+                sequence,
+                time: at,
+            } => {
+                let seq = match (sequence, at) {
+                    (Some(seq), _) => seq.min(reader.head().seq),
+                    (None, Some(at)) => match time::parse_time(&at).map(|t| reader.seq_at_time(t)) {
+                        Ok(Ok(seq)) => seq,
+                        Ok(Err(e)) => return fail(e),
+                        Err(e) => return usage(e),
+                    },
+                    (None, None) => return usage("give --sequence or --time"),
+                };
+                as_of(&reader, filter, &account, seq)
+            }
+        }
+    }
+
+    fn as_of(reader: &LogReader, filter: EventFilter, account: &str, seq: u64) -> ExitCode {
+        let filter = EventFilter {
+            accounts: vec![account.to_string()],
+            ..filter
+        };
+        let mut replay = Replay::new(
+            reader,
+            Window::Sequence {
+                from: 1,
+                to: Some(seq + 1),
+            },
+            filter,
+            0,
+        );
+        let (mut rows, mut holds) = (Vec::new(), std::collections::HashMap::new());
+        let mut tenants = std::collections::BTreeSet::new();
+        loop {
+            match replay.next_event() {
+                Ok(Some(record)) => {
+                    tenants.insert(record.envelope.tenant.clone());
+                    if let Some(hold) = asof::hold_of_reservation(&record) {
+                        holds.insert(hold.hold_id, hold);
+                    }
+                    rows.push(HistoryView::of(&record).expect("every record has a history row"));
+                }
+                Ok(None) => break,
+                Err(e) => return fail(e),
+            }
+        }
+        if tenants.len() > 1 {
+            return usage("the account exists in several tenants; name one with --tenant");
+        }
+        match asof::account_as_of(seq, &rows, |id| holds.get(&id).cloned()) {
+            None => fail(format!("account {account:?} was not open at sequence {seq}")),
+            Some(state) => {
+                let a = &state.account;
+                println!("account {} as of sequence {}", a.account_id, state.seq);
+                println!(
+                    "posted {}  held {}  available {}  lifetime {}  tier {}",
+                    a.posted,
+                    a.held,
+                    a.available(),
+                    a.lifetime,
+                    a.tier
+                );
+                println!(
+                    "opened {}  last change at sequence {}",
+                    time::format_rfc3339(a.opened_at_us),
+                    a.last_seq
+                );
+                for h in &state.active_holds {
+                    println!(
+                        "active hold {}: {} points, placed {}, expires {}",
+                        h.hold_id,
+                        h.amount,
+                        time::format_rfc3339(h.created_at_us),
+                        time::format_rfc3339(h.expires_at_us)
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }

@@ -353,3 +353,163 @@ pub fn history_entry(view: &HistoryView) -> proto::HistoryEntry {
         account_id: view.account_id.clone(),
     }
 }
+
+/// A replay request's window, filter (confined to the caller's tenant) and limit.
+pub fn replay_spec(
+    caller: &Caller,
+    request: &proto::ReplayRequest,
+) -> Result<(crate::query::Window, crate::query::EventFilter, u64), Status> {
+    use crate::query::Window;
+    let by_time = request.from_time_us != 0 || request.to_time_us != 0;
+    let by_seq = request.from_sequence != 0 || request.to_sequence != 0;
+    let window = match (by_seq, by_time) {
+        (true, true) => return Err(invalid("window", "give sequence numbers or timestamps, not both")),
+        (_, true) => Window::Time {
+            from_us: request.from_time_us,
+            to_us: (request.to_time_us != 0).then_some(request.to_time_us),
+        },
+        _ => Window::Sequence {
+            from: request.from_sequence.max(1),
+            to: (request.to_sequence != 0).then_some(request.to_sequence),
+        },
+    };
+    let (from, to) = match window {
+        Window::Sequence { from, to } => (from, to),
+        Window::Time { from_us, to_us } => (from_us, to_us),
+    };
+    if to.is_some_and(|to| to < from) {
+        return Err(invalid("window", "the window ends before it starts"));
+    }
+    Ok((window, filter(caller, request.filter.as_ref())?, request.max_events))
+}
+
+/// A wire filter, confined to the caller's tenant.
+pub fn filter(caller: &Caller, filter: Option<&proto::EventFilter>) -> Result<crate::query::EventFilter, Status> {
+    let empty = proto::EventFilter::default();
+    let f = filter.unwrap_or(&empty);
+    Ok(crate::query::EventFilter {
+        tenant: Some(caller.tenant.clone()),
+        kinds: crate::query::EventFilter::parse_kinds(&f.kinds).map_err(|e| invalid("filter.kinds", e))?,
+        accounts: f.account_ids.clone(),
+        correlation_ids: f.correlation_ids.clone(),
+        actors: f.actors.clone(),
+        idempotency: None,
+    })
+}
+
+fn effect_message(effect: &Effect) -> proto::EventEffect {
+    proto::EventEffect {
+        posted_before: effect.posted_before,
+        posted_after: effect.posted_after,
+        held_before: effect.held_before,
+        held_after: effect.held_after,
+        lifetime_before: effect.lifetime_before,
+        lifetime_after: effect.lifetime_after,
+        tier_before: effect.tier_before.clone(),
+        tier_after: effect.tier_after.clone(),
+    }
+}
+
+/// A record as the wire shows it, payload typed.
+pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
+    use proto::ledger_event::Payload;
+    use proto::points_awarded_event::Source;
+    let e = &record.envelope;
+    let payload = match &record.event {
+        Event::AccountOpened(o) => Payload::AccountOpened(proto::AccountOpenedEvent { tier: o.tier.clone() }),
+        Event::PointsAwarded(a) => Payload::PointsAwarded(proto::PointsAwardedEvent {
+            points: a.points,
+            source: Some(match &a.source {
+                AwardSource::RatingSlip(s) => Source::RatingSlip(proto::RatingSlipSource {
+                    slip_id: s.slip_id.clone(),
+                    game: s.game.clone(),
+                    average_bet_cents: s.average_bet_cents,
+                    decisions_per_hour: s.decisions_per_hour,
+                    minutes_played: s.minutes_played,
+                    house_edge_bps: s.house_edge_bps,
+                    theo_cents: s.theo_cents,
+                    rate_table_version: s.rate_table_version.clone(),
+                    points_per_theo_dollar_milli: s.points_per_theo_dollar_milli,
+                }),
+                AwardSource::Manual(m) => Source::Manual(proto::ManualSource {
+                    staff_id: m.staff_id.clone(),
+                    reason: m.reason.clone(),
+                    external_reward_id: m.external_reward_id.clone(),
+                }),
+                AwardSource::Promotion(p) => Source::Promotion(proto::PromotionSource {
+                    promotion_id: p.promotion_id.clone(),
+                    external_reward_id: p.external_reward_id.clone(),
+                }),
+            }),
+        }),
+        Event::HoldReserved(r) => Payload::HoldReserved(proto::HoldReservedEvent {
+            hold_id: r.hold_id,
+            amount: r.amount,
+            ttl_seconds: r.ttl_seconds,
+            expires_at_us: r.expires_at_us,
+        }),
+        Event::HoldCommitted(c) => Payload::HoldCommitted(proto::HoldCommittedEvent {
+            hold_id: c.hold_id,
+            reserved_at_us: c.reserved_at_us,
+            expires_at_us: c.expires_at_us,
+            requested: c.requested,
+            committed: c.committed,
+            released: c.released,
+        }),
+        Event::HoldReleased(r) => Payload::HoldReleased(proto::HoldReleasedEvent {
+            hold_id: r.hold_id,
+            reserved_at_us: r.reserved_at_us,
+            expires_at_us: r.expires_at_us,
+            amount: r.amount,
+        }),
+        Event::HoldExpired(x) => Payload::HoldExpired(proto::HoldExpiredEvent {
+            hold_id: x.hold_id,
+            reserved_at_us: x.reserved_at_us,
+            expires_at_us: x.expires_at_us,
+            amount: x.amount,
+        }),
+        Event::TierChanged(t) => Payload::TierChanged(proto::TierChangedEvent {
+            from: t.from.clone(),
+            to: t.to.clone(),
+        }),
+    };
+    proto::LedgerEvent {
+        sequence: record.seq,
+        timestamp_us: record.ts_us,
+        event_id: e.event_id.to_string(),
+        kind: record.event.kind().name().to_string(),
+        tenant: e.tenant.clone(),
+        account_id: e.stream.clone(),
+        actor: e.actor.clone(),
+        correlation_id: e.correlation_id.clone(),
+        causation_id: e.causation_id.clone(),
+        idempotency_key: e.idempotency_key.clone(),
+        idempotency_scope: e.idempotency_scope.clone(),
+        hash: crate::query::json::hex(&record.hash),
+        effect: record.event.effect().map(effect_message),
+        payload: Some(payload),
+    }
+}
+
+pub fn operation(op: &crate::engine::OperationRecord) -> proto::Operation {
+    use crate::engine::OperationState as S;
+    let state = match op.state {
+        S::Pending => proto::OperationState::Pending,
+        S::Running => proto::OperationState::Running,
+        S::Completed => proto::OperationState::Completed,
+        S::Failed => proto::OperationState::Failed,
+        S::Cancelled => proto::OperationState::Cancelled,
+    };
+    proto::Operation {
+        id: op.id.clone(),
+        kind: op.kind.clone(),
+        state: state as i32,
+        progress_done: op.done,
+        progress_total: op.total,
+        started_at_us: op.started_at_us,
+        ended_at_us: op.ended_at_us,
+        result: op.result.clone(),
+        error: op.error.clone(),
+        description: op.description.clone(),
+    }
+}

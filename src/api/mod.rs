@@ -1,17 +1,22 @@
-//! The gRPC API: the `tally.v1.Ledger` service, standard health and reflection (v1 and
-//! v1alpha), and the one mapping from errors to status codes.
+//! The gRPC API: the `tally.v1.Ledger`, `tally.v1.Audit` and `tally.v1.Operations`
+//! services, standard health and reflection (v1 and v1alpha), and the one mapping from
+//! errors to status codes.
 //!
 //! Invariant: handlers translate and delegate; every rule lives in the domain, every write
 //! goes through the engine.
 
+pub mod audit;
 pub mod caller;
 pub mod convert;
 pub mod ledger;
+pub mod operations;
 pub mod proto;
 pub mod status;
 
 use crate::engine::{EngineHandle, Status as EngineStatus};
+use proto::audit_server::AuditServer;
 use proto::ledger_server::LedgerServer;
+use proto::operations_server::OperationsServer;
 use std::future::Future;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -58,7 +63,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(LedgerServer::new(ledger::LedgerService::new(engine)))
+        .add_service(LedgerServer::new(ledger::LedgerService::new(engine.clone())))
+        .add_service(AuditServer::new(audit::AuditService::new(engine.clone())))
+        .add_service(OperationsServer::new(operations::OperationsService::new(engine)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

@@ -200,3 +200,14 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+/// NOT_FOUND with a reason, for things that are not ledger entities (operations, records).
+pub fn not_found(reason: &'static str, message: impl Into<String>) -> Status {
+    Classified {
+        code: Code::NotFound,
+        reason,
+        message: message.into(),
+        metadata: HashMap::new(),
+    }
+    .into_status()
+}

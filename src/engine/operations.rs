@@ -65,6 +65,12 @@ struct Registry {
     cancels: BTreeMap<String, Arc<AtomicBool>>,
 }
 
+/// Signalled whenever an operation finishes.
+#[derive(Default)]
+struct Finished {
+    condvar: std::sync::Condvar,
+}
+
 /// What a running job sees: its progress to report and its cancellation to honour.
 #[derive(Clone)]
 pub struct JobControl {
@@ -98,6 +104,11 @@ impl JobControl {
         }
     }
 
+    /// Asks the job to stop at its next check.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
     /// `Err(Cancelled)` once cancellation was asked for: jobs call it between chunks.
     pub fn check(&self) -> Result<(), JobError> {
         if self.cancel.load(Ordering::SeqCst) {
@@ -111,6 +122,7 @@ impl JobControl {
 #[derive(Clone)]
 pub struct Operations {
     registry: Arc<Mutex<Registry>>,
+    finished: Arc<Finished>,
     store: sled::Tree,
     clock: Arc<dyn Clock>,
 }
@@ -135,6 +147,7 @@ impl Operations {
                 operations,
                 cancels: BTreeMap::new(),
             })),
+            finished: Arc::new(Finished::default()),
             store,
             clock,
         }
@@ -205,6 +218,20 @@ impl Operations {
             record
         };
         self.persist(&record);
+        self.finished.condvar.notify_all();
+    }
+
+    /// Waits until the operation has finished, at most `timeout`; returns it as it then is.
+    pub fn wait(&self, id: &str, timeout: std::time::Duration) -> Option<OperationRecord> {
+        let registry = self.registry.lock().expect("operations lock");
+        let (registry, _) = self
+            .finished
+            .condvar
+            .wait_timeout_while(registry, timeout, |r| {
+                r.operations.get(id).is_some_and(|op| !op.state.finished())
+            })
+            .expect("operations lock");
+        registry.operations.get(id).cloned()
     }
 
     fn persist(&self, record: &OperationRecord) {

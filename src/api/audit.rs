@@ -1,0 +1,314 @@
+//! The `tally.v1.Audit` service: window replays and subscriptions (server streaming),
+//! digests, and audit queries. Every read is confined to the caller's tenant.
+
+use super::caller::Caller;
+use super::convert;
+use super::proto::{self, audit_server::Audit};
+use super::status::{invalid, not_found, to_status};
+use crate::engine::{EngineError, EngineHandle};
+use crate::projection::HistoryView;
+use crate::query::{self, subscribe::Delivery, Replay};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+/// Messages buffered per stream: a slow client slows its own stream, nothing more.
+const STREAM_BUFFER: usize = 256;
+/// A replay reports progress after this many events (and at the end).
+const PROGRESS_EVERY_EVENTS: u64 = 1000;
+/// Default records between subscription checkpoints.
+const DEFAULT_CHECKPOINT_EVERY: u32 = 1000;
+/// Audit query page sizes.
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct AuditService {
+    engine: EngineHandle,
+}
+
+impl AuditService {
+    pub fn new(engine: EngineHandle) -> Self {
+        Self { engine }
+    }
+
+    async fn consistent(&self) -> Result<(), Status> {
+        self.engine.wait_for_projections().await.map_err(to_status)
+    }
+}
+
+fn store(error: crate::projection::StoreError) -> Status {
+    to_status(EngineError::Store(error))
+}
+
+fn page_size(requested: u32) -> Result<usize, Status> {
+    match requested as usize {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n > MAX_PAGE_SIZE => Err(invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}"))),
+        n => Ok(n),
+    }
+}
+
+fn entries(
+    mut rows: Vec<HistoryView>,
+    page_size: usize,
+    token: impl Fn(&HistoryView) -> String,
+) -> proto::AuditEntries {
+    let more = rows.len() > page_size;
+    rows.truncate(page_size);
+    let next_page_token = match (more, rows.last()) {
+        (true, Some(last)) => token(last),
+        _ => String::new(),
+    };
+    proto::AuditEntries {
+        entries: rows.iter().map(convert::history_entry).collect(),
+        next_page_token,
+    }
+}
+
+#[tonic::async_trait]
+impl Audit for AuditService {
+    type ReplayStream = EventStream<proto::ReplayResponse>;
+    type SubscribeStream = EventStream<proto::SubscribeResponse>;
+
+    async fn replay(&self, request: Request<proto::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
+        use proto::replay_response::Item;
+        let caller = Caller::from_metadata(request.metadata())?;
+        let (window, filter, max_events) = convert::replay_spec(&caller, request.get_ref())?;
+        let events_per_second = request.get_ref().events_per_second;
+        let reader = self.engine.reader().clone();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            let mut replay = Replay::new(&reader, window, filter, max_events);
+            let started = Instant::now();
+            let progress = |p: query::Progress| proto::ReplayResponse {
+                item: Some(Item::Progress(proto::ReplayProgress {
+                    events_sent: p.events_sent,
+                    position: p.position,
+                    percent: p.percent,
+                    done: p.done,
+                })),
+            };
+            loop {
+                let event = match replay.next_event() {
+                    Ok(Some(record)) => record,
+                    Ok(None) => {
+                        let _ = tx.blocking_send(Ok(progress(replay.progress())));
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = tx.blocking_send(Err(to_status(error.into())));
+                        return;
+                    }
+                };
+                if events_per_second > 0 {
+                    // Pace: event n goes out no earlier than n / rate seconds after the start.
+                    let due =
+                        Duration::from_secs_f64(replay.progress().events_sent as f64 / f64::from(events_per_second));
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let message = proto::ReplayResponse {
+                    item: Some(Item::Event(convert::ledger_event(&event))),
+                };
+                // A closed channel is a client that went away (or cancelled): stop reading.
+                if tx.blocking_send(Ok(message)).is_err() {
+                    return;
+                }
+                if replay.progress().events_sent % PROGRESS_EVERY_EVENTS == 0
+                    && tx.blocking_send(Ok(progress(replay.progress()))).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        use proto::subscribe_response::Item;
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let filter = convert::filter(&caller, request.filter.as_ref())?;
+        let every = match request.checkpoint_every {
+            0 => DEFAULT_CHECKPOINT_EVERY,
+            n => n,
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(query::subscribe::run(
+            self.engine.reader().clone(),
+            self.engine.committed_watch(),
+            request.from_sequence,
+            filter,
+            u64::from(every),
+            tx,
+        ));
+        let stream = ReceiverStream::new(rx).map(|delivery| match delivery {
+            Ok(Delivery::Event(record)) => Ok(proto::SubscribeResponse {
+                item: Some(Item::Event(convert::ledger_event(&record))),
+            }),
+            Ok(Delivery::Checkpoint(sequence)) => Ok(proto::SubscribeResponse {
+                item: Some(Item::Checkpoint(proto::Checkpoint { sequence })),
+            }),
+            Err(error) => Err(to_status(error.into())),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_digest(&self, request: Request<proto::GetDigestRequest>) -> Result<Response<proto::Digest>, Status> {
+        let head = self.engine.reader().head();
+        let sequence = match request.get_ref().sequence {
+            0 => head.seq,
+            n => n,
+        };
+        if sequence == 0 {
+            return Ok(Response::new(proto::Digest {
+                hash: crate::query::json::hex(&head.hash),
+                ..Default::default()
+            }));
+        }
+        let reader = self.engine.reader().clone();
+        let record = tokio::task::spawn_blocking(move || crate::log::read_one(&reader, sequence))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| to_status(e.into()))?
+            .ok_or_else(|| {
+                not_found(
+                    "SEQUENCE_NOT_FOUND",
+                    format!("no record {sequence}; the head is {}", head.seq),
+                )
+            })?;
+        Ok(Response::new(proto::Digest {
+            sequence,
+            timestamp_us: record.ts_us,
+            hash: crate::query::json::hex(&record.hash),
+            head_sequence: head.seq,
+        }))
+    }
+
+    async fn list_by_correlation(
+        &self,
+        request: Request<proto::ListByCorrelationRequest>,
+    ) -> Result<Response<proto::AuditEntries>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let r = request.get_ref();
+        let size = page_size(r.page_size)?;
+        let after = match r.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse()
+                .map_err(|_| invalid("page_token", "is not a token this server issued"))?,
+        };
+        self.consistent().await?;
+        let rows = self
+            .engine
+            .projections()
+            .by_correlation(&caller.tenant, &r.correlation_id, after, size + 1)
+            .map_err(store)?;
+        Ok(Response::new(entries(rows, size, |last| last.seq.to_string())))
+    }
+
+    async fn list_by_actor(
+        &self,
+        request: Request<proto::ListByActorRequest>,
+    ) -> Result<Response<proto::AuditEntries>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let r = request.get_ref();
+        let size = page_size(r.page_size)?;
+        let after = match r.page_token.split_once(':') {
+            None if r.page_token.is_empty() => None,
+            Some((ts, seq)) => Some((
+                ts.parse().map_err(|_| invalid("page_token", "malformed"))?,
+                seq.parse().map_err(|_| invalid("page_token", "malformed"))?,
+            )),
+            None => return Err(invalid("page_token", "is not a token this server issued")),
+        };
+        let to = if r.to_time_us == 0 { u64::MAX } else { r.to_time_us };
+        self.consistent().await?;
+        let rows = self
+            .engine
+            .projections()
+            .by_actor(&caller.tenant, &r.actor, r.from_time_us, to, after, size + 1)
+            .map_err(store)?;
+        Ok(Response::new(entries(rows, size, |last| {
+            format!("{}:{}", last.ts_us, last.seq)
+        })))
+    }
+
+    async fn get_by_idempotency_key(
+        &self,
+        request: Request<proto::GetByIdempotencyKeyRequest>,
+    ) -> Result<Response<proto::AuditEntries>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let r = request.get_ref();
+        self.consistent().await?;
+        let projections = self.engine.projections();
+        let view = projections
+            .idempotency(&caller.tenant, &r.idempotency_scope, &r.idempotency_key)
+            .map_err(store)?
+            .ok_or_else(|| {
+                not_found(
+                    "IDEMPOTENCY_KEY_NOT_FOUND",
+                    format!(
+                        "no command with key {:?} in scope {:?}",
+                        r.idempotency_key, r.idempotency_scope
+                    ),
+                )
+            })?;
+        let rows = projections
+            .history_range(
+                &caller.tenant,
+                &view.account_id,
+                view.first_seq - 1,
+                view.last_seq,
+                usize::MAX,
+            )
+            .map_err(store)?;
+        Ok(Response::new(entries(rows, usize::MAX, |_| String::new())))
+    }
+
+    async fn get_account_as_of(
+        &self,
+        request: Request<proto::GetAccountAsOfRequest>,
+    ) -> Result<Response<proto::AccountAsOf>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let r = request.get_ref();
+        let head = self.engine.committed_seq();
+        let sequence = match (r.sequence, r.time_us) {
+            (0, 0) | (1.., 1..) => return Err(invalid("sequence", "give exactly one of sequence and time_us")),
+            (seq, 0) if seq > head => {
+                return Err(invalid("sequence", format!("is beyond the head of the log ({head})")))
+            }
+            (seq, 0) => seq,
+            (_, time) => self
+                .engine
+                .reader()
+                .seq_at_time(time)
+                .map_err(|e| to_status(e.into()))?,
+        };
+        self.consistent().await?;
+        let projections = self.engine.projections();
+        let rows = projections
+            .history_range(&caller.tenant, &r.account_id, 0, sequence, usize::MAX)
+            .map_err(store)?;
+        let as_of =
+            query::asof::account_as_of(sequence, &rows, |id| projections.hold(id).ok().flatten()).ok_or_else(|| {
+                not_found(
+                    "ACCOUNT_NOT_FOUND",
+                    format!("account {:?} was not open at sequence {sequence}", r.account_id),
+                )
+            })?;
+        Ok(Response::new(proto::AccountAsOf {
+            sequence,
+            account: Some(convert::account(&as_of.account)),
+            active_holds: as_of.active_holds.iter().map(convert::hold).collect(),
+        }))
+    }
+}
