@@ -12,29 +12,10 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use support::{meta, TestEngine};
+use support::{meta, Rng, TestEngine};
 use tally::domain::{AwardRequest, Command, Event, HoldStatus, Rejection};
 use tally::engine::Receipt;
 use tally::projection::{ProjectionName, Projections};
-
-/// SplitMix64: small, seedable, good enough to pick commands.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 const ACCOUNTS: [&str; 5] = ["a0", "a1", "a2", "a3", "a4"];
 const TIERS: [(u64, &str); 4] = [

@@ -169,6 +169,8 @@ pub struct StartReport {
     pub snapshot_seq: Option<u64>,
     /// Records folded after the snapshot.
     pub folded: u64,
+    /// Projections that started from a snapshot file, and its sequence number.
+    pub projections_from_snapshot: Vec<(ProjectionName, u64)>,
 }
 
 /// A running engine. Dropping it without [`Engine::shutdown`] stops nothing gracefully.
@@ -203,10 +205,11 @@ impl Engine {
                 projections.clear(name)?;
             }
         }
-        adopt_projection_snapshots(&projections, &reader, &config.projection_snapshot_dir())?;
+        let adopted = adopt_projection_snapshots(&projections, &reader, &config.projection_snapshot_dir())?;
         let (state, report) = restore(&projections, &reader, head.seq)?;
         let report = StartReport {
             truncated: opened.truncated,
+            projections_from_snapshot: adopted,
             ..report
         };
         tracing::info!(?report, "ledger state restored");
@@ -345,8 +348,9 @@ fn adopt_projection_snapshots(
     projections: &Projections,
     reader: &LogReader,
     dir: &std::path::Path,
-) -> Result<(), EngineError> {
+) -> Result<Vec<(ProjectionName, u64)>, EngineError> {
     let head = reader.head().seq;
+    let mut adopted = Vec::new();
     for name in ProjectionName::ALL {
         if projections.checkpoint(name)? != 0 || head == 0 {
             continue;
@@ -357,6 +361,7 @@ fn adopt_projection_snapshots(
         match projections.begin_rebuild_from_snapshot(&info, hash_at(reader, info.seq)?) {
             Ok(rebuild) => {
                 projections.adopt_rebuild(rebuild)?;
+                adopted.push((name, info.seq));
                 tracing::info!(
                     projection = name.name(),
                     seq = info.seq,
@@ -366,7 +371,7 @@ fn adopt_projection_snapshots(
             Err(error) => tracing::warn!(%error, "projection snapshot not usable; folding from the start"),
         }
     }
-    Ok(())
+    Ok(adopted)
 }
 
 /// A cheap, cloneable handle to a running engine: submit commands, read projections.

@@ -214,3 +214,82 @@ pub fn request<T>(message: T, tenant: &str, actor: &str) -> tonic::Request<T> {
     request.metadata_mut().insert("x-tally-actor", actor.parse().unwrap());
     request
 }
+
+/// SplitMix64: small and seedable.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+pub const TENANTS: [&str; 2] = ["t1", "t2"];
+pub const ACTORS: [&str; 3] = ["staff-1", "pos-2", "svc-3"];
+
+/// `commands` random accepted commands over a few tenants, accounts, actors and
+/// correlation ids, the clock moving 0–3 s between them and the sweeper running now and
+/// then. Commands the ledger refuses are simply not in the log.
+pub async fn random_workload(engine: &TestEngine, rng: &mut Rng, commands: u64) {
+    let handle = engine.handle();
+    let mut holds: Vec<(String, u64)> = Vec::new();
+    for n in 0..commands {
+        let tenant = TENANTS[rng.below(2) as usize];
+        let actor = ACTORS[rng.below(3) as usize];
+        let account = format!("p{}", rng.below(6));
+        let mut meta = meta_as(tenant, actor, &format!("w{}-{n}", rng.0), "");
+        meta.correlation_id = format!("order-{}", rng.below(20));
+        let command = match rng.below(10) {
+            0..=1 => Command::OpenAccount { account },
+            2..=5 => Command::Award {
+                account,
+                source: tally::domain::AwardRequest::Promotion {
+                    points: 1 + rng.below(3000),
+                    promotion_id: "w".into(),
+                    external_reward_id: format!("r-{}-{n}", rng.0),
+                },
+            },
+            6..=7 => Command::Reserve {
+                account,
+                amount: 1 + rng.below(500),
+                ttl_seconds: 1 + rng.below(30) as u32,
+            },
+            _ => match holds.get(rng.below(holds.len().max(1) as u64) as usize).cloned() {
+                Some((tenant, hold_id)) => {
+                    meta.tenant = tenant;
+                    if rng.below(2) == 0 {
+                        Command::Commit {
+                            hold_id,
+                            amount: Some(1),
+                        }
+                    } else {
+                        Command::Release { hold_id }
+                    }
+                }
+                None => Command::OpenAccount { account },
+            },
+        };
+        let tenant = meta.tenant.clone();
+        if let Ok(receipt) = handle.submit(meta, command).await {
+            if let Some(tally::domain::Event::HoldReserved(r)) = receipt.records.first().map(|r| &r.event) {
+                holds.push((tenant, r.hold_id));
+            }
+        }
+        engine.clock.advance(rng.below(3_000_000));
+        if rng.below(15) == 0 {
+            handle.sweep().await.unwrap();
+        }
+    }
+}

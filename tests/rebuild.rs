@@ -1,0 +1,254 @@
+//! Protects rebuilds: a projection folded again from the log (from the start, or from a
+//! projection snapshot) has the live projection's digest after random workloads, after
+//! restarts, and while the server keeps writing; a deliberately corrupted projection is
+//! caught by `tally rebuild --verify` and repaired by `tally rebuild`; a lost projection
+//! store starts again from its snapshot files; rebuilds run as operations with state,
+//! progress and history, over gRPC too.
+
+mod support;
+
+use std::time::Duration;
+use support::{random_workload, request, Rng, TestEngine, TestServer};
+use tally::engine::OperationState;
+use tally::projection::ProjectionName;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn digests(engine: &TestEngine) -> Vec<[u8; 32]> {
+    let h = engine.handle();
+    h.wait_for_projections().await.unwrap();
+    ProjectionName::ALL
+        .iter()
+        .map(|&p| h.projections().digest(p).unwrap())
+        .collect()
+}
+
+fn finished(engine: &TestEngine, op: tally::engine::OperationRecord) -> tally::engine::OperationRecord {
+    engine
+        .handle()
+        .operations()
+        .wait(&op.id, WAIT)
+        .expect("the operation exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilt_projections_match_the_live_ones() {
+    let mut engine = TestEngine::start();
+    random_workload(&engine, &mut Rng(21), 500).await;
+    let before = digests(&engine).await;
+    let op = finished(&engine, engine.handle().start_rebuild(None, false, false));
+    assert_eq!(op.state, OperationState::Completed, "{op:?}");
+    assert_eq!(
+        op.result.matches("matches the live projection").count(),
+        ProjectionName::ALL.len(),
+        "{}",
+        op.result
+    );
+    assert_eq!(
+        digests(&engine).await,
+        before,
+        "the swapped-in projections are the same"
+    );
+    // After a restart and more writes, a verifying rebuild still agrees.
+    engine.restart();
+    random_workload(&engine, &mut Rng(22), 200).await;
+    let op = finished(&engine, engine.handle().start_rebuild(None, true, false));
+    assert_eq!(op.state, OperationState::Completed, "{op:?}");
+    assert_eq!(op.total, op.done);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_while_writes_go_on_catches_up_before_the_swap() {
+    let engine = TestEngine::start();
+    random_workload(&engine, &mut Rng(31), 300).await;
+    let op = engine
+        .handle()
+        .start_rebuild(Some(ProjectionName::History), false, false);
+    random_workload(&engine, &mut Rng(32), 150).await;
+    let op = finished(&engine, op);
+    assert_eq!(op.state, OperationState::Completed, "{op:?}");
+    assert!(op.result.contains("matches the live projection"), "{}", op.result);
+    // The swapped-in projection keeps following the log.
+    random_workload(&engine, &mut Rng(33), 50).await;
+    let op = finished(
+        &engine,
+        engine
+            .handle()
+            .start_rebuild(Some(ProjectionName::History), true, false),
+    );
+    assert_eq!(op.state, OperationState::Completed, "{op:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_can_start_from_a_projection_snapshot() {
+    let mut engine = TestEngine::start();
+    random_workload(&engine, &mut Rng(41), 300).await;
+    engine.handle().wait_for_projections().await.unwrap();
+    let snapshot = finished(&engine, engine.handle().start_projection_snapshot());
+    assert_eq!(snapshot.state, OperationState::Completed, "{snapshot:?}");
+    let at = engine.handle().committed_seq();
+    random_workload(&engine, &mut Rng(42), 100).await;
+    let op = finished(&engine, engine.handle().start_rebuild(None, false, true));
+    assert_eq!(op.state, OperationState::Completed, "{op:?}");
+    assert!(
+        op.result.contains(&format!("from the snapshot at {at}")),
+        "{}",
+        op.result
+    );
+    assert!(!op.result.contains("DIFFERS"), "{}", op.result);
+    // A lost projection store starts again from the snapshot files, then catches up.
+    let before = digests(&engine).await;
+    engine.engine.take().unwrap().shutdown();
+    std::fs::remove_dir_all(engine.dir.path().join("projections")).unwrap();
+    engine.engine = Some(tally::engine::Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
+    let adopted = &engine.engine.as_ref().unwrap().report().projections_from_snapshot;
+    assert_eq!(
+        adopted.len(),
+        ProjectionName::ALL.len(),
+        "every projection started from its snapshot: {adopted:?}"
+    );
+    assert!(adopted.iter().all(|(_, seq)| *seq == at));
+    assert_eq!(digests(&engine).await, before);
+}
+
+/// The live tree of a projection in a stopped server's store, through sled itself.
+fn live_tree(db: &sled::Db, name: &str) -> sled::Tree {
+    let generation = db
+        .open_tree("generations")
+        .unwrap()
+        .get(name)
+        .unwrap()
+        .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
+    db.open_tree(format!("{name}.{generation}")).unwrap()
+}
+
+fn tally(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env("TALLY_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_projection_is_caught_by_verify_and_repaired_by_rebuild() {
+    let mut engine = TestEngine::start();
+    random_workload(&engine, &mut Rng(51), 300).await;
+    engine.handle().wait_for_projections().await.unwrap();
+    engine.engine.take().unwrap().shutdown();
+    let data = engine.dir.path().to_str().unwrap().to_string();
+    assert!(
+        tally(&["rebuild", &data, "--verify"]).status.success(),
+        "a sound store verifies"
+    );
+    {
+        let db = sled::open(engine.dir.path().join("projections")).unwrap();
+        let accounts = live_tree(&db, "accounts");
+        let (key, _) = accounts.iter().next().unwrap().unwrap();
+        accounts.insert(key, b"\x91\xa5bogus".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let caught = tally(&["rebuild", &data, "--verify", "--projection", "accounts"]);
+    let stdout = String::from_utf8_lossy(&caught.stdout);
+    assert_eq!(caught.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("DIFFERS from the live projection") && stdout.contains("verified only"),
+        "{stdout}"
+    );
+    let repaired = tally(&["rebuild", &data, "--projection", "accounts"]);
+    assert!(repaired.status.success() && String::from_utf8_lossy(&repaired.stdout).contains("swapped in"));
+    let after = tally(&["rebuild", &data, "--verify"]);
+    assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_over_grpc_have_state_progress_and_history() {
+    use tally::api::proto::{operations_client::OperationsClient, *};
+    let mut server = TestServer::start().await;
+    random_workload(&server.engine, &mut Rng(61), 200).await;
+    let mut client = OperationsClient::new(server.channel().await);
+    let op = client
+        .start_rebuild(request(
+            StartRebuildRequest {
+                projection: "holds".into(),
+                verify_only: true,
+                ..Default::default()
+            },
+            "t1",
+            "admin",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(op.kind, "rebuild");
+    server.engine.handle().operations().wait(&op.id, WAIT);
+    let done = client
+        .get_operation(request(GetOperationRequest { id: op.id.clone() }, "t1", "admin"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state(), OperationState::Completed);
+    assert!(done.ended_at_us >= done.started_at_us && done.result.contains("holds"));
+    let export = StartReplayToFileRequest {
+        replay: Some(ReplayRequest::default()),
+        file_name: "all.jsonl".into(),
+    };
+    let export = client
+        .start_replay_to_file(request(export, "t1", "admin"))
+        .await
+        .unwrap()
+        .into_inner();
+    let export = server.engine.handle().operations().wait(&export.id, WAIT).unwrap();
+    assert_eq!(export.state, tally::engine::OperationState::Completed, "{export:?}");
+    let lines = std::fs::read_to_string(server.engine.dir.path().join("exports/all.jsonl")).unwrap();
+    assert!(
+        lines.lines().all(|l| l.contains("\"tenant\":\"t1\"")),
+        "a replay to file is confined to the caller's tenant"
+    );
+    let listed = client
+        .list_operations(request(ListOperationsRequest {}, "t1", "admin"))
+        .await
+        .unwrap()
+        .into_inner()
+        .operations;
+    assert_eq!(
+        listed.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        [export.id.as_str(), op.id.as_str()],
+        "newest first"
+    );
+    let bad_name = StartReplayToFileRequest {
+        replay: None,
+        file_name: "../escape".into(),
+    };
+    assert_eq!(
+        client
+            .start_replay_to_file(request(bad_name, "t1", "admin"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    let unknown = client
+        .cancel_operation(request(CancelOperationRequest { id: "nope".into() }, "t1", "admin"))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let bad_projection = StartRebuildRequest {
+        projection: "balances".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        client
+            .start_rebuild(request(bad_projection, "t1", "admin"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    // Finished operations are history that survives a restart.
+    server.stop().await;
+    server.engine.restart();
+    let kept = server.engine.handle().operations().list();
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|o| o.state == tally::engine::OperationState::Completed));
+}
