@@ -424,7 +424,7 @@ mod offline {
                         return ExitCode::SUCCESS; // the reader went away (a closed pipe)
                     }
                     let progress = replay.progress();
-                    if show_progress && progress.events_sent % 1000 == 0 {
+                    if show_progress && progress.events_sent.is_multiple_of(1000) {
                         eprint!(
                             "\r{:5.1}%  {} events  at sequence {}",
                             progress.percent, progress.events_sent, progress.position

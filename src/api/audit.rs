@@ -119,7 +119,7 @@ impl Audit for AuditService {
                 if tx.blocking_send(Ok(message)).is_err() {
                     return;
                 }
-                if replay.progress().events_sent % PROGRESS_EVERY_EVENTS == 0
+                if replay.progress().events_sent.is_multiple_of(PROGRESS_EVERY_EVENTS)
                     && tx.blocking_send(Ok(progress(replay.progress()))).is_err()
                 {
                     return;

@@ -104,7 +104,7 @@ pub fn replay_to_file(
     while let Some(record) = replay.next_event()? {
         writeln!(out, "{}", json::to_json_line(&record))?;
         let progress = replay.progress();
-        if progress.events_sent % 1024 == 0 {
+        if progress.events_sent.is_multiple_of(1024) {
             control.check()?;
             control.set_progress(progress.percent as u64, 100);
         }

@@ -1,50 +1,49 @@
-//! How each projection folds records into its tree. Every fold writes into a `sled::Batch`
-//! that the caller applies atomically together with the new checkpoint.
+//! How each projection folds records into its tree: each fold returns the rows to write.
+//! The caller writes them with the new checkpoint (see [`super::apply_to`] for how).
 
 use super::views::{AccountView, HistoryView, HoldView, IdempotencyView};
 use super::{decode, encode, keys, ProjectionName, StoreError};
 use crate::domain::{Event, HoldStatus, Record};
 use std::collections::HashMap;
 
-/// Folds `records` (all after the tree's checkpoint) into `batch`.
+/// Rows to write: key and value.
+pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Folds `records` (all after the tree's checkpoint) into `rows`.
 pub(super) fn fold(
     name: ProjectionName,
     tree: &sled::Tree,
     records: &[Record],
-    batch: &mut sled::Batch,
+    rows: &mut Rows,
 ) -> Result<(), StoreError> {
     match name {
-        ProjectionName::Accounts => accounts(tree, records, batch),
-        ProjectionName::Holds => holds(tree, records, batch),
+        ProjectionName::Accounts => accounts(tree, records, rows),
+        ProjectionName::Holds => holds(tree, records, rows),
         ProjectionName::History => {
-            history(records, batch);
+            history(records, rows);
             Ok(())
         }
-        ProjectionName::Idempotency => idempotency(tree, records, batch),
+        ProjectionName::Idempotency => idempotency(tree, records, rows),
         ProjectionName::Correlation => {
             for record in records.iter().filter(|r| !r.envelope.correlation_id.is_empty()) {
                 let e = &record.envelope;
-                batch.insert(
-                    keys::correlation(&e.tenant, &e.correlation_id, record.seq),
-                    e.stream.as_bytes(),
-                );
+                let key = keys::correlation(&e.tenant, &e.correlation_id, record.seq);
+                rows.push((key, e.stream.as_bytes().to_vec()));
             }
             Ok(())
         }
         ProjectionName::Actor => {
             for record in records {
                 let e = &record.envelope;
-                batch.insert(
-                    keys::actor(&e.tenant, &e.actor, record.ts_us, record.seq),
-                    e.stream.as_bytes(),
-                );
+                let key = keys::actor(&e.tenant, &e.actor, record.ts_us, record.seq);
+                rows.push((key, e.stream.as_bytes().to_vec()));
             }
             Ok(())
         }
     }
 }
 
-fn accounts(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
+fn accounts(tree: &sled::Tree, records: &[Record], rows: &mut Rows) -> Result<(), StoreError> {
     let mut touched: HashMap<Vec<u8>, AccountView> = HashMap::new();
     for record in records {
         let key = keys::account(&record.envelope.tenant, &record.envelope.stream);
@@ -84,12 +83,12 @@ fn accounts(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> R
         touched.insert(key, updated);
     }
     for (key, view) in touched {
-        batch.insert(key, encode(&view));
+        rows.push((key, encode(&view)));
     }
     Ok(())
 }
 
-fn holds(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
+fn holds(tree: &sled::Tree, records: &[Record], rows: &mut Rows) -> Result<(), StoreError> {
     let mut touched: HashMap<u64, HoldView> = HashMap::new();
     for record in records {
         let (hold_id, status, committed, released) = match &record.event {
@@ -132,22 +131,20 @@ fn holds(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> Resu
         touched.insert(hold_id, resolved);
     }
     for (hold_id, view) in touched {
-        batch.insert(&hold_id.to_be_bytes(), encode(&view));
+        rows.push((hold_id.to_be_bytes().to_vec(), encode(&view)));
     }
     Ok(())
 }
 
-fn history(records: &[Record], batch: &mut sled::Batch) {
+fn history(records: &[Record], rows: &mut Rows) {
     for record in records {
         let view = HistoryView::of(record).expect("every event has a history row");
-        batch.insert(
-            keys::history(&record.envelope.tenant, &record.envelope.stream, record.seq),
-            encode(&view),
-        );
+        let key = keys::history(&record.envelope.tenant, &record.envelope.stream, record.seq);
+        rows.push((key, encode(&view)));
     }
 }
 
-fn idempotency(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -> Result<(), StoreError> {
+fn idempotency(tree: &sled::Tree, records: &[Record], rows: &mut Rows) -> Result<(), StoreError> {
     let mut touched: HashMap<Vec<u8>, IdempotencyView> = HashMap::new();
     for record in records {
         let e = &record.envelope;
@@ -173,7 +170,7 @@ fn idempotency(tree: &sled::Tree, records: &[Record], batch: &mut sled::Batch) -
         touched.insert(key, view);
     }
     for (key, view) in touched {
-        batch.insert(key, encode(&view));
+        rows.push((key, encode(&view)));
     }
     Ok(())
 }

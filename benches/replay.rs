@@ -1,0 +1,280 @@
+//! Reading the past: open + verify, replay in-process and over gRPC, the cost of a
+//! one-hour window on logs of 1M and 10M events (it must not grow with the log), and
+//! projection rebuild rates. Logs are generated directly (valid events with consistent
+//! balances, 100 events per second of log time) so that 10M events take seconds to write.
+//! Each figure is the median of three runs.
+//!
+//!     cargo bench --bench replay
+//!
+//! `TALLY_BENCH_SMALL=1` uses 100k and 1M events instead, for a quick look.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tally::domain::event::{AccountOpened, AwardSource, PointsAwarded, PromotionSource};
+use tally::domain::{Effect, Envelope, Event};
+use tally::engine::{jobs, Engine, EngineConfig, JobControl, SystemClock};
+use tally::log::{Durability, FileLog, LogOptions, LogReader, LogWriter};
+use tally::projection::{ProjectionName, Projections};
+use tally::query::{EventFilter, Replay, Window};
+
+const RUNS: usize = 3;
+const ACCOUNTS: u64 = 10_000;
+/// Events per second of log time: a one-hour window is 360,000 events at any log size.
+const RATE: u64 = 100;
+const T0: u64 = 1_767_225_600_000_000;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let value = f();
+    (value, start.elapsed().as_secs_f64())
+}
+
+/// Writes `events` records: account openings, then promotion awards spread over them.
+fn generate(data_dir: &Path, events: u64) {
+    let options = LogOptions {
+        durability: Durability::Buffered,
+        ..LogOptions::default()
+    };
+    let (mut log, _) = FileLog::open(&data_dir.join("log"), options).unwrap();
+    let mut posted = vec![0u64; ACCOUNTS as usize];
+    for seq in 1..=events {
+        let ts = T0 + (seq - 1) * 1_000_000 / RATE;
+        let account = (seq - 1) % ACCOUNTS;
+        let envelope = Envelope {
+            event_id: uuid::Uuid::from_u128(seq as u128),
+            tenant: "bench".into(),
+            stream: format!("p{account}"),
+            correlation_id: format!("order-{}", seq / 3),
+            actor: format!("pos-{}", seq % 50),
+            ..Envelope::default()
+        };
+        let event = if seq <= ACCOUNTS {
+            Event::AccountOpened(AccountOpened { tier: "Member".into() })
+        } else {
+            let before = posted[account as usize];
+            let points = 1 + seq % 9;
+            posted[account as usize] += points;
+            Event::PointsAwarded(PointsAwarded {
+                points,
+                source: AwardSource::Promotion(PromotionSource {
+                    promotion_id: "bench".into(),
+                    external_reward_id: format!("r{seq}"),
+                }),
+                effect: Effect {
+                    posted_before: before,
+                    posted_after: before + points,
+                    held_before: 0,
+                    held_after: 0,
+                    lifetime_before: before,
+                    lifetime_after: before + points,
+                    tier_before: "Member".into(),
+                    tier_after: "Member".into(),
+                },
+            })
+        };
+        log.stage(seq, ts, &envelope, &event);
+        if seq % 4096 == 0 {
+            log.commit().unwrap();
+        }
+    }
+    log.commit().unwrap();
+}
+
+fn replay_count(reader: &LogReader, window: Window, filter: EventFilter) -> u64 {
+    let mut replay = Replay::new(reader, window, filter, 0);
+    while replay.next_event().unwrap().is_some() {}
+    replay.progress().events_sent
+}
+
+/// Replays a window of `seconds` of log time from the middle of the log.
+fn window_in_the_middle(reader: &LogReader, events: u64, seconds: u64) -> f64 {
+    let middle = T0 + events / 2 * 1_000_000 / RATE;
+    let window = Window::Time {
+        from_us: middle,
+        to_us: Some(middle + seconds * 1_000_000),
+    };
+    median(
+        (0..RUNS)
+            .map(|_| timed(|| assert_eq!(replay_count(reader, window, EventFilter::default()), seconds * RATE)).1)
+            .collect(),
+    )
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let small = std::env::var("TALLY_BENCH_SMALL").is_ok();
+    let (size_a, size_b) = if small {
+        (100_000, 1_000_000)
+    } else {
+        (1_000_000, 10_000_000)
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for (dir, size) in dirs.iter().zip([size_a, size_b]) {
+        let ((), seconds) = timed(|| generate(dir.path(), size));
+        println!("generated {size} events in {seconds:.1} s");
+    }
+    for (dir, size) in dirs.iter().zip([size_a, size_b]) {
+        let seconds = median(
+            (0..RUNS)
+                .map(|_| timed(|| LogReader::open(&dir.path().join("log")).unwrap()).1)
+                .collect(),
+        );
+        println!(
+            "open + verify of {size} events: {seconds:.2} s ({:.0} events/s)",
+            size as f64 / seconds
+        );
+    }
+    let reader_a = LogReader::open(&dirs[0].path().join("log")).unwrap();
+    let reader_b = LogReader::open(&dirs[1].path().join("log")).unwrap();
+    let all = Window::Sequence { from: 1, to: None };
+    let full = median(
+        (0..RUNS)
+            .map(|_| timed(|| replay_count(&reader_a, all, EventFilter::default())).1)
+            .collect(),
+    );
+    println!(
+        "replay in-process, every event of {size_a}: {:.0} events/s",
+        size_a as f64 / full
+    );
+    let none = EventFilter {
+        accounts: vec!["nobody".into()],
+        ..EventFilter::default()
+    };
+    let scan = median(
+        (0..RUNS)
+            .map(|_| timed(|| replay_count(&reader_a, all, none.clone())).1)
+            .collect(),
+    );
+    println!(
+        "replay in-process, filter matching nothing: {:.0} records/s scanned",
+        size_a as f64 / scan
+    );
+    let seconds = if small { 360 } else { 3600 };
+    let (window_a, window_b) = (
+        window_in_the_middle(&reader_a, size_a, seconds),
+        window_in_the_middle(&reader_b, size_b, seconds),
+    );
+    println!(
+        "{seconds} s window ({} events) in a log of {size_a}: {window_a:.3} s; of {size_b}: {window_b:.3} s; ratio {:.2}",
+        seconds * RATE,
+        window_b / window_a
+    );
+
+    // The limit a rebuild runs into: sled's own insert rate for history-like rows.
+    let (single, batched) = sled_insert_rates(size_a);
+    println!("limit: sled 0.34 inserts of 150-byte rows into a fresh tree: {single:.0}/s one by one, {batched:.0}/s in batches of 4096");
+
+    // Rebuild of each projection from the smaller log into a fresh store.
+    let store = tempfile::tempdir().unwrap();
+    let projections = Projections::open(store.path()).unwrap();
+    let lock = Mutex::new(());
+    for name in ProjectionName::ALL {
+        let (_, seconds) = timed(|| {
+            jobs::rebuild(
+                &projections,
+                &reader_a,
+                &lock,
+                name,
+                None,
+                false,
+                &JobControl::detached(),
+            )
+            .unwrap()
+        });
+        println!(
+            "rebuild of {} from {size_a} events: {seconds:.2} s ({:.0} events/s)",
+            name.name(),
+            size_a as f64 / seconds
+        );
+    }
+    drop(projections);
+
+    grpc_replay(dirs[0].path(), size_a);
+}
+
+/// Rows per second sled takes, one insert at a time and in batches, `rows` of each.
+fn sled_insert_rates(rows: u64) -> (f64, f64) {
+    let key = |n: u64| {
+        let mut key = format!("bench\0p{}\0", n % ACCOUNTS).into_bytes();
+        key.extend_from_slice(&n.to_be_bytes());
+        key
+    };
+    let value = vec![7u8; 150];
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let single = db.open_tree("single").unwrap();
+    let (_, one_by_one) = timed(|| {
+        for n in 0..rows {
+            single.insert(key(n), value.clone()).unwrap();
+        }
+    });
+    let batched = db.open_tree("batched").unwrap();
+    let (_, in_batches) = timed(|| {
+        for chunk in 0..rows / 4096 {
+            let mut batch = sled::Batch::default();
+            for n in chunk * 4096..(chunk + 1) * 4096 {
+                batch.insert(key(n), value.clone());
+            }
+            batched.apply_batch(batch).unwrap();
+        }
+    });
+    (rows as f64 / one_by_one, (rows / 4096 * 4096) as f64 / in_batches)
+}
+
+/// Streams the whole smaller log over gRPC on loopback, once the server's projections have
+/// caught up (so they do not compete for the two cores).
+fn grpc_replay(data_dir: &Path, events: u64) {
+    use tally::api::proto::{audit_client::AuditClient, replay_response::Item, ReplayRequest};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = EngineConfig {
+        durability: Durability::Buffered,
+        projection_snapshot_every: 0,
+        ..EngineConfig::new(data_dir)
+    };
+    let engine = Engine::start(config, Arc::new(SystemClock)).unwrap();
+    let handle = engine.handle();
+    let rate = runtime.block_on(async move {
+        while handle.wait_for_projections().await.is_err() {}
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(tally::api::serve(handle.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let mut client = AuditClient::connect(format!("http://{address}")).await.unwrap();
+        let mut rates = Vec::new();
+        for _ in 0..RUNS {
+            let start = Instant::now();
+            let mut request = tonic::Request::new(ReplayRequest::default());
+            request
+                .metadata_mut()
+                .insert("x-tally-tenant", "bench".parse().unwrap());
+            let mut stream = client.replay(request).await.unwrap().into_inner();
+            let mut received = 0u64;
+            while let Some(message) = stream.message().await.unwrap() {
+                if let Some(Item::Event(_)) = message.item {
+                    received += 1;
+                }
+            }
+            assert_eq!(received, events);
+            rates.push(events as f64 / start.elapsed().as_secs_f64());
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        median(rates)
+    });
+    println!("replay over gRPC (loopback, one stream), every event of {events}: {rate:.0} events/s");
+    engine.shutdown();
+}
