@@ -1,8 +1,8 @@
 //! Protects the ledger as a whole under random, seeded command streams driven through the
 //! real engine (sequencer, log, projector) with a manual clock: duplicates, retries with
 //! the same key, conflicting keys, partial commits, expiries, clock jumps, batches that
-//! interleave accounts, and restarts. After every batch the engine's answers and its
-//! projections are checked against a small reference model and the invariants
+//! interleave accounts, and restarts. After every batch the engine's answers, its
+//! projections and its state mirror are checked against a small reference model and the invariants
 //! (conservation, held = Σ active holds, available ≥ 0); at the end each hold resolved at
 //! most once, each key applied once, the log verifies, and projections folded from scratch
 //! equal the live ones.

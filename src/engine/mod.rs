@@ -6,6 +6,7 @@
 
 mod clock;
 pub mod jobs;
+mod mirror;
 pub mod operations;
 mod projector;
 mod sequencer;
@@ -20,7 +21,7 @@ use crate::domain::{evolve, Command, CommandMeta, Policy, Record, Rejection, Sta
 use crate::log::{self, codec::GENESIS_HASH, Durability, FileLog, LogError, LogOptions, LogReader, LogWriter};
 use crate::projection::{ProjectionName, Projections, StoreError};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -147,15 +148,23 @@ impl Signal {
         self.condvar.notify_all();
     }
 
-    /// Waits for a notification or the timeout; returns whether a stop was requested.
-    fn wait(&self, timeout: Duration) -> bool {
+    /// The number of notifications so far: read it before checking for work, then
+    /// [`Signal::wait_since`] it, and no notification in between is missed.
+    fn generation(&self) -> u64 {
+        self.state.lock().expect("signal lock").0
+    }
+
+    fn stopping(&self) -> bool {
+        self.state.lock().expect("signal lock").1
+    }
+
+    /// Waits until a notification after `seen`, a stop request, or the timeout.
+    fn wait_since(&self, seen: u64, timeout: Duration) {
         let guard = self.state.lock().expect("signal lock");
-        let seen = guard.0;
-        let (guard, _) = self
+        let _ = self
             .condvar
             .wait_timeout_while(guard, timeout, |(generation, stop)| *generation == seen && !*stop)
             .expect("signal lock");
-        guard.1
     }
 }
 
@@ -178,7 +187,8 @@ pub struct Engine {
     handle: EngineHandle,
     signal: Arc<Signal>,
     sequencer: Option<JoinHandle<()>>,
-    projector: Option<JoinHandle<()>>,
+    /// The projector and the state mirror.
+    followers: Vec<JoinHandle<()>>,
     report: StartReport,
 }
 
@@ -220,13 +230,21 @@ impl Engine {
         let (status_tx, status_rx) = watch::channel(Status::Serving);
         let signal = Arc::new(Signal::default());
         let apply_lock = Arc::new(Mutex::new(()));
+        let mirrored_state = Arc::new(RwLock::new(state.clone()));
+        let (mirrored_tx, mirrored_rx) = watch::channel(head.seq);
+        let mirror = mirror::Mirror {
+            state: mirrored_state.clone(),
+            reader: reader.clone(),
+            signal: signal.clone(),
+            applied: mirrored_tx,
+            projections: projections.clone(),
+            snapshot_every: config.snapshot_every,
+        };
         let projector = projector::Projector {
             projections: projections.clone(),
             reader: reader.clone(),
             signal: signal.clone(),
             applied: applied_tx,
-            mirror: state.clone(),
-            snapshot_every: config.snapshot_every,
             apply_lock: apply_lock.clone(),
             projection_snapshot_every: config.projection_snapshot_every,
             projection_snapshot_dir: config.projection_snapshot_dir(),
@@ -247,6 +265,10 @@ impl Engine {
         let projector = std::thread::Builder::new()
             .name("tally-projector".into())
             .spawn(move || projector.run())
+            .map_err(spawn_error)?;
+        let mirror = std::thread::Builder::new()
+            .name("tally-mirror".into())
+            .spawn(move || mirror.run())
             .map_err(spawn_error)?;
         let sequencer = std::thread::Builder::new()
             .name("tally-sequencer".into())
@@ -276,10 +298,12 @@ impl Engine {
                 apply_lock,
                 operations,
                 config: Arc::new(config_for_handle),
+                mirrored_state,
+                mirrored: mirrored_rx,
             },
             signal,
             sequencer: Some(sequencer),
-            projector: Some(projector),
+            followers: vec![projector, mirror],
             report,
         })
     }
@@ -293,7 +317,8 @@ impl Engine {
     }
 
     /// Stops accepting commands, lets the sequencer finish the batch in flight, lets the
-    /// projector catch up and snapshot, and waits for both. Blocks the calling thread.
+    /// projector and the state mirror catch up (the mirror writes a snapshot), and waits
+    /// for all three. Blocks the calling thread.
     pub fn shutdown(mut self) {
         // A full inbox still takes the stop message once the sequencer drains it. The send
         // runs on a thread of its own so that shutdown also works from async contexts.
@@ -303,8 +328,8 @@ impl Engine {
             let _ = sequencer.join();
         }
         self.signal.stop();
-        if let Some(projector) = self.projector.take() {
-            let _ = projector.join();
+        for follower in self.followers.drain(..) {
+            let _ = follower.join();
         }
     }
 }
@@ -386,6 +411,9 @@ pub struct EngineHandle {
     apply_lock: Arc<Mutex<()>>,
     operations: Operations,
     config: Arc<EngineConfig>,
+    /// The write-side state as the mirror has folded it, up to `mirrored`.
+    mirrored_state: Arc<RwLock<State>>,
+    mirrored: watch::Receiver<u64>,
 }
 
 impl EngineHandle {
@@ -460,11 +488,59 @@ impl EngineHandle {
         Ok(records)
     }
 
-    /// Waits until every projection has applied everything committed when this was called,
-    /// so that a query sees every command acknowledged before it arrived.
+    /// Waits until every sled projection has applied everything committed when this was
+    /// called, so that a query sees every command acknowledged before it arrived.
     pub async fn wait_for_projections(&self) -> Result<(), EngineError> {
+        self.wait_until(self.applied.clone()).await
+    }
+
+    /// Waits until the state mirror has folded everything committed when this was called.
+    pub async fn wait_for_state(&self) -> Result<(), EngineError> {
+        self.wait_until(self.mirrored.clone()).await
+    }
+
+    /// An account as of everything acknowledged before the call (from the state mirror).
+    pub async fn account(
+        &self,
+        tenant: &str,
+        account: &str,
+    ) -> Result<Option<crate::projection::AccountView>, EngineError> {
+        self.wait_for_state().await?;
+        let state = self.mirrored_state.read().expect("state mirror lock");
+        let key = crate::domain::state::AccountKey::new(tenant, account);
+        Ok(state.accounts.get(&key).map(|a| crate::projection::AccountView {
+            account_id: account.to_string(),
+            posted: a.posted,
+            held: a.held,
+            lifetime: a.lifetime,
+            tier: a.tier.clone(),
+            active_holds: a.active_holds,
+            opened_at_us: a.opened_at_us,
+            last_seq: a.last_seq,
+        }))
+    }
+
+    /// A hold as of everything acknowledged before the call (from the state mirror).
+    pub async fn hold(&self, hold_id: u64) -> Result<Option<crate::projection::HoldView>, EngineError> {
+        self.wait_for_state().await?;
+        let state = self.mirrored_state.read().expect("state mirror lock");
+        Ok(state.holds.get(&hold_id).map(|h| crate::projection::HoldView {
+            hold_id,
+            tenant: h.tenant.clone(),
+            account_id: h.account.clone(),
+            amount: h.amount,
+            status: h.status,
+            created_at_us: h.created_at_us,
+            expires_at_us: h.expires_at_us,
+            committed: h.committed,
+            released: h.released,
+            resolved_at_us: h.resolved_at_us,
+            resolved_seq: h.resolved_seq,
+        }))
+    }
+
+    async fn wait_until(&self, mut applied: watch::Receiver<u64>) -> Result<(), EngineError> {
         let target = *self.committed.borrow();
-        let mut applied = self.applied.clone();
         let caught_up = tokio::time::timeout(QUERY_CONSISTENCY_WAIT, applied.wait_for(|&seq| seq >= target)).await;
         match caught_up {
             Ok(Ok(_)) => Ok(()),
