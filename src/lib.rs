@@ -13,6 +13,7 @@
 pub mod api;
 pub mod domain;
 pub mod engine;
+pub mod loadgen;
 pub mod log;
 pub mod projection;
 pub mod query;

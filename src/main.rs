@@ -52,6 +52,8 @@ enum Cmd {
         #[arg(long)]
         from_snapshot: bool,
     },
+    /// Load a running server over gRPC and report throughput, latency percentiles and errors.
+    Bench(BenchArgs),
     /// Who changed what, when and why (reads the log only; safe beside a running server).
     Audit {
         data_dir: PathBuf,
@@ -129,6 +131,58 @@ struct ReplayArgs {
     format: Format,
 }
 
+#[derive(Parser)]
+struct BenchArgs {
+    /// The server, as a URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// The tenant the load runs in (its accounts are bench-0, bench-1, …).
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    /// Concurrent clients, each with its own connection, one request in flight each.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Load before the measured window starts.
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    #[arg(long, value_enum, default_value_t = ModeArg::Unary)]
+    mode: ModeArg,
+    /// Commands per SubmitBatch in batch mode (at most 4096).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Award)]
+    workload: WorkloadArg,
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+    #[arg(long, value_enum, default_value_t = DistributionArg::Uniform)]
+    distribution: DistributionArg,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Unary,
+    Batch,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WorkloadArg {
+    /// Awards only.
+    Award,
+    /// Award 50%, reserve 20%, commit 15%, release 10%, reads 5%.
+    Mixed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DistributionArg {
+    Uniform,
+    Zipf,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Format {
     /// One JSON object per line.
@@ -184,6 +238,7 @@ fn main() -> ExitCode {
         Cmd::Serve(args) => serve(args),
         Cmd::Verify { data_dir, expect } => verify(&data_dir, expect.as_deref()),
         Cmd::Replay(args) => offline::replay(args),
+        Cmd::Bench(args) => bench(args),
         Cmd::Rebuild {
             data_dir,
             projection,
@@ -267,6 +322,50 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    use tally::loadgen::{BenchConfig, Distribution, Mode, Workload};
+    if args.clients == 0 || args.accounts == 0 || args.batch_size == 0 || args.batch_size > 4096 {
+        eprintln!("tally bench: --clients and --accounts must be at least 1, --batch-size 1 to 4096");
+        return ExitCode::from(64);
+    }
+    let config = BenchConfig {
+        target: args.target,
+        tenant: args.tenant,
+        clients: args.clients,
+        duration: Duration::from_secs(args.seconds.max(1)),
+        warmup: Duration::from_secs(args.warmup_seconds),
+        mode: match args.mode {
+            ModeArg::Unary => Mode::Unary,
+            ModeArg::Batch => Mode::Batch,
+        },
+        batch_size: args.batch_size,
+        workload: match args.workload {
+            WorkloadArg::Award => Workload::Award,
+            WorkloadArg::Mixed => Workload::Mixed,
+        },
+        accounts: args.accounts,
+        distribution: match args.distribution {
+            DistributionArg::Uniform => Distribution::Uniform,
+            DistributionArg::Zipf => Distribution::Zipf,
+        },
+        seed: args.seed,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(tally::loadgen::run(config.clone())) {
+        Ok(report) => {
+            println!("{}", report.render(&config));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tally bench: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! The projector: a thread that follows the committed log into the sled projections,
 //! applying each batch under the apply lock (so a rebuild can compare and swap at a still
-//! checkpoint), and writes projection snapshot files now and then.
+//! checkpoint), and writes projection snapshot files now and then. On stop it finishes the
+//! batch in hand and leaves the rest to the next start, which resumes from the checkpoints.
 
 use super::Signal;
 use crate::log::LogReader;
@@ -32,6 +33,13 @@ impl Projector {
     pub fn run(self) {
         let mut last_projection_snapshot = self.projections.applied().unwrap_or(0);
         loop {
+            // A stop does not wait for a backlog: projections resume from their checkpoints.
+            if self.signal.stopping() {
+                if let Err(error) = self.projections.flush() {
+                    tracing::error!(%error, "projection flush failed");
+                }
+                return;
+            }
             let seen = self.signal.generation();
             let head = self.reader.head().seq;
             let applied = match self.projections.applied() {
@@ -59,12 +67,6 @@ impl Projector {
                     last_projection_snapshot = to;
                 }
                 continue;
-            }
-            if self.signal.stopping() {
-                if let Err(error) = self.projections.flush() {
-                    tracing::error!(%error, "projection flush failed");
-                }
-                return;
             }
             self.signal.wait_since(seen, IDLE_POLL);
         }

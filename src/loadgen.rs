@@ -1,0 +1,404 @@
+//! `tally bench`: a load generator that drives a running server over gRPC, like any client
+//! would, and reports throughput, latency percentiles (HDR histogram) and errors.
+//!
+//! Workloads: `award` (awards only) and `mixed` (award 50%, reserve 20%, commit 15%,
+//! release 10%, reads 5%). Accounts are picked uniformly or by a Zipf law (a few hot
+//! players). Every command has its own idempotency key, so a run can be repeated on the
+//! same server.
+
+use crate::api::proto::{self, ledger_client::LedgerClient};
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// How commands are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One command per RPC.
+    Unary,
+    /// `batch_size` commands per `SubmitBatch`.
+    Batch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Award,
+    Mixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    Uniform,
+    /// Zipf with exponent 1: account k is picked with weight 1/k.
+    Zipf,
+}
+
+/// A load run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub target: String,
+    pub tenant: String,
+    pub clients: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub mode: Mode,
+    pub batch_size: usize,
+    pub workload: Workload,
+    pub accounts: u64,
+    pub distribution: Distribution,
+    pub seed: u64,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct BenchReport {
+    pub commands: u64,
+    pub rpcs: u64,
+    pub seconds: f64,
+    /// RPC latency in µs.
+    pub latency: Histogram<u64>,
+    /// Failed commands by gRPC code (or batch error reason).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl BenchReport {
+    pub fn commands_per_second(&self) -> f64 {
+        self.commands as f64 / self.seconds
+    }
+
+    pub fn render(&self, config: &BenchConfig) -> String {
+        let us = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        let errors = if self.errors.is_empty() {
+            "none".to_string()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "workload {:?}, {:?}{}, {} clients, {} accounts ({:?}), {:.1} s measured\n\
+             throughput: {:.0} commands/s ({:.0} RPCs/s)\n\
+             RPC latency (ms): p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n\
+             errors: {errors}",
+            config.workload,
+            config.mode,
+            if config.mode == Mode::Batch {
+                format!(" of {}", config.batch_size)
+            } else {
+                String::new()
+            },
+            config.clients,
+            config.accounts,
+            config.distribution,
+            self.seconds,
+            self.commands_per_second(),
+            self.rpcs as f64 / self.seconds,
+            us(0.5),
+            us(0.99),
+            us(0.999),
+            self.latency.max() as f64 / 1000.0,
+        )
+    }
+}
+
+/// SplitMix64, per client.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks accounts.
+struct Picker {
+    accounts: u64,
+    /// Cumulative Zipf weights, for a binary search.
+    cdf: Option<Vec<f64>>,
+}
+
+impl Picker {
+    fn new(accounts: u64, distribution: Distribution) -> Self {
+        let cdf = (distribution == Distribution::Zipf).then(|| {
+            let mut total = 0.0;
+            let mut cdf: Vec<f64> = (1..=accounts)
+                .map(|k| {
+                    total += 1.0 / k as f64;
+                    total
+                })
+                .collect();
+            cdf.iter_mut().for_each(|c| *c /= total);
+            cdf
+        });
+        Self { accounts, cdf }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> u64 {
+        match &self.cdf {
+            None => rng.next() % self.accounts,
+            Some(cdf) => (cdf.partition_point(|&c| c < rng.unit()) as u64).min(self.accounts - 1),
+        }
+    }
+}
+
+fn account_id(n: u64) -> String {
+    format!("bench-{n}")
+}
+
+fn with_tenant<T>(message: T, tenant: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-tally-tenant", tenant.parse().expect("tenants are ASCII"));
+    request
+        .metadata_mut()
+        .insert("x-tally-actor", "tally-bench".parse().expect("ASCII"));
+    request
+}
+
+/// Opens every account (idempotent) and funds it, in batches.
+async fn prepare(config: &BenchConfig, client: &mut LedgerClient<Channel>, run: &str) -> Result<(), tonic::Status> {
+    use proto::batch_command::Command as C;
+    let ids: Vec<u64> = (0..config.accounts).collect();
+    for chunk in ids.chunks(2000) {
+        let mut commands = Vec::with_capacity(chunk.len() * 2);
+        for &n in chunk {
+            let open = proto::OpenAccountRequest {
+                account_id: account_id(n),
+                idempotency_key: format!("bench-open-{n}"),
+                ..Default::default()
+            };
+            commands.push(proto::BatchCommand {
+                command: Some(C::OpenAccount(open)),
+            });
+            commands.push(proto::BatchCommand {
+                command: Some(C::Award(award(n, &format!("{run}-fund-{n}"), 1_000_000))),
+            });
+        }
+        client
+            .submit_batch(with_tenant(proto::SubmitBatchRequest { commands }, &config.tenant))
+            .await?;
+    }
+    Ok(())
+}
+
+fn award(account: u64, key: &str, points: u64) -> proto::AwardRequest {
+    proto::AwardRequest {
+        account_id: account_id(account),
+        idempotency_key: key.to_string(),
+        source: Some(proto::award_request::Source::Promotion(proto::Promotion {
+            points,
+            promotion_id: "bench".into(),
+            external_reward_id: key.to_string(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// One client's share of the load.
+struct Client {
+    ledger: LedgerClient<Channel>,
+    rng: Rng,
+    run: String,
+    id: usize,
+    n: u64,
+    /// Holds this client placed and has not resolved yet.
+    holds: Vec<u64>,
+}
+
+impl Client {
+    fn key(&mut self) -> String {
+        self.n += 1;
+        format!("{}-{}-{}", self.run, self.id, self.n)
+    }
+
+    /// The next command of the workload, as a batch command (unary sends unwrap it).
+    fn next_command(&mut self, config: &BenchConfig, picker: &Picker) -> proto::batch_command::Command {
+        use proto::batch_command::Command as C;
+        let account = picker.pick(&mut self.rng);
+        let roll = if config.workload == Workload::Award {
+            0
+        } else {
+            self.rng.next() % 100
+        };
+        let key = self.key();
+        match roll {
+            50..=69 => C::Reserve(proto::ReserveRequest {
+                account_id: account_id(account),
+                idempotency_key: key,
+                amount: 1 + self.rng.next() % 10,
+                ttl_seconds: 300,
+                ..Default::default()
+            }),
+            70..=84 if !self.holds.is_empty() => C::Commit(proto::CommitRequest {
+                hold_id: self.holds.swap_remove(0),
+                idempotency_key: key,
+                ..Default::default()
+            }),
+            85..=94 if !self.holds.is_empty() => C::Release(proto::ReleaseRequest {
+                hold_id: self.holds.swap_remove(0),
+                idempotency_key: key,
+                ..Default::default()
+            }),
+            _ => C::Award(award(account, &key, 1 + self.rng.next() % 100)),
+        }
+    }
+}
+
+/// Runs the load and reports what the measured window saw.
+pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error::Error>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.target.clone())?;
+    let run = format!(
+        "r{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let mut setup = LedgerClient::new(endpoint.connect().await?);
+    prepare(&config, &mut setup, &run).await?;
+    let picker = std::sync::Arc::new(Picker::new(config.accounts, config.distribution));
+    let start = Instant::now() + config.warmup;
+    let end = start + config.duration;
+    let mut tasks = Vec::new();
+    for id in 0..config.clients {
+        let ledger = LedgerClient::new(endpoint.connect().await?);
+        let (config, picker, run) = (config.clone(), picker.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client {
+                ledger,
+                rng: Rng(config.seed ^ (id as u64).wrapping_mul(0x9E37_79B9)),
+                run,
+                id,
+                n: 0,
+                holds: Vec::new(),
+            };
+            drive(&mut client, &config, &picker, start, end).await
+        }));
+    }
+    let mut report = BenchReport {
+        commands: 0,
+        rpcs: 0,
+        seconds: config.duration.as_secs_f64(),
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        errors: BTreeMap::new(),
+    };
+    for task in tasks {
+        let part = task.await?;
+        report.commands += part.commands;
+        report.rpcs += part.rpcs;
+        report.latency.add(&part.latency)?;
+        for (code, count) in part.errors {
+            *report.errors.entry(code).or_default() += count;
+        }
+    }
+    Ok(report)
+}
+
+/// Sends commands until `end`; counts only what completes inside `[start, end)`.
+async fn drive(
+    client: &mut Client,
+    config: &BenchConfig,
+    picker: &Picker,
+    start: Instant,
+    end: Instant,
+) -> BenchReport {
+    let mut part = BenchReport {
+        commands: 0,
+        rpcs: 0,
+        seconds: 0.0,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        errors: BTreeMap::new(),
+    };
+    while Instant::now() < end {
+        let sent = Instant::now();
+        let outcome = match config.mode {
+            Mode::Unary => unary(client, config, picker).await,
+            Mode::Batch => batch(client, config, picker).await,
+        };
+        let done = Instant::now();
+        if done < start || done >= end {
+            continue;
+        }
+        part.rpcs += 1;
+        part.latency
+            .saturating_record(done.duration_since(sent).as_micros().max(1) as u64);
+        let (commands, errors) = outcome;
+        part.commands += commands;
+        for error in errors {
+            *part.errors.entry(error).or_default() += 1;
+        }
+    }
+    part
+}
+
+/// One unary RPC; returns commands done and error codes.
+async fn unary(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<String>) {
+    use proto::batch_command::Command as C;
+    let tenant = &config.tenant;
+    if config.workload == Workload::Mixed && client.rng.next() % 100 >= 95 {
+        let account = account_id(picker.pick(&mut client.rng));
+        let result = client
+            .ledger
+            .get_account(with_tenant(proto::GetAccountRequest { account_id: account }, tenant))
+            .await;
+        return (1, result.err().map(|e| format!("{:?}", e.code())).into_iter().collect());
+    }
+    let command = client.next_command(config, picker);
+    let result = match command {
+        C::Award(r) => client.ledger.award(with_tenant(r, tenant)).await.map(|_| None),
+        C::Reserve(r) => client
+            .ledger
+            .reserve(with_tenant(r, tenant))
+            .await
+            .map(|r| r.into_inner().hold.map(|h| h.hold_id)),
+        C::Commit(r) => client.ledger.commit(with_tenant(r, tenant)).await.map(|_| None),
+        C::Release(r) => client.ledger.release(with_tenant(r, tenant)).await.map(|_| None),
+        C::OpenAccount(r) => client.ledger.open_account(with_tenant(r, tenant)).await.map(|_| None),
+    };
+    match result {
+        Ok(hold) => {
+            client.holds.extend(hold);
+            (1, Vec::new())
+        }
+        Err(status) => (1, vec![format!("{:?}", status.code())]),
+    }
+}
+
+/// One batch RPC of `batch_size` commands.
+async fn batch(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<String>) {
+    use proto::batch_result::Result as R;
+    let commands: Vec<proto::BatchCommand> = (0..config.batch_size)
+        .map(|_| proto::BatchCommand {
+            command: Some(client.next_command(config, picker)),
+        })
+        .collect();
+    let request = with_tenant(proto::SubmitBatchRequest { commands }, &config.tenant);
+    match client.ledger.submit_batch(request).await {
+        Ok(response) => {
+            let mut errors = Vec::new();
+            for result in response.into_inner().results {
+                match result.result {
+                    Some(R::Reserve(r)) => client.holds.extend(r.hold.map(|h| h.hold_id)),
+                    Some(R::Error(e)) => errors.push(e.reason),
+                    _ => {}
+                }
+            }
+            (config.batch_size as u64, errors)
+        }
+        Err(status) => (
+            config.batch_size as u64,
+            vec![format!("{:?}", status.code()); config.batch_size],
+        ),
+    }
+}
