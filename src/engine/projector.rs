@@ -29,8 +29,13 @@ pub(super) struct Projector {
     pub projection_snapshot_dir: PathBuf,
 }
 
+/// The projector's scheduling niceness: it is background work (balance queries read the
+/// state mirror), so under CPU pressure commands and queries go first.
+const PROJECTOR_NICENESS: libc::c_int = 10;
+
 impl Projector {
     pub fn run(self) {
+        lower_priority();
         let mut last_projection_snapshot = self.projections.applied().unwrap_or(0);
         loop {
             // A stop does not wait for a backlog: projections resume from their checkpoints.
@@ -73,12 +78,28 @@ impl Projector {
     }
 
     fn apply(&self, from: u64, to: u64) -> Result<(), Box<dyn std::error::Error>> {
-        let records = self.reader.iter_range(from, to).collect::<Result<Vec<_>, _>>()?;
+        let records = self
+            .reader
+            .iter_range_trusted(from, to)
+            .collect::<Result<Vec<_>, _>>()?;
         {
             let _applying = self.apply_lock.lock().expect("apply lock");
             self.projections.apply(&records)?;
         }
         self.applied.send_replace(self.projections.applied()?);
         Ok(())
+    }
+}
+
+/// Lowers this thread's priority (Linux schedules threads individually).
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
+    // this thread's scheduling niceness.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PROJECTOR_NICENESS)
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the projector's priority");
     }
 }
