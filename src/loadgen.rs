@@ -60,6 +60,8 @@ pub struct BenchReport {
     pub latency: Histogram<u64>,
     /// Failed commands by gRPC code (or batch error reason).
     pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each of them.
+    pub first_messages: BTreeMap<String, String>,
 }
 
 impl BenchReport {
@@ -292,6 +294,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error:
         seconds: config.duration.as_secs_f64(),
         latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
         errors: BTreeMap::new(),
+        first_messages: BTreeMap::new(),
     };
     for task in tasks {
         let part = task.await?;
@@ -300,6 +303,9 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error:
         report.latency.add(&part.latency)?;
         for (code, count) in part.errors {
             *report.errors.entry(code).or_default() += count;
+        }
+        for (code, message) in part.first_messages {
+            report.first_messages.entry(code).or_insert(message);
         }
     }
     Ok(report)
@@ -319,6 +325,7 @@ async fn drive(
         seconds: 0.0,
         latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
         errors: BTreeMap::new(),
+        first_messages: BTreeMap::new(),
     };
     while Instant::now() < end {
         let sent = Instant::now();
@@ -335,15 +342,23 @@ async fn drive(
             .saturating_record(done.duration_since(sent).as_micros().max(1) as u64);
         let (commands, errors) = outcome;
         part.commands += commands;
-        for error in errors {
-            *part.errors.entry(error).or_default() += 1;
+        for (code, message) in errors {
+            *part.errors.entry(code.clone()).or_default() += 1;
+            part.first_messages.entry(code).or_insert(message);
         }
     }
     part
 }
 
-/// One unary RPC; returns commands done and error codes.
-async fn unary(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<String>) {
+/// An error code and its message.
+type Failure = (String, String);
+
+fn failure(status: &tonic::Status) -> Failure {
+    (format!("{:?}", status.code()), status.message().to_string())
+}
+
+/// One unary RPC; returns commands done and failures.
+async fn unary(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<Failure>) {
     use proto::batch_command::Command as C;
     let tenant = &config.tenant;
     if config.workload == Workload::Mixed && client.rng.next() % 100 >= 95 {
@@ -352,7 +367,7 @@ async fn unary(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u
             .ledger
             .get_account(with_tenant(proto::GetAccountRequest { account_id: account }, tenant))
             .await;
-        return (1, result.err().map(|e| format!("{:?}", e.code())).into_iter().collect());
+        return (1, result.err().as_ref().map(failure).into_iter().collect());
     }
     let command = client.next_command(config, picker);
     let result = match command {
@@ -371,12 +386,12 @@ async fn unary(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u
             client.holds.extend(hold);
             (1, Vec::new())
         }
-        Err(status) => (1, vec![format!("{:?}", status.code())]),
+        Err(status) => (1, vec![failure(&status)]),
     }
 }
 
 /// One batch RPC of `batch_size` commands.
-async fn batch(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<String>) {
+async fn batch(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<Failure>) {
     use proto::batch_result::Result as R;
     let commands: Vec<proto::BatchCommand> = (0..config.batch_size)
         .map(|_| proto::BatchCommand {
@@ -390,15 +405,12 @@ async fn batch(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u
             for result in response.into_inner().results {
                 match result.result {
                     Some(R::Reserve(r)) => client.holds.extend(r.hold.map(|h| h.hold_id)),
-                    Some(R::Error(e)) => errors.push(e.reason),
+                    Some(R::Error(e)) => errors.push((e.reason, e.message)),
                     _ => {}
                 }
             }
             (config.batch_size as u64, errors)
         }
-        Err(status) => (
-            config.batch_size as u64,
-            vec![format!("{:?}", status.code()); config.batch_size],
-        ),
+        Err(status) => (config.batch_size as u64, vec![failure(&status); config.batch_size]),
     }
 }

@@ -1,5 +1,6 @@
-//! Protects restarts: the write-side state comes back from the snapshot plus the log after
-//! it (or from the log alone), projections catch up from their checkpoints or fold again
+//! Protects restarts: the write-side state comes back from the snapshot file plus the log
+//! after it (or from the log alone, when the snapshot is missing or belongs to another
+//! log), projections catch up from their checkpoints or fold again
 //! from scratch when their store is gone, and a log corrupted before its tail stops the
 //! engine from starting, naming the bad sequence number.
 
@@ -114,8 +115,47 @@ async fn lost_projections_fold_again_from_the_log() {
     std::fs::remove_dir_all(engine.dir.path().join("projections")).unwrap();
     engine.engine = Some(Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
     let report = engine.engine.as_ref().unwrap().report().clone();
-    assert_eq!(report.snapshot_seq, None, "the snapshot went with the projections");
-    assert_eq!(report.folded, report.head_seq, "the write state folded the whole log");
+    assert_eq!(
+        (report.snapshot_seq, report.folded),
+        (Some(report.head_seq), 0),
+        "the write-state snapshot is a file of its own"
+    );
+    assert_eq!(digests(&engine).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_foreign_snapshot_means_folding_the_log() {
+    let mut engine = TestEngine::start();
+    workload(&engine, 0, 20).await;
+    let mut other = TestEngine::start();
+    workload(&other, 100, 110).await;
+    assert!(
+        other.handle().committed_seq() < engine.handle().committed_seq(),
+        "a shorter log, so only the hash tells them apart"
+    );
+    let before = digests(&engine).await;
+    engine.engine.take().unwrap().shutdown();
+    other.engine.take().unwrap().shutdown();
+    // A snapshot taken from another log: its chain hash does not match this one.
+    let snapshot = tally::engine::snapshot::path(engine.dir.path());
+    std::fs::copy(tally::engine::snapshot::path(other.dir.path()), &snapshot).unwrap();
+    engine.engine = Some(Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
+    let report = engine.engine.as_ref().unwrap().report().clone();
+    assert_eq!(
+        (report.snapshot_seq, report.folded),
+        (None, report.head_seq),
+        "a foreign snapshot is ignored"
+    );
+    assert_eq!(digests(&engine).await, before);
+    engine.engine.take().unwrap().shutdown();
+    std::fs::remove_file(&snapshot).unwrap();
+    engine.engine = Some(Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
+    let report = engine.engine.as_ref().unwrap().report().clone();
+    assert_eq!(
+        (report.snapshot_seq, report.folded),
+        (None, report.head_seq),
+        "no snapshot: the log is folded"
+    );
     assert_eq!(digests(&engine).await, before);
 }
 

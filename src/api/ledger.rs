@@ -135,12 +135,13 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::GetAccountResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let account_id = &request.get_ref().account_id;
-        self.consistent().await?;
+        // From the sequencer: current, and consistent with every acknowledged command,
+        // however far the sled projections lag.
         let view = self
             .engine
-            .projections()
             .account(&caller.tenant, account_id)
-            .map_err(|e| to_status(e.into()))?;
+            .await
+            .map_err(to_status)?;
         let view = view.ok_or_else(|| not_found_account(account_id))?;
         Ok(Response::new(proto::GetAccountResponse {
             account: Some(convert::account(&view)),
@@ -153,12 +154,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::GetHoldResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let hold_id = request.get_ref().hold_id;
-        self.consistent().await?;
-        let view = self
-            .engine
-            .projections()
-            .hold(hold_id)
-            .map_err(|e| to_status(e.into()))?;
+        let view = self.engine.hold(hold_id).await.map_err(to_status)?;
         let view = view
             .filter(|h| h.tenant == caller.tenant)
             .ok_or_else(|| classify_rejection(&crate::domain::Rejection::HoldNotFound { hold_id }).into_status())?;

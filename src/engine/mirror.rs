@@ -1,35 +1,38 @@
-//! The state mirror: a thread that follows the committed log into an in-memory copy of the
-//! write-side state. Balance and hold queries read it (so they see every acknowledged
-//! command within microseconds, however far the sled projections lag under load), and it
-//! writes the write-state snapshots, so the sequencer never pauses to serialize anything.
+//! The state mirror: a thread that follows the committed log into its own copy of the
+//! write-side state and writes the write-state snapshots from it, so the sequencer never
+//! pauses to serialize anything. Nothing waits for it: it may lag under load.
 
 use super::Signal;
 use crate::domain::{evolve, State};
 use crate::log::LogReader;
-use crate::projection::Projections;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Records read from the log per step.
 const READ_CHUNK: u64 = 4096;
-/// Records folded per hold of the write lock: readers wait at most this long.
-const FOLD_CHUNK: usize = 256;
 /// How long the mirror sleeps when caught up, if no commit wakes it first.
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Least time between two periodic snapshots. A snapshot serializes the whole state on this
+/// thread, which stops folding meanwhile (seconds for millions of idempotency keys), so
+/// balance queries wait; taking one every N records at a high command rate would also
+/// spend a core on it. A restart folds at most this much time of commands instead, at
+/// millions of records per second.
+const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 
 pub(super) struct Mirror {
-    pub state: Arc<RwLock<State>>,
+    pub state: State,
     pub reader: LogReader,
     pub signal: Arc<Signal>,
-    pub applied: watch::Sender<u64>,
-    pub projections: Arc<Projections>,
+    /// Where the write-state snapshot file goes (the data directory).
+    pub snapshot_dir: PathBuf,
     pub snapshot_every: u64,
 }
 
 impl Mirror {
-    pub fn run(self) {
+    pub fn run(mut self) {
         let mut last_snapshot = self.head();
+        let mut last_snapshot_at = std::time::Instant::now();
         loop {
             let seen = self.signal.generation();
             let head = self.reader.head().seq;
@@ -39,9 +42,11 @@ impl Mirror {
                     tracing::error!(%error, "state mirror cannot read the log; retrying");
                     std::thread::sleep(IDLE_POLL);
                 }
-                if self.head() >= last_snapshot + self.snapshot_every {
+                if self.head() >= last_snapshot + self.snapshot_every
+                    && last_snapshot_at.elapsed() >= MIN_SNAPSHOT_INTERVAL
+                {
                     self.snapshot();
-                    last_snapshot = self.head();
+                    (last_snapshot, last_snapshot_at) = (self.head(), std::time::Instant::now());
                 }
                 continue;
             }
@@ -54,26 +59,18 @@ impl Mirror {
     }
 
     fn head(&self) -> u64 {
-        self.state.read().expect("state mirror lock").head_seq
+        self.state.head_seq
     }
 
-    fn fold(&self, from: u64, to: u64) -> Result<(), crate::log::LogError> {
-        let records = self
-            .reader
-            .iter_range_trusted(from, to)
-            .collect::<Result<Vec<_>, _>>()?;
-        for chunk in records.chunks(FOLD_CHUNK) {
-            let mut state = self.state.write().expect("state mirror lock");
-            for record in chunk {
-                evolve(&mut state, record);
-            }
+    fn fold(&mut self, from: u64, to: u64) -> Result<(), crate::log::LogError> {
+        for record in self.reader.iter_range_trusted(from, to) {
+            evolve(&mut self.state, &record?);
         }
-        self.applied.send_replace(to);
         Ok(())
     }
 
     fn snapshot(&self) {
-        let state = self.state.read().expect("state mirror lock");
+        let state = &self.state;
         if state.head_seq == 0 {
             return;
         }
@@ -84,8 +81,13 @@ impl Mirror {
                 return;
             }
         };
-        match self.projections.save_snapshot(&state, &hash) {
-            Ok(()) => tracing::debug!(seq = state.head_seq, "write-state snapshot saved"),
+        let started = std::time::Instant::now();
+        match super::snapshot::save(&self.snapshot_dir, state, &hash) {
+            Ok(()) => tracing::info!(
+                seq = state.head_seq,
+                took_ms = started.elapsed().as_millis() as u64,
+                "write-state snapshot saved"
+            ),
             Err(error) => tracing::error!(%error, "write-state snapshot failed"),
         }
     }

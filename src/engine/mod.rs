@@ -10,6 +10,7 @@ mod mirror;
 pub mod operations;
 mod projector;
 mod sequencer;
+pub mod snapshot;
 pub mod sweeper;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -21,7 +22,7 @@ use crate::domain::{evolve, Command, CommandMeta, Policy, Record, Rejection, Sta
 use crate::log::{self, codec::GENESIS_HASH, Durability, FileLog, LogError, LogOptions, LogReader, LogWriter};
 use crate::projection::{ProjectionName, Projections, StoreError};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,8 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// RESOURCE_EXHAUSTED at once instead of queueing without bound.
 pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
 
-/// Records between write-state snapshots: a restart folds at most this many records.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+/// Records between periodic write-state snapshots (and at least 5 minutes, see the state
+/// mirror): a restart folds at most this many records, or 5 minutes' worth of them.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
 
 /// Records between periodic projection snapshot files: a lost projection store or a
 /// rebuild from a snapshot folds at most this many records.
@@ -125,8 +127,26 @@ pub(crate) struct Job {
     reply: oneshot::Sender<Vec<Outcome>>,
 }
 
+/// A read of the current state, answered by the sequencer after the group commit it arrived
+/// with: it sees every command acknowledged before it, and nothing uncommitted.
+pub(crate) struct Read {
+    query: Query,
+    reply: oneshot::Sender<Answer>,
+}
+
+pub(crate) enum Query {
+    Account { tenant: String, account: String },
+    Hold(u64),
+}
+
+pub(crate) enum Answer {
+    Account(Option<crate::projection::AccountView>),
+    Hold(Option<crate::projection::HoldView>),
+}
+
 pub(crate) enum Msg {
     Job(Job),
+    Read(Read),
     Stop,
 }
 
@@ -216,7 +236,7 @@ impl Engine {
             }
         }
         let adopted = adopt_projection_snapshots(&projections, &reader, &config.projection_snapshot_dir())?;
-        let (state, report) = restore(&projections, &reader, head.seq)?;
+        let (state, report) = restore(&config.data_dir, &reader, head.seq)?;
         let report = StartReport {
             truncated: opened.truncated,
             projections_from_snapshot: adopted,
@@ -230,14 +250,11 @@ impl Engine {
         let (status_tx, status_rx) = watch::channel(Status::Serving);
         let signal = Arc::new(Signal::default());
         let apply_lock = Arc::new(Mutex::new(()));
-        let mirrored_state = Arc::new(RwLock::new(state.clone()));
-        let (mirrored_tx, mirrored_rx) = watch::channel(head.seq);
         let mirror = mirror::Mirror {
-            state: mirrored_state.clone(),
+            state: state.clone(),
             reader: reader.clone(),
             signal: signal.clone(),
-            applied: mirrored_tx,
-            projections: projections.clone(),
+            snapshot_dir: config.data_dir.clone(),
             snapshot_every: config.snapshot_every,
         };
         let projector = projector::Projector {
@@ -298,8 +315,6 @@ impl Engine {
                 apply_lock,
                 operations,
                 config: Arc::new(config_for_handle),
-                mirrored_state,
-                mirrored: mirrored_rx,
             },
             signal,
             sequencer: Some(sequencer),
@@ -335,19 +350,19 @@ impl Engine {
 }
 
 /// The write-side state: the snapshot if it belongs to this log, then the records after it.
-fn restore(projections: &Projections, reader: &LogReader, head_seq: u64) -> Result<(State, StartReport), EngineError> {
+fn restore(data_dir: &std::path::Path, reader: &LogReader, head_seq: u64) -> Result<(State, StartReport), EngineError> {
     let mut report = StartReport {
         head_seq,
         ..StartReport::default()
     };
-    let mut state = match projections.load_snapshot()? {
+    let mut state = match snapshot::load(data_dir) {
         Some((snapshot, hash)) if snapshot.head_seq <= head_seq && hash_at(reader, snapshot.head_seq)? == hash => {
             report.snapshot_seq = Some(snapshot.head_seq);
             snapshot
         }
         Some(_) => {
             tracing::warn!("write-state snapshot does not match the log; folding the log from the start");
-            projections.drop_snapshot()?;
+            snapshot::remove(data_dir);
             State::default()
         }
         None => State::default(),
@@ -411,9 +426,6 @@ pub struct EngineHandle {
     apply_lock: Arc<Mutex<()>>,
     operations: Operations,
     config: Arc<EngineConfig>,
-    /// The write-side state as the mirror has folded it, up to `mirrored`.
-    mirrored_state: Arc<RwLock<State>>,
-    mirrored: watch::Receiver<u64>,
 }
 
 impl EngineHandle {
@@ -494,49 +506,40 @@ impl EngineHandle {
         self.wait_until(self.applied.clone()).await
     }
 
-    /// Waits until the state mirror has folded everything committed when this was called.
-    pub async fn wait_for_state(&self) -> Result<(), EngineError> {
-        self.wait_until(self.mirrored.clone()).await
-    }
-
-    /// An account as of everything acknowledged before the call (from the state mirror).
+    /// An account as the sequencer has it: every command acknowledged before the call is in
+    /// it. Goes through the inbox (full → [`EngineError::Busy`]).
     pub async fn account(
         &self,
         tenant: &str,
         account: &str,
     ) -> Result<Option<crate::projection::AccountView>, EngineError> {
-        self.wait_for_state().await?;
-        let state = self.mirrored_state.read().expect("state mirror lock");
-        let key = crate::domain::state::AccountKey::new(tenant, account);
-        Ok(state.accounts.get(&key).map(|a| crate::projection::AccountView {
-            account_id: account.to_string(),
-            posted: a.posted,
-            held: a.held,
-            lifetime: a.lifetime,
-            tier: a.tier.clone(),
-            active_holds: a.active_holds,
-            opened_at_us: a.opened_at_us,
-            last_seq: a.last_seq,
-        }))
+        let query = Query::Account {
+            tenant: tenant.to_string(),
+            account: account.to_string(),
+        };
+        match self.read(query).await? {
+            Answer::Account(view) => Ok(view),
+            Answer::Hold(_) => unreachable!("an account query is answered with an account"),
+        }
     }
 
-    /// A hold as of everything acknowledged before the call (from the state mirror).
+    /// A hold as the sequencer has it.
     pub async fn hold(&self, hold_id: u64) -> Result<Option<crate::projection::HoldView>, EngineError> {
-        self.wait_for_state().await?;
-        let state = self.mirrored_state.read().expect("state mirror lock");
-        Ok(state.holds.get(&hold_id).map(|h| crate::projection::HoldView {
-            hold_id,
-            tenant: h.tenant.clone(),
-            account_id: h.account.clone(),
-            amount: h.amount,
-            status: h.status,
-            created_at_us: h.created_at_us,
-            expires_at_us: h.expires_at_us,
-            committed: h.committed,
-            released: h.released,
-            resolved_at_us: h.resolved_at_us,
-            resolved_seq: h.resolved_seq,
-        }))
+        match self.read(Query::Hold(hold_id)).await? {
+            Answer::Hold(view) => Ok(view),
+            Answer::Account(_) => unreachable!("a hold query is answered with a hold"),
+        }
+    }
+
+    async fn read(&self, query: Query) -> Result<Answer, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .try_send(Msg::Read(Read { query, reply }))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => EngineError::Busy,
+                mpsc::error::TrySendError::Closed(_) => self.unavailable(),
+            })?;
+        answer.await.map_err(|_| self.unavailable())
     }
 
     async fn wait_until(&self, mut applied: watch::Receiver<u64>) -> Result<(), EngineError> {

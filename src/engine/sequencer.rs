@@ -7,7 +7,7 @@
 //! disk: the sequencer stops, and every later command is refused until a restart re-reads
 //! the log.
 
-use super::{Clock, Job, Msg, Outcome, Signal, Status};
+use super::{Answer, Clock, Job, Msg, Outcome, Query, Read, Signal, Status};
 use crate::domain::{decide, evolve, Decision, Envelope, Policy, Record, State};
 use crate::log::LogWriter;
 use std::sync::Arc;
@@ -35,23 +35,28 @@ impl Sequencer {
     /// Runs until told to stop, the inbox closes, or a commit fails.
     pub fn run(mut self) {
         let mut batch: Vec<Job> = Vec::new();
+        let mut reads: Vec<Read> = Vec::new();
         let mut stopping = false;
         while !stopping {
-            match self.inbox.blocking_recv() {
-                Some(Msg::Job(job)) => batch.push(job),
-                Some(Msg::Stop) | None => break,
-            }
-            let mut commands = batch[0].commands.len();
-            while commands < MAX_GROUP_COMMIT_COMMANDS {
-                match self.inbox.try_recv() {
-                    Ok(Msg::Job(job)) => {
+            let mut commands = 0;
+            let mut next = self.inbox.blocking_recv();
+            loop {
+                match next {
+                    Some(Msg::Job(job)) => {
                         commands += job.commands.len();
                         batch.push(job);
                     }
-                    Ok(Msg::Stop) => {
+                    Some(Msg::Read(read)) => reads.push(read),
+                    Some(Msg::Stop) | None => {
                         stopping = true;
                         break;
                     }
+                }
+                if commands >= MAX_GROUP_COMMIT_COMMANDS {
+                    break;
+                }
+                match self.inbox.try_recv() {
+                    Ok(msg) => next = Some(msg),
                     Err(_) => break,
                 }
             }
@@ -68,6 +73,9 @@ impl Sequencer {
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 // A caller that gave up (dropped its receiver) still had its command applied.
                 let _ = job.reply.send(outcome);
+            }
+            for read in reads.drain(..) {
+                let _ = read.reply.send(answer(&self.state, read.query));
             }
         }
         self.status.send_replace(Status::Stopped);
@@ -124,4 +132,36 @@ impl Sequencer {
 fn event_id(ts_us: u64) -> Uuid {
     let ts = uuid::Timestamp::from_unix(uuid::NoContext, ts_us / 1_000_000, (ts_us % 1_000_000) as u32 * 1000);
     Uuid::new_v7(ts)
+}
+
+/// Answers a read from the committed state.
+fn answer(state: &State, query: Query) -> Answer {
+    match query {
+        Query::Account { tenant, account } => {
+            let key = crate::domain::state::AccountKey { tenant, account };
+            Answer::Account(state.accounts.get(&key).map(|a| crate::projection::AccountView {
+                account_id: key.account.clone(),
+                posted: a.posted,
+                held: a.held,
+                lifetime: a.lifetime,
+                tier: a.tier.clone(),
+                active_holds: a.active_holds,
+                opened_at_us: a.opened_at_us,
+                last_seq: a.last_seq,
+            }))
+        }
+        Query::Hold(hold_id) => Answer::Hold(state.holds.get(&hold_id).map(|h| crate::projection::HoldView {
+            hold_id,
+            tenant: h.tenant.clone(),
+            account_id: h.account.clone(),
+            amount: h.amount,
+            status: h.status,
+            created_at_us: h.created_at_us,
+            expires_at_us: h.expires_at_us,
+            committed: h.committed,
+            released: h.released,
+            resolved_at_us: h.resolved_at_us,
+            resolved_seq: h.resolved_seq,
+        })),
+    }
 }

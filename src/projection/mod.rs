@@ -14,7 +14,7 @@ pub mod keys;
 mod rebuild;
 pub mod views;
 
-use crate::domain::{Record, State};
+use crate::domain::Record;
 pub use rebuild::{latest_projection_snapshot, Rebuild, RebuildOutcome, SnapshotInfo};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,6 @@ pub use views::{AccountView, HistoryView, HoldView, IdempotencyView};
 /// The key of a projection's checkpoint inside its own tree. Row keys start with an ASCII
 /// tenant id or are 8-byte hold ids, so no row can collide with it.
 pub(crate) const CHECKPOINT_KEY: [u8; 9] = [0xFF; 9];
-const SNAPSHOT_KEY: &[u8] = b"write-state";
 
 /// The projections this build maintains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,7 +93,6 @@ pub struct Projections {
     /// Which generation of each projection's tree is live.
     generations: sled::Tree,
     trees: RwLock<HashMap<ProjectionName, sled::Tree>>,
-    snapshots: sled::Tree,
 }
 
 impl Projections {
@@ -119,12 +117,10 @@ impl Projections {
             let generation = generation_of(&generations, name)?;
             trees.insert(name, db.open_tree(tree_name(name, generation))?);
         }
-        let snapshots = db.open_tree("snapshots")?;
         Ok(Self {
             db,
             generations,
             trees: RwLock::new(trees),
-            snapshots,
         })
     }
 
@@ -281,39 +277,6 @@ impl Projections {
     /// folded the same records have the same digest.
     pub fn digest(&self, name: ProjectionName) -> Result<[u8; 32], StoreError> {
         digest_of(&self.tree(name))
-    }
-
-    /// Stores the write-side state as of `state.head_seq`, with the chain hash there, so a
-    /// restart folds only the log after it.
-    pub fn save_snapshot(&self, state: &State, hash: &[u8; 32]) -> Result<(), StoreError> {
-        let mut bytes = Vec::with_capacity(1 << 16);
-        bytes.extend_from_slice(hash);
-        rmp_serde::encode::write(&mut bytes, state).expect("encoding into a Vec cannot fail");
-        self.snapshots.insert(SNAPSHOT_KEY, bytes)?;
-        Ok(())
-    }
-
-    /// The latest write-state snapshot and the chain hash at its head, if one decodes.
-    pub fn load_snapshot(&self) -> Result<Option<(State, [u8; 32])>, StoreError> {
-        let Some(bytes) = self.snapshots.get(SNAPSHOT_KEY)? else {
-            return Ok(None);
-        };
-        let Some((hash, body)) = bytes.split_first_chunk::<32>() else {
-            return Ok(None);
-        };
-        match rmp_serde::from_slice::<State>(body) {
-            Ok(state) => Ok(Some((state, *hash))),
-            Err(error) => {
-                tracing::warn!(%error, "write-state snapshot does not decode; folding the log instead");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Forgets the write-state snapshot (it does not belong to this log).
-    pub fn drop_snapshot(&self) -> Result<(), StoreError> {
-        self.snapshots.remove(SNAPSHOT_KEY)?;
-        Ok(())
     }
 
     /// A tree for other durable, non-ledger records (the operations history).
