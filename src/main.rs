@@ -425,7 +425,7 @@ mod offline {
     use std::sync::Mutex;
     use tally::engine::{jobs, JobControl};
     use tally::log::LogReader;
-    use tally::projection::{HistoryView, ProjectionName, Projections};
+    use tally::projection::{HistoryView, HoldView, ProjectionName, Projections};
     use tally::query::{asof, json, time, EventFilter, Replay, Window};
 
     fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -735,7 +735,7 @@ mod offline {
             match replay.next_event() {
                 Ok(Some(record)) => {
                     tenants.insert(record.envelope.tenant.clone());
-                    if let Some(hold) = asof::hold_of_reservation(&record) {
+                    if let Some(hold) = HoldView::reserved(&record) {
                         holds.insert(hold.hold_id, hold);
                     }
                     rows.push(HistoryView::of(&record).expect("every record has a history row"));

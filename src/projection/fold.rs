@@ -93,19 +93,7 @@ fn holds(tree: &sled::Tree, records: &[Record], rows: &mut Rows) -> Result<(), S
     for record in records {
         let (hold_id, status, committed, released) = match &record.event {
             Event::HoldReserved(r) => {
-                let view = HoldView {
-                    hold_id: r.hold_id,
-                    tenant: record.envelope.tenant.clone(),
-                    account_id: record.envelope.stream.clone(),
-                    amount: r.amount,
-                    status: HoldStatus::Active,
-                    created_at_us: record.ts_us,
-                    expires_at_us: r.expires_at_us,
-                    committed: 0,
-                    released: 0,
-                    resolved_at_us: 0,
-                    resolved_seq: 0,
-                };
+                let view = HoldView::reserved(record).expect("a reservation");
                 touched.insert(r.hold_id, view);
                 continue;
             }

@@ -38,6 +38,28 @@ pub struct HoldView {
     pub resolved_seq: u64,
 }
 
+impl HoldView {
+    /// The hold as its reservation record places it; `None` for other records.
+    pub fn reserved(record: &Record) -> Option<HoldView> {
+        let Event::HoldReserved(r) = &record.event else {
+            return None;
+        };
+        Some(HoldView {
+            hold_id: r.hold_id,
+            tenant: record.envelope.tenant.clone(),
+            account_id: record.envelope.stream.clone(),
+            amount: r.amount,
+            status: HoldStatus::Active,
+            created_at_us: record.ts_us,
+            expires_at_us: r.expires_at_us,
+            committed: 0,
+            released: 0,
+            resolved_at_us: 0,
+            resolved_seq: 0,
+        })
+    }
+}
+
 /// One ledger entry of an account's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryView {

@@ -1,7 +1,7 @@
 //! An account's state as of a sequence number, from its history rows up to that point:
 //! balances from the last row's "after", active holds from reservations not yet resolved.
 
-use crate::domain::{Event, EventKind, HoldStatus, Record};
+use crate::domain::{EventKind, HoldStatus};
 use crate::projection::{AccountView, HistoryView, HoldView};
 use std::collections::BTreeSet;
 
@@ -70,25 +70,5 @@ pub fn account_as_of(seq: u64, rows: &[HistoryView], hold: impl Fn(u64) -> Optio
             last_seq: last.seq,
         },
         active_holds,
-    })
-}
-
-/// The facts of a hold from its reservation record.
-pub fn hold_of_reservation(record: &Record) -> Option<HoldView> {
-    let Event::HoldReserved(r) = &record.event else {
-        return None;
-    };
-    Some(HoldView {
-        hold_id: r.hold_id,
-        tenant: record.envelope.tenant.clone(),
-        account_id: record.envelope.stream.clone(),
-        amount: r.amount,
-        status: HoldStatus::Active,
-        created_at_us: record.ts_us,
-        expires_at_us: r.expires_at_us,
-        committed: 0,
-        released: 0,
-        resolved_at_us: 0,
-        resolved_seq: 0,
     })
 }
