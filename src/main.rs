@@ -17,8 +17,18 @@ use tally::log::{self, Durability, LogError};
     about = "Tally: a loyalty-points ledger on an append-only, blake3-chained log"
 )]
 struct Cli {
+    /// Log lines for people (human) or one JSON object per line (json); levels come from
+    /// TALLY_LOG (e.g. info, tally=debug).
+    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -227,14 +237,17 @@ enum DurabilityArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+    match cli.command {
         Cmd::Serve(args) => serve(args),
         Cmd::Verify { data_dir, expect } => verify(&data_dir, expect.as_deref()),
         Cmd::Replay(args) => offline::replay(args),
