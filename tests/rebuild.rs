@@ -14,15 +14,6 @@ use tally::projection::ProjectionName;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn digests(engine: &TestEngine) -> Vec<[u8; 32]> {
-    let h = engine.handle();
-    h.wait_for_projections().await.unwrap();
-    ProjectionName::ALL
-        .iter()
-        .map(|&p| h.projections().digest(p).unwrap())
-        .collect()
-}
-
 fn finished(engine: &TestEngine, op: tally::engine::OperationRecord) -> tally::engine::OperationRecord {
     engine
         .handle()
@@ -35,7 +26,7 @@ fn finished(engine: &TestEngine, op: tally::engine::OperationRecord) -> tally::e
 async fn rebuilt_projections_match_the_live_ones() {
     let mut engine = TestEngine::start();
     random_workload(&engine, &mut Rng(21), 500).await;
-    let before = digests(&engine).await;
+    let before = engine.digests().await;
     let op = finished(&engine, engine.handle().start_rebuild(None, false, false));
     assert_eq!(op.state, OperationState::Completed, "{op:?}");
     assert_eq!(
@@ -45,7 +36,7 @@ async fn rebuilt_projections_match_the_live_ones() {
         op.result
     );
     assert_eq!(
-        digests(&engine).await,
+        engine.digests().await,
         before,
         "the swapped-in projections are the same"
     );
@@ -97,7 +88,7 @@ async fn a_rebuild_can_start_from_a_projection_snapshot() {
     );
     assert!(!op.result.contains("DIFFERS"), "{}", op.result);
     // A lost projection store starts again from the snapshot files, then catches up.
-    let before = digests(&engine).await;
+    let before = engine.digests().await;
     engine.engine.take().unwrap().shutdown();
     std::fs::remove_dir_all(engine.dir.path().join("projections")).unwrap();
     engine.engine = Some(tally::engine::Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
@@ -108,7 +99,7 @@ async fn a_rebuild_can_start_from_a_projection_snapshot() {
         "every projection started from its snapshot: {adopted:?}"
     );
     assert!(adopted.iter().all(|(_, seq)| *seq == at));
-    assert_eq!(digests(&engine).await, before);
+    assert_eq!(engine.digests().await, before);
 }
 
 /// The live tree of a projection in a stopped server's store, through sled itself.

@@ -11,7 +11,6 @@ use support::{meta, TestEngine};
 use tally::domain::{AwardRequest, Command};
 use tally::engine::{Engine, EngineError};
 use tally::log::LogError;
-use tally::projection::ProjectionName;
 
 async fn workload(engine: &TestEngine, from: u64, to: u64) {
     let h = engine.handle();
@@ -66,20 +65,11 @@ async fn workload(engine: &TestEngine, from: u64, to: u64) {
     }
 }
 
-async fn digests(engine: &TestEngine) -> Vec<[u8; 32]> {
-    let h = engine.handle();
-    h.wait_for_projections().await.unwrap();
-    ProjectionName::ALL
-        .iter()
-        .map(|&p| h.projections().digest(p).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_returns_from_snapshot_and_log_tail() {
     let mut engine = TestEngine::start();
     workload(&engine, 0, 30).await;
-    let before = digests(&engine).await;
+    let before = engine.digests().await;
     let head = engine.handle().committed_seq();
     engine.restart();
     let report = engine.engine.as_ref().unwrap().report().clone();
@@ -88,7 +78,7 @@ async fn state_returns_from_snapshot_and_log_tail() {
         (head, Some(head), 0),
         "graceful stop leaves a snapshot at the head"
     );
-    assert_eq!(digests(&engine).await, before);
+    assert_eq!(engine.digests().await, before);
     // The restored state answers retries with the original results and goes on.
     let handle = engine.handle();
     let replay = handle.submit(
@@ -110,7 +100,7 @@ async fn state_returns_from_snapshot_and_log_tail() {
 async fn lost_projections_fold_again_from_the_log() {
     let mut engine = TestEngine::start();
     workload(&engine, 0, 25).await;
-    let before = digests(&engine).await;
+    let before = engine.digests().await;
     engine.engine.take().unwrap().shutdown();
     std::fs::remove_dir_all(engine.dir.path().join("projections")).unwrap();
     engine.engine = Some(Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
@@ -120,7 +110,7 @@ async fn lost_projections_fold_again_from_the_log() {
         (Some(report.head_seq), 0),
         "the write-state snapshot is a file of its own"
     );
-    assert_eq!(digests(&engine).await, before);
+    assert_eq!(engine.digests().await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +123,7 @@ async fn a_missing_or_foreign_snapshot_means_folding_the_log() {
         other.handle().committed_seq() < engine.handle().committed_seq(),
         "a shorter log, so only the hash tells them apart"
     );
-    let before = digests(&engine).await;
+    let before = engine.digests().await;
     engine.engine.take().unwrap().shutdown();
     other.engine.take().unwrap().shutdown();
     // A snapshot taken from another log: its chain hash does not match this one.
@@ -146,7 +136,7 @@ async fn a_missing_or_foreign_snapshot_means_folding_the_log() {
         (None, report.head_seq),
         "a foreign snapshot is ignored"
     );
-    assert_eq!(digests(&engine).await, before);
+    assert_eq!(engine.digests().await, before);
     engine.engine.take().unwrap().shutdown();
     std::fs::remove_file(&snapshot).unwrap();
     engine.engine = Some(Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
@@ -156,7 +146,7 @@ async fn a_missing_or_foreign_snapshot_means_folding_the_log() {
         (None, report.head_seq),
         "no snapshot: the log is folded"
     );
-    assert_eq!(digests(&engine).await, before);
+    assert_eq!(engine.digests().await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! projection, snapshot the projections, replay a window to a file.
 
 use super::operations::{JobControl, JobError};
-use crate::log::{self, codec::GENESIS_HASH, LogReader};
+use crate::log::LogReader;
 use crate::projection::{latest_projection_snapshot, ProjectionName, Projections, RebuildOutcome};
 use crate::query::{json, EventFilter, Replay, Window};
 use std::io::Write;
@@ -12,14 +12,11 @@ use std::sync::Mutex;
 /// Records folded per step of a rebuild; also how often it checks for cancellation.
 const REBUILD_CHUNK: u64 = 4096;
 
-/// Chain hash of the record at `seq` (the genesis hash at 0).
-pub fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], JobError> {
-    if seq == 0 {
-        return Ok(GENESIS_HASH);
-    }
-    Ok(log::read_one(reader, seq)?
-        .ok_or_else(|| JobError::Failed(format!("no record {seq} in the log")))?
-        .hash)
+/// Chain hash of the record at `seq`, which must be in the log.
+fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], JobError> {
+    reader
+        .hash_at(seq)?
+        .ok_or_else(|| JobError::Failed(format!("no record {seq} in the log")))
 }
 
 /// Folds `name` from the start (or from its latest snapshot in `snapshot_dir`) into a fresh

@@ -74,8 +74,8 @@ impl Mirror {
         if state.head_seq == 0 {
             return;
         }
-        let hash = match crate::log::read_one(&self.reader, state.head_seq) {
-            Ok(Some(record)) => record.hash,
+        let hash = match self.reader.hash_at(state.head_seq) {
+            Ok(Some(hash)) => hash,
             other => {
                 tracing::error!(?other, "cannot read the record a snapshot would end at");
                 return;

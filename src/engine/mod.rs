@@ -19,7 +19,7 @@ pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
 
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
 use crate::domain::{evolve, Command, CommandMeta, Policy, Record, Rejection, State};
-use crate::log::{self, codec::GENESIS_HASH, Durability, FileLog, LogError, LogOptions, LogReader, LogWriter};
+use crate::log::{self, Durability, FileLog, LogError, LogOptions, LogReader, LogWriter};
 use crate::projection::{ProjectionName, Projections, StoreError};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -356,7 +356,7 @@ fn restore(data_dir: &std::path::Path, reader: &LogReader, head_seq: u64) -> Res
         ..StartReport::default()
     };
     let mut state = match snapshot::load(data_dir) {
-        Some((snapshot, hash)) if snapshot.head_seq <= head_seq && hash_at(reader, snapshot.head_seq)? == hash => {
+        Some((snapshot, hash)) if reader.hash_at(snapshot.head_seq)? == Some(hash) => {
             report.snapshot_seq = Some(snapshot.head_seq);
             snapshot
         }
@@ -375,13 +375,6 @@ fn restore(data_dir: &std::path::Path, reader: &LogReader, head_seq: u64) -> Res
     Ok((state, report))
 }
 
-fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], EngineError> {
-    if seq == 0 {
-        return Ok(GENESIS_HASH);
-    }
-    Ok(log::read_one(reader, seq)?.map_or([0xFF; 32], |r| r.hash))
-}
-
 /// A projection that starts empty (its store was lost) begins from its latest snapshot
 /// file, when that snapshot belongs to this log, instead of from sequence 1.
 fn adopt_projection_snapshots(
@@ -398,7 +391,10 @@ fn adopt_projection_snapshots(
         let Some(info) = crate::projection::latest_projection_snapshot(dir, name).filter(|s| s.seq <= head) else {
             continue;
         };
-        match projections.begin_rebuild_from_snapshot(&info, hash_at(reader, info.seq)?) {
+        let Some(log_hash) = reader.hash_at(info.seq)? else {
+            continue;
+        };
+        match projections.begin_rebuild_from_snapshot(&info, log_hash) {
             Ok(rebuild) => {
                 projections.adopt_rebuild(rebuild)?;
                 adopted.push((name, info.seq));

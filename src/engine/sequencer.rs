@@ -68,8 +68,11 @@ impl Sequencer {
             }
             let head = self.log.head();
             assert_eq!(head.seq, self.state.head_seq, "the log and the state agree on the head");
-            self.committed.send_replace(head.seq);
-            self.projector.notify();
+            if head.seq > *self.committed.borrow() {
+                // Only a batch that appended something moves the head and wakes the followers.
+                self.committed.send_replace(head.seq);
+                self.projector.notify();
+            }
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 // A caller that gave up (dropped its receiver) still had its command applied.
                 let _ = job.reply.send(outcome);

@@ -52,6 +52,14 @@ impl LogReader {
         })))
     }
 
+    /// The chain hash after record `seq` (the genesis hash at 0), or `None` past the head.
+    pub fn hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, LogError> {
+        if seq == 0 {
+            return Ok(Some(super::codec::GENESIS_HASH));
+        }
+        Ok(super::read_one(self, seq)?.map(|record| record.hash))
+    }
+
     /// Sequence number of the last record with a timestamp at or before `ts_us` (0 if none).
     pub fn seq_at_time(&self, ts_us: u64) -> Result<u64, LogError> {
         let head = self.head();

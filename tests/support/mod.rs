@@ -138,6 +138,16 @@ impl TestEngine {
         self.engine.as_ref().expect("running").handle()
     }
 
+    /// Every projection's digest, once the projections reached everything committed.
+    pub async fn digests(&self) -> Vec<[u8; 32]> {
+        let h = self.handle();
+        h.wait_for_projections().await.unwrap();
+        tally::projection::ProjectionName::ALL
+            .iter()
+            .map(|&p| h.projections().digest(p).unwrap())
+            .collect()
+    }
+
     /// Stops the engine gracefully and starts it again on the same directory.
     pub fn restart(&mut self) {
         self.engine.take().expect("running").shutdown();
