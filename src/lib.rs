@@ -9,11 +9,16 @@
 //!   projector thread and the expiry sweeper.
 //! - [`api`]: the gRPC services (tonic), the caller interceptor and the one mapping from
 //!   errors to gRPC status codes.
+//! - [`config`]: every setting of the server, as one TOML document with defaults,
+//!   overridden by environment variables and flags.
+//! - [`telemetry`]: the Prometheus endpoint and the gauges sampled at each scrape.
 
 pub mod api;
+pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod loadgen;
 pub mod log;
 pub mod projection;
 pub mod query;
+pub mod telemetry;

@@ -1,14 +1,14 @@
 //! `tally`: the ledger server and its offline tools.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tally::domain::{Policy, RateTable, TierPolicy};
-use tally::engine::{sweeper, Engine, EngineConfig, SystemClock};
-use tally::log::{self, Durability, LogError};
+use tally::api::EngineSlot;
+use tally::config::{Config, DurabilitySetting, LogFormat as ConfigLogFormat, OnCorruptLog, Settings};
+use tally::engine::{sweeper, Engine, EngineError, SystemClock};
+use tally::log::{self, LogError};
 
 #[derive(Parser)]
 #[command(
@@ -17,10 +17,10 @@ use tally::log::{self, Durability, LogError};
     about = "Tally: a loyalty-points ledger on an append-only, blake3-chained log"
 )]
 struct Cli {
-    /// Log lines for people (human) or one JSON object per line (json); levels come from
-    /// TALLY_LOG (e.g. info, tally=debug).
-    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
-    log_format: LogFormat,
+    /// Log lines for people (human, the default) or one JSON object per line (json); which
+    /// lines come from TALLY_LOG (e.g. info, tally=debug).
+    #[arg(long, global = true, env = "TALLY_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -201,33 +201,65 @@ enum Format {
     Table,
 }
 
+/// Every setting of `serve` is a key of the configuration file (docs/CONFIG.md); a flag or
+/// its environment variable overrides the file, which overrides the default.
 #[derive(Parser)]
 struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port (printed on start).
-    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Where the log and the projections live.
-    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
-    data_dir: PathBuf,
-    /// sync: acknowledge only after fdatasync (default). buffered: skip fdatasync; a
-    /// machine crash can lose acknowledged commands (benchmarks only).
-    #[arg(long, env = "TALLY_DURABILITY", value_enum, default_value_t = DurabilityArg::Sync)]
-    durability: DurabilityArg,
-    /// Tiers by lifetime points earned, ascending, the first at 0.
-    #[arg(long, env = "TALLY_TIERS", default_value = tally::domain::tier::DEFAULT_TIERS)]
-    tiers: String,
-    /// Version name of the accrual rate table, recorded in every accrual.
-    #[arg(long, env = "TALLY_RATE_TABLE_VERSION", default_value = "default-1")]
-    rate_table_version: String,
-    /// Points per theo dollar, in thousandths (1000 = one point per dollar of theo).
-    #[arg(long, env = "TALLY_POINTS_PER_THEO_DOLLAR_MILLI", default_value_t = 1000)]
-    points_per_theo_dollar_milli: u64,
-    /// How often the sweeper expires holds past their deadline, in milliseconds.
-    #[arg(long, env = "TALLY_SWEEP_INTERVAL_MS", default_value_t = 1000)]
-    sweep_interval_ms: u64,
-    /// Size of each preallocated log segment, in MiB.
-    #[arg(long, env = "TALLY_SEGMENT_MIB", default_value_t = 64)]
-    segment_mib: u64,
+    /// A TOML configuration file (docs/CONFIG.md lists every key and its default).
+    #[arg(long, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// server.listen: address of the gRPC API; port 0 picks a free port (printed on start).
+    #[arg(long, env = "TALLY_LISTEN")]
+    listen: Option<String>,
+    /// server.on_corrupt_log: stay (health NOT_SERVING, calls DATA_LOSS) or exit (code 2).
+    #[arg(long, env = "TALLY_ON_CORRUPT_LOG", value_enum)]
+    on_corrupt_log: Option<OnCorruptArg>,
+    /// storage.data_dir: where the log and the projections live.
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// storage.durability: sync acknowledges only after fdatasync; buffered skips it, and
+    /// a machine crash can lose acknowledged commands (benchmarks only).
+    #[arg(long, env = "TALLY_DURABILITY", value_enum)]
+    durability: Option<DurabilityArg>,
+    /// storage.segment_mib: size of each preallocated log segment, in MiB.
+    #[arg(long, env = "TALLY_SEGMENT_MIB")]
+    segment_mib: Option<u64>,
+    /// ledger.tiers: tiers by lifetime points earned, ascending, the first at 0.
+    #[arg(long, env = "TALLY_TIERS")]
+    tiers: Option<String>,
+    /// ledger.rate_table_version: version name of the accrual rate table.
+    #[arg(long, env = "TALLY_RATE_TABLE_VERSION")]
+    rate_table_version: Option<String>,
+    /// ledger.points_per_theo_dollar_milli: points per theo dollar, in thousandths.
+    #[arg(long, env = "TALLY_POINTS_PER_THEO_DOLLAR_MILLI")]
+    points_per_theo_dollar_milli: Option<u64>,
+    /// engine.inbox_capacity: requests waiting before callers hear RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TALLY_INBOX_CAPACITY")]
+    inbox_capacity: Option<usize>,
+    /// engine.snapshot_every_records: records between write-state snapshots.
+    #[arg(long, env = "TALLY_SNAPSHOT_EVERY_RECORDS")]
+    snapshot_every_records: Option<u64>,
+    /// engine.projection_snapshot_every_records: records between projection snapshot files (0: off).
+    #[arg(long, env = "TALLY_PROJECTION_SNAPSHOT_EVERY_RECORDS")]
+    projection_snapshot_every_records: Option<u64>,
+    /// engine.sweep_interval_ms: how often the sweeper expires holds past their deadline.
+    #[arg(long, env = "TALLY_SWEEP_INTERVAL_MS")]
+    sweep_interval_ms: Option<u64>,
+    /// metrics.listen: address of the Prometheus endpoint (GET /metrics); "" turns it off.
+    #[arg(long, env = "TALLY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// log.filter: which log lines, as a tracing filter (TALLY_LOG also sets it).
+    #[arg(long, env = "TALLY_LOG")]
+    log_filter: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnCorruptArg {
+    Stay,
+    Exit,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -238,17 +270,13 @@ enum DurabilityArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Human => logs.init(),
-        LogFormat::Json => logs.json().with_current_span(false).init(),
+    if let Cmd::Serve(args) = cli.command {
+        return serve(args, cli.log_format);
     }
+    let filter = std::env::var("TALLY_LOG").unwrap_or_else(|_| "info".into());
+    init_logs(cli.log_format.unwrap_or(LogFormat::Human), &filter);
     match cli.command {
-        Cmd::Serve(args) => serve(args),
+        Cmd::Serve(_) => unreachable!("handled above"),
         Cmd::Verify { data_dir, expect } => verify(&data_dir, expect.as_deref()),
         Cmd::Replay(args) => offline::replay(args),
         Cmd::Bench(args) => bench(args),
@@ -267,74 +295,207 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    let tiers = match TierPolicy::parse(&args.tiers) {
-        Ok(tiers) => tiers,
+/// Log lines on stderr: `format`, filtered by `filter` (a tracing directive). Command spans
+/// (debug level) are logged when they close, with their fields: correlation id, tenant,
+/// actor, outcome and sequence numbers.
+fn init_logs(format: LogFormat, filter: &str) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|error| {
+        eprintln!("tally: log filter {filter:?} is not valid ({error}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+/// The effective configuration: defaults, then the file, then environment and flags.
+fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let c = &mut config;
+    if let Some(v) = &args.listen {
+        c.server.listen = v.clone();
+    }
+    if let Some(v) = args.on_corrupt_log {
+        c.server.on_corrupt_log = match v {
+            OnCorruptArg::Stay => OnCorruptLog::Stay,
+            OnCorruptArg::Exit => OnCorruptLog::Exit,
+        };
+    }
+    if let Some(v) = &args.data_dir {
+        c.storage.data_dir = v.clone();
+    }
+    if let Some(v) = args.durability {
+        c.storage.durability = match v {
+            DurabilityArg::Sync => DurabilitySetting::Sync,
+            DurabilityArg::Buffered => DurabilitySetting::Buffered,
+        };
+    }
+    if let Some(v) = args.segment_mib {
+        c.storage.segment_mib = v;
+    }
+    if let Some(v) = &args.tiers {
+        c.ledger.tiers = v.clone();
+    }
+    if let Some(v) = &args.rate_table_version {
+        c.ledger.rate_table_version = v.clone();
+    }
+    if let Some(v) = args.points_per_theo_dollar_milli {
+        c.ledger.points_per_theo_dollar_milli = v;
+    }
+    if let Some(v) = args.inbox_capacity {
+        c.engine.inbox_capacity = v;
+    }
+    if let Some(v) = args.snapshot_every_records {
+        c.engine.snapshot_every_records = v;
+    }
+    if let Some(v) = args.projection_snapshot_every_records {
+        c.engine.projection_snapshot_every_records = v;
+    }
+    if let Some(v) = args.sweep_interval_ms {
+        c.engine.sweep_interval_ms = v;
+    }
+    if let Some(v) = &args.metrics_listen {
+        c.metrics.listen = v.clone();
+    }
+    if let Some(v) = &args.log_filter {
+        c.log.filter = v.clone();
+    }
+    if let Some(v) = log_format {
+        c.log.format = match v {
+            LogFormat::Human => ConfigLogFormat::Human,
+            LogFormat::Json => ConfigLogFormat::Json,
+        };
+    }
+    Ok(config)
+}
+
+fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
+    let config = match effective_config(&args, log_format) {
+        Ok(config) => config,
         Err(error) => {
-            eprintln!("tally: --tiers: {error}");
+            eprintln!("tally: configuration: {error}");
             return ExitCode::from(64);
         }
     };
-    if args.segment_mib == 0 || args.segment_mib > 1024 {
-        eprintln!("tally: --segment-mib must be between 1 and 1024");
-        return ExitCode::from(64);
-    }
-    let config = EngineConfig {
-        durability: match args.durability {
-            DurabilityArg::Sync => Durability::Sync,
-            DurabilityArg::Buffered => Durability::Buffered,
-        },
-        segment_bytes: args.segment_mib << 20,
-        policy: Policy {
-            tiers,
-            rate_table: RateTable {
-                version: args.rate_table_version.clone(),
-                points_per_theo_dollar_milli: args.points_per_theo_dollar_milli,
-            },
-        },
-        ..EngineConfig::new(&args.data_dir)
+    let settings = match config.settings() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("tally: configuration: {error}");
+            return ExitCode::from(64);
+        }
     };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logs(
+        match config.log.format {
+            ConfigLogFormat::Human => LogFormat::Human,
+            ConfigLogFormat::Json => LogFormat::Json,
+        },
+        &config.log.filter,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    runtime.block_on(async move {
-        let engine = match tokio::task::spawn_blocking(move || Engine::start(config, Arc::new(SystemClock))).await {
-            Ok(Ok(engine)) => engine,
-            Ok(Err(error)) => {
-                tracing::error!(%error, "cannot start the ledger");
-                eprintln!("tally: cannot start: {error}");
-                return ExitCode::from(2);
-            }
-            Err(error) => panic!("engine start panicked: {error}"),
-        };
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                eprintln!("tally: cannot listen on {}: {error}", args.listen);
-                tokio::task::spawn_blocking(move || engine.shutdown())
-                    .await
-                    .expect("shutdown");
-                return ExitCode::from(2);
-            }
-        };
-        let address = listener.local_addr().expect("a bound listener has an address");
-        println!("tally listening on {address} (data dir {})", args.data_dir.display());
-        let sweeper = sweeper::spawn(engine.handle(), Duration::from_millis(args.sweep_interval_ms.max(1)));
-        let served = tally::api::serve(engine.handle(), listener, shutdown_signal()).await;
-        sweeper.abort();
-        tracing::info!("no longer accepting calls; stopping the ledger");
-        tokio::task::spawn_blocking(move || engine.shutdown())
-            .await
-            .expect("shutdown");
-        match served {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("tally: server error: {error}");
-                ExitCode::from(1)
-            }
+    runtime.block_on(run_server(settings))
+}
+
+/// Opens the ports first, then recovers: health answers NOT_SERVING until the engine serves.
+async fn run_server(settings: Settings) -> ExitCode {
+    let metrics = match tally::telemetry::install() {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("tally: cannot install metrics: {error}");
+            return ExitCode::from(1);
         }
-    })
+    };
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("tally: cannot listen on {}: {error}", settings.listen);
+            return ExitCode::from(2);
+        }
+    };
+    let metrics_listener = match settings.metrics_listen {
+        None => None,
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("tally: cannot listen for metrics on {address}: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let data_dir = settings.engine.data_dir.clone();
+    let address = listener.local_addr().expect("a bound listener has an address");
+    println!("tally listening on {address} (data dir {})", data_dir.display());
+    if let Some(listener) = &metrics_listener {
+        let address = listener.local_addr().expect("a bound listener has an address");
+        println!("tally metrics on http://{address}/metrics");
+    }
+    let slot = EngineSlot::recovering();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|&stop| stop).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let metrics_task = metrics_listener
+        .map(|listener| tokio::spawn(tally::telemetry::serve(listener, metrics, slot.clone(), stopped())));
+    let server = tokio::spawn(tally::api::serve_slot(slot.clone(), listener, stopped()));
+    let config = settings.engine.clone();
+    let started = tokio::task::spawn_blocking(move || Engine::start(config, Arc::new(SystemClock))).await;
+    let engine = match started.expect("engine start does not panic") {
+        Ok(engine) => engine,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the ledger");
+            eprintln!("tally: cannot start: {error}");
+            let corrupt = matches!(error, EngineError::Log(LogError::Corrupt { .. }));
+            if corrupt && settings.on_corrupt_log == OnCorruptLog::Stay {
+                slot.refuse(error.to_string());
+                eprintln!("tally: health answers NOT_SERVING and every call DATA_LOSS until stopped");
+                stopped().await;
+            }
+            server.abort();
+            return ExitCode::from(2);
+        }
+    };
+    slot.fill(engine.handle());
+    tracing::info!(head = engine.report().head_seq, "ledger serving");
+    println!("tally serving: head sequence {}", engine.report().head_seq);
+    let sweeper = sweeper::spawn(engine.handle(), settings.sweep_interval);
+    let served = server.await.expect("the server task does not panic");
+    sweeper.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    tracing::info!("no longer accepting calls; stopping the ledger");
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .expect("shutdown");
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tally: server error: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn bench(args: BenchArgs) -> ExitCode {

@@ -84,6 +84,10 @@ fn verify_and_serve_refuse_a_corrupt_log_naming_the_sequence() {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        "",
+        "--on-corrupt-log",
+        "exit",
         "--data-dir",
         dir.path().to_str().unwrap(),
     ]);

@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,21 +31,13 @@ fn start(data_dir: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .args(["--segment-mib", "1"])
+        .args(["--segment-mib", "1", "--metrics-listen", ""])
         .env("TALLY_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("tally serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("tally prints its address");
-    let address = line
-        .split_whitespace()
-        .nth(3)
-        .expect("tally listening on ADDRESS")
-        .to_string();
+    let address = support::wait_until_serving(child.stdout.take().unwrap());
     Server { child, address }
 }
 

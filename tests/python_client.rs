@@ -3,7 +3,8 @@
 //! target/python-client on first use) compiles the protos, and the generated Python client
 //! runs the README's session against the real `tally serve`.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -51,22 +52,23 @@ fn a_python_client_generated_by_protoc_runs_the_readme_session() {
 
     let data = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--segment-mib", "1", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--segment-mib",
+            "1",
+            "--metrics-listen",
+            "",
+        ])
+        .arg("--data-dir")
         .arg(data.path())
         .env("TALLY_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .split_whitespace()
-        .nth(3)
-        .expect("tally listening on ADDRESS")
-        .to_string();
+    let address = support::wait_until_serving(server.stdout.take().unwrap());
     let client = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py"))
         .arg(&address)

@@ -4,8 +4,9 @@
 use super::caller::Caller;
 use super::convert;
 use super::proto::{self, audit_server::Audit};
+use super::slot::EngineSlot;
 use super::status::{invalid, not_found, to_status};
-use crate::engine::{EngineError, EngineHandle};
+use crate::engine::EngineError;
 use crate::projection::HistoryView;
 use crate::query::{self, subscribe::Delivery, Replay};
 use std::pin::Pin;
@@ -27,16 +28,20 @@ const MAX_PAGE_SIZE: usize = 1000;
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub struct AuditService {
-    engine: EngineHandle,
+    slot: EngineSlot,
 }
 
 impl AuditService {
-    pub fn new(engine: EngineHandle) -> Self {
-        Self { engine }
+    pub fn new(slot: EngineSlot) -> Self {
+        Self { slot }
+    }
+
+    fn engine(&self) -> Result<&crate::engine::EngineHandle, Status> {
+        self.slot.engine()
     }
 
     async fn consistent(&self) -> Result<(), Status> {
-        self.engine.wait_for_projections().await.map_err(to_status)
+        self.engine()?.wait_for_projections().await.map_err(to_status)
     }
 }
 
@@ -79,7 +84,7 @@ impl Audit for AuditService {
         let caller = Caller::from_metadata(request.metadata())?;
         let (window, filter, max_events) = convert::replay_spec(&caller, request.get_ref())?;
         let events_per_second = request.get_ref().events_per_second;
-        let reader = self.engine.reader().clone();
+        let reader = self.engine()?.reader().clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::task::spawn_blocking(move || {
             let mut replay = Replay::new(&reader, window, filter, max_events);
@@ -143,8 +148,8 @@ impl Audit for AuditService {
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(query::subscribe::run(
-            self.engine.reader().clone(),
-            self.engine.committed_watch(),
+            self.engine()?.reader().clone(),
+            self.engine()?.committed_watch(),
             request.from_sequence,
             filter,
             u64::from(every),
@@ -163,7 +168,7 @@ impl Audit for AuditService {
     }
 
     async fn get_digest(&self, request: Request<proto::GetDigestRequest>) -> Result<Response<proto::Digest>, Status> {
-        let head = self.engine.reader().head();
+        let head = self.engine()?.reader().head();
         let sequence = match request.get_ref().sequence {
             0 => head.seq,
             n => n,
@@ -174,7 +179,7 @@ impl Audit for AuditService {
                 ..Default::default()
             }));
         }
-        let reader = self.engine.reader().clone();
+        let reader = self.engine()?.reader().clone();
         let record = tokio::task::spawn_blocking(move || crate::log::read_one(&reader, sequence))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -208,7 +213,7 @@ impl Audit for AuditService {
         };
         self.consistent().await?;
         let rows = self
-            .engine
+            .engine()?
             .projections()
             .by_correlation(&caller.tenant, &r.correlation_id, after, size + 1)
             .map_err(store)?;
@@ -233,7 +238,7 @@ impl Audit for AuditService {
         let to = if r.to_time_us == 0 { u64::MAX } else { r.to_time_us };
         self.consistent().await?;
         let rows = self
-            .engine
+            .engine()?
             .projections()
             .by_actor(&caller.tenant, &r.actor, r.from_time_us, to, after, size + 1)
             .map_err(store)?;
@@ -249,7 +254,7 @@ impl Audit for AuditService {
         let caller = Caller::from_metadata(request.metadata())?;
         let r = request.get_ref();
         self.consistent().await?;
-        let projections = self.engine.projections();
+        let projections = self.engine()?.projections();
         let view = projections
             .idempotency(&caller.tenant, &r.idempotency_scope, &r.idempotency_key)
             .map_err(store)?
@@ -280,7 +285,7 @@ impl Audit for AuditService {
     ) -> Result<Response<proto::AccountAsOf>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let r = request.get_ref();
-        let head = self.engine.committed_seq();
+        let head = self.engine()?.committed_seq();
         let sequence = match (r.sequence, r.time_us) {
             (0, 0) | (1.., 1..) => return Err(invalid("sequence", "give exactly one of sequence and time_us")),
             (seq, 0) if seq > head => {
@@ -288,13 +293,13 @@ impl Audit for AuditService {
             }
             (seq, 0) => seq,
             (_, time) => self
-                .engine
+                .engine()?
                 .reader()
                 .seq_at_time(time)
                 .map_err(|e| to_status(e.into()))?,
         };
         self.consistent().await?;
-        let projections = self.engine.projections();
+        let projections = self.engine()?.projections();
         let rows = projections
             .history_range(&caller.tenant, &r.account_id, 0, sequence, usize::MAX)
             .map_err(store)?;

@@ -3,9 +3,13 @@
 use super::caller::Caller;
 use super::convert;
 use super::proto::{self, ledger_server::Ledger};
+use super::slot::EngineSlot;
 use super::status::{classify_rejection, invalid, to_status};
-use crate::engine::EngineHandle;
+use super::trace;
+use crate::domain::{Command, CommandMeta};
+use crate::engine::Receipt;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Commands in one `SubmitBatch`: about TigerBeetle's 8189 per request, rounded to a power
 /// of two, and well inside gRPC's default 4 MiB message limit for our command sizes.
@@ -17,17 +21,33 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
 pub struct LedgerService {
-    engine: EngineHandle,
+    slot: EngineSlot,
 }
 
 impl LedgerService {
-    pub fn new(engine: EngineHandle) -> Self {
-        Self { engine }
+    pub fn new(slot: EngineSlot) -> Self {
+        Self { slot }
+    }
+
+    fn engine(&self) -> Result<&crate::engine::EngineHandle, Status> {
+        self.slot.engine()
+    }
+
+    /// Submits one command inside its span, and records how it ended.
+    async fn submit(&self, meta: CommandMeta, command: Command) -> Result<Receipt, Status> {
+        let span = trace::command_span(&meta, &command);
+        let engine = self.engine()?;
+        let result = engine.submit(meta, command).instrument(span.clone()).await;
+        match &result {
+            Ok(receipt) => trace::record(&span, Ok(receipt)),
+            Err(error) => trace::record_error(&span, error),
+        }
+        result.map_err(to_status)
     }
 
     /// Waits until queries see every command acknowledged before the call arrived.
     async fn consistent(&self) -> Result<(), Status> {
-        self.engine.wait_for_projections().await.map_err(to_status)
+        self.engine()?.wait_for_projections().await.map_err(to_status)
     }
 }
 
@@ -39,14 +59,14 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::OpenAccountResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let (meta, command) = convert::open_account(&caller, request.get_ref());
-        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::open_account_response(&receipt)))
     }
 
     async fn award(&self, request: Request<proto::AwardRequest>) -> Result<Response<proto::AwardResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let (meta, command) = convert::award(&caller, request.get_ref())?;
-        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::award_response(&receipt)))
     }
 
@@ -56,14 +76,14 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::ReserveResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let (meta, command) = convert::reserve(&caller, request.get_ref());
-        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::reserve_response(&receipt)))
     }
 
     async fn commit(&self, request: Request<proto::CommitRequest>) -> Result<Response<proto::CommitResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let (meta, command) = convert::commit(&caller, request.get_ref());
-        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::commit_response(&receipt)))
     }
 
@@ -73,7 +93,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let (meta, command) = convert::release(&caller, request.get_ref());
-        let receipt = self.engine.submit(meta, command).await.map_err(to_status)?;
+        let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::release_response(&receipt)))
     }
 
@@ -108,13 +128,23 @@ impl Ledger for LedgerService {
                 Err(status) => results.push(Some(R::Error(status_error(&status)))),
             }
         }
+        let spans: Vec<_> = accepted
+            .iter()
+            .map(|(meta, command)| trace::command_span(meta, command))
+            .collect();
         let kinds: Vec<_> = accepted.iter().map(|(_, command)| command.clone()).collect();
         let outcomes = if accepted.is_empty() {
             Vec::new()
         } else {
-            self.engine.submit_batch(accepted).await.map_err(to_status)?
+            let batch = tracing::debug_span!("batch", commands = accepted.len(), tenant = %caller.tenant);
+            self.engine()?
+                .submit_batch(accepted)
+                .instrument(batch)
+                .await
+                .map_err(to_status)?
         };
-        for ((position, command), outcome) in positions.into_iter().zip(kinds).zip(outcomes) {
+        for (((position, command), outcome), span) in positions.into_iter().zip(kinds).zip(outcomes).zip(spans) {
+            trace::record(&span, outcome.as_ref());
             results[position] = Some(match outcome {
                 Ok(receipt) => convert::batch_result(&command, &receipt),
                 Err(rejection) => R::Error(classify_rejection(&rejection).into_batch_error()),
@@ -138,7 +168,7 @@ impl Ledger for LedgerService {
         // From the sequencer: current, and consistent with every acknowledged command,
         // however far the sled projections lag.
         let view = self
-            .engine
+            .engine()?
             .account(&caller.tenant, account_id)
             .await
             .map_err(to_status)?;
@@ -154,7 +184,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::GetHoldResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let hold_id = request.get_ref().hold_id;
-        let view = self.engine.hold(hold_id).await.map_err(to_status)?;
+        let view = self.engine()?.hold(hold_id).await.map_err(to_status)?;
         let view = view
             .filter(|h| h.tenant == caller.tenant)
             .ok_or_else(|| classify_rejection(&crate::domain::Rejection::HoldNotFound { hold_id }).into_status())?;
@@ -181,7 +211,7 @@ impl Ledger for LedgerService {
                 .map_err(|_| invalid("page_token", "is not a token this server issued"))?,
         };
         self.consistent().await?;
-        let projections = self.engine.projections();
+        let projections = self.engine()?.projections();
         let store_error = |e: crate::projection::StoreError| to_status(e.into());
         if projections
             .account(&caller.tenant, &request.account_id)

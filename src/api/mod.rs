@@ -11,7 +11,11 @@ pub mod convert;
 pub mod ledger;
 pub mod operations;
 pub mod proto;
+pub mod slot;
 pub mod status;
+pub mod trace;
+
+pub use slot::{EngineSlot, Phase};
 
 use crate::engine::{EngineHandle, Status as EngineStatus};
 use proto::audit_server::AuditServer;
@@ -20,36 +24,30 @@ use proto::operations_server::OperationsServer;
 use std::future::Future;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight calls
-/// finish. Health reports SERVING while the engine serves and NOT_SERVING once it fails or
-/// stops.
+/// Serves the API for a running engine; see [`serve_slot`].
 pub async fn serve(
     engine: EngineHandle,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_slot(EngineSlot::ready(engine), listener, shutdown).await
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets in-flight calls
+/// finish. The engine may arrive in the slot later (the port opens before recovery).
+/// Health reports SERVING only while the engine in the slot serves: NOT_SERVING while
+/// recovering, when the log was refused, and once the engine fails or stops.
+pub async fn serve_slot(
+    slot: EngineSlot,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let service_name = <LedgerServer<ledger::LedgerService> as tonic::server::NamedService>::NAME;
-    let mut status = engine.status_watch();
-    tokio::spawn(async move {
-        loop {
-            let serving = match *status.borrow_and_update() {
-                EngineStatus::Serving => ServingStatus::Serving,
-                _ => ServingStatus::NotServing,
-            };
-            reporter.set_service_status("", serving).await;
-            reporter.set_service_status(service_name, serving).await;
-            if status.changed().await.is_err() {
-                reporter.set_service_status("", ServingStatus::NotServing).await;
-                reporter
-                    .set_service_status(service_name, ServingStatus::NotServing)
-                    .await;
-                return;
-            }
-        }
-    });
+    set_health(&reporter, ServingStatus::NotServing).await;
+    tokio::spawn(report_health(slot.clone(), reporter));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -63,9 +61,37 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(LedgerServer::new(ledger::LedgerService::new(engine.clone())))
-        .add_service(AuditServer::new(audit::AuditService::new(engine.clone())))
-        .add_service(OperationsServer::new(operations::OperationsService::new(engine)))
+        .add_service(LedgerServer::new(ledger::LedgerService::new(slot.clone())))
+        .add_service(AuditServer::new(audit::AuditService::new(slot.clone())))
+        .add_service(OperationsServer::new(operations::OperationsService::new(slot)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// Follows the slot, then the engine's status, into the health service.
+async fn report_health(slot: EngineSlot, reporter: HealthReporter) {
+    let mut phase = slot.phase_watch();
+    if phase.wait_for(|p| *p == Phase::Ready).await.is_err() {
+        return;
+    }
+    let engine = slot.get().expect("a ready slot holds the engine");
+    let mut status = engine.status_watch();
+    loop {
+        let serving = match *status.borrow_and_update() {
+            EngineStatus::Serving => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        };
+        set_health(&reporter, serving).await;
+        if status.changed().await.is_err() {
+            set_health(&reporter, ServingStatus::NotServing).await;
+            return;
+        }
+    }
+}
+
+/// Sets the overall status and the Ledger service's.
+async fn set_health(reporter: &HealthReporter, serving: ServingStatus) {
+    let service_name = <LedgerServer<ledger::LedgerService> as tonic::server::NamedService>::NAME;
+    reporter.set_service_status("", serving).await;
+    reporter.set_service_status(service_name, serving).await;
 }

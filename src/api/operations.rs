@@ -3,18 +3,22 @@
 use super::caller::Caller;
 use super::convert;
 use super::proto::{self, operations_server::Operations};
+use super::slot::EngineSlot;
 use super::status::{invalid, not_found};
-use crate::engine::EngineHandle;
 use crate::projection::ProjectionName;
 use tonic::{Request, Response, Status};
 
 pub struct OperationsService {
-    engine: EngineHandle,
+    slot: EngineSlot,
 }
 
 impl OperationsService {
-    pub fn new(engine: EngineHandle) -> Self {
-        Self { engine }
+    pub fn new(slot: EngineSlot) -> Self {
+        Self { slot }
+    }
+
+    fn engine(&self) -> Result<&crate::engine::EngineHandle, Status> {
+        self.slot.engine()
     }
 }
 
@@ -39,7 +43,7 @@ impl Operations for OperationsService {
                 )
             })?),
         };
-        let op = self.engine.start_rebuild(only, r.verify_only, r.from_snapshot);
+        let op = self.engine()?.start_rebuild(only, r.verify_only, r.from_snapshot);
         Ok(Response::new(convert::operation(&op)))
     }
 
@@ -52,7 +56,7 @@ impl Operations for OperationsService {
         let replay = r.replay.clone().unwrap_or_default();
         let (window, filter, max_events) = convert::replay_spec(&caller, &replay)?;
         let op = self
-            .engine
+            .engine()?
             .start_replay_to_file(window, filter, max_events, &r.file_name)
             .map_err(|e| invalid("file_name", e))?;
         Ok(Response::new(convert::operation(&op)))
@@ -63,7 +67,7 @@ impl Operations for OperationsService {
         _request: Request<proto::StartProjectionSnapshotRequest>,
     ) -> Result<Response<proto::Operation>, Status> {
         Ok(Response::new(convert::operation(
-            &self.engine.start_projection_snapshot(),
+            &self.engine()?.start_projection_snapshot(),
         )))
     }
 
@@ -72,7 +76,7 @@ impl Operations for OperationsService {
         request: Request<proto::GetOperationRequest>,
     ) -> Result<Response<proto::Operation>, Status> {
         let id = &request.get_ref().id;
-        let op = self.engine.operations().get(id).ok_or_else(|| unknown(id))?;
+        let op = self.engine()?.operations().get(id).ok_or_else(|| unknown(id))?;
         Ok(Response::new(convert::operation(&op)))
     }
 
@@ -80,7 +84,13 @@ impl Operations for OperationsService {
         &self,
         _request: Request<proto::ListOperationsRequest>,
     ) -> Result<Response<proto::ListOperationsResponse>, Status> {
-        let operations = self.engine.operations().list().iter().map(convert::operation).collect();
+        let operations = self
+            .engine()?
+            .operations()
+            .list()
+            .iter()
+            .map(convert::operation)
+            .collect();
         Ok(Response::new(proto::ListOperationsResponse { operations }))
     }
 
@@ -89,7 +99,7 @@ impl Operations for OperationsService {
         request: Request<proto::CancelOperationRequest>,
     ) -> Result<Response<proto::Operation>, Status> {
         let id = &request.get_ref().id;
-        let op = self.engine.operations().cancel(id).ok_or_else(|| unknown(id))?;
+        let op = self.engine()?.operations().cancel(id).ok_or_else(|| unknown(id))?;
         Ok(Response::new(convert::operation(&op)))
     }
 }

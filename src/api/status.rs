@@ -211,3 +211,25 @@ pub fn not_found(reason: &'static str, message: impl Into<String>) -> Status {
     }
     .into_status()
 }
+
+/// UNAVAILABLE while the server opens its log and restores state: retry shortly.
+pub fn recovering() -> Status {
+    Classified {
+        code: Code::Unavailable,
+        reason: "RECOVERING",
+        message: "the ledger is recovering (verifying its log and restoring state); retry shortly".into(),
+        metadata: HashMap::new(),
+    }
+    .into_status()
+}
+
+/// DATA_LOSS when the log was refused at start: retrying cannot help, an operator must.
+pub fn log_refused(reason: &str) -> Status {
+    Classified {
+        code: Code::DataLoss,
+        reason: "LOG_REFUSED",
+        message: format!("the ledger refused its log and serves nothing: {reason}"),
+        metadata: HashMap::new(),
+    }
+    .into_status()
+}

@@ -55,6 +55,27 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Short, stable name for metrics labels and logs.
+    pub fn name(&self) -> &'static str {
+        use Rejection::*;
+        match self {
+            InvalidArgument { .. } => "invalid_argument",
+            IdempotencyConflict { .. } => "idempotency_conflict",
+            AccountNotFound { .. } => "account_not_found",
+            HoldNotFound { .. } => "hold_not_found",
+            InsufficientPoints { .. } => "insufficient_points",
+            HoldExpired { .. } => "hold_expired",
+            HoldAlreadyResolved { .. } => "hold_already_resolved",
+            CommitExceedsHold { .. } => "commit_exceeds_hold",
+            TooManyHolds { .. } => "too_many_holds",
+            BalanceOverflow { .. } => "balance_overflow",
+            ManualRewardRateLimited { .. } => "manual_reward_rate_limited",
+            ManualRewardTooLarge { .. } => "manual_reward_too_large",
+            Unauthenticated(_) => "unauthenticated",
+            PermissionDenied(_) => "permission_denied",
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Rejection::InvalidArgument {
             field,

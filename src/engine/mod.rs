@@ -6,6 +6,7 @@
 
 mod clock;
 pub mod jobs;
+pub mod metrics;
 mod mirror;
 pub mod operations;
 mod projector;
@@ -277,6 +278,7 @@ impl Engine {
             committed: committed_tx,
             projector: signal.clone(),
             status: status_tx,
+            metrics: metrics::SequencerMetrics::register(),
         };
         let spawn_error = |e: std::io::Error| EngineError::Unavailable(format!("cannot start a thread: {e}"));
         let projector = std::thread::Builder::new()
@@ -442,7 +444,10 @@ impl EngineHandle {
         self.inbox
             .try_send(Msg::Job(Job { commands, reply }))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => EngineError::Busy,
+                mpsc::error::TrySendError::Full(_) => {
+                    ::metrics::counter!(metrics::INBOX_FULL_TOTAL).increment(1);
+                    EngineError::Busy
+                }
                 mpsc::error::TrySendError::Closed(_) => self.unavailable(),
             })?;
         let outcomes = answer.await.map_err(|_| self.unavailable())?;
@@ -532,7 +537,10 @@ impl EngineHandle {
         self.inbox
             .try_send(Msg::Read(Read { query, reply }))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => EngineError::Busy,
+                mpsc::error::TrySendError::Full(_) => {
+                    ::metrics::counter!(metrics::INBOX_FULL_TOTAL).increment(1);
+                    EngineError::Busy
+                }
                 mpsc::error::TrySendError::Closed(_) => self.unavailable(),
             })?;
         answer.await.map_err(|_| self.unavailable())
@@ -555,6 +563,17 @@ impl EngineHandle {
             Status::Failed(reason) => EngineError::Unavailable(format!("the ledger failed and must restart: {reason}")),
             _ => EngineError::Unavailable("the ledger is shutting down".into()),
         }
+    }
+
+    /// Jobs and reads waiting in the inbox for the sequencer.
+    pub fn inbox_depth(&self) -> usize {
+        self.inbox.max_capacity() - self.inbox.capacity()
+    }
+
+    /// Bytes of committed records in the log (frames included, segment headers and the
+    /// preallocated room not).
+    pub fn log_bytes(&self) -> u64 {
+        self.reader.committed_bytes()
     }
 
     pub fn status(&self) -> Status {

@@ -7,10 +7,12 @@
 //! disk: the sequencer stops, and every later command is refused until a restart re-reads
 //! the log.
 
+use super::metrics::{Outcome as Counted, SequencerMetrics};
 use super::{Answer, Clock, Job, Msg, Outcome, Query, Read, Signal, Status};
-use crate::domain::{decide, evolve, Decision, Envelope, Policy, Record, State};
+use crate::domain::{decide, evolve, Command, CommandMeta, Decision, Envelope, Policy, Record, State};
 use crate::log::LogWriter;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
@@ -29,6 +31,7 @@ pub(super) struct Sequencer {
     pub committed: watch::Sender<u64>,
     pub projector: Arc<Signal>,
     pub status: watch::Sender<Status>,
+    pub metrics: SequencerMetrics,
 }
 
 impl Sequencer {
@@ -60,12 +63,16 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
+            let started = Instant::now();
+            let first_seq = self.state.head_seq;
             let outcomes: Vec<Vec<Outcome>> = batch.iter().map(|job| self.decide_job(job)).collect();
+            let committing = Instant::now();
             if let Err(error) = self.log.commit() {
                 tracing::error!(%error, "group commit failed; the sequencer stops and refuses all commands until restart");
                 self.status.send_replace(Status::Failed(error.to_string()));
                 return;
             }
+            let commit_seconds = committing.elapsed().as_secs_f64();
             let head = self.log.head();
             assert_eq!(head.seq, self.state.head_seq, "the log and the state agree on the head");
             if head.seq > *self.committed.borrow() {
@@ -80,6 +87,9 @@ impl Sequencer {
             for read in reads.drain(..) {
                 let _ = read.reply.send(answer(&self.state, read.query));
             }
+            let records = self.state.head_seq - first_seq;
+            self.metrics
+                .flush(commands, records, commit_seconds, started.elapsed().as_secs_f64());
         }
         self.status.send_replace(Status::Stopped);
         tracing::info!(head = self.state.head_seq, "sequencer stopped");
@@ -89,45 +99,52 @@ impl Sequencer {
         let now_us = self.clock.now_us().max(self.state.head_ts_us);
         job.commands
             .iter()
-            .map(
-                |(meta, command)| match decide(&self.policy, &self.state, meta, command, now_us) {
-                    Ok(Decision::Append(emitted)) => {
-                        let mut records = Vec::with_capacity(emitted.len());
-                        for e in emitted {
-                            let envelope = Envelope {
-                                event_id: event_id(now_us),
-                                tenant: e.tenant,
-                                stream: e.account,
-                                correlation_id: meta.correlation_id.clone(),
-                                causation_id: meta.causation_id.clone(),
-                                actor: meta.actor.clone(),
-                                idempotency_key: meta.idempotency.as_ref().map(|k| k.key.clone()).unwrap_or_default(),
-                                idempotency_scope: meta
-                                    .idempotency
-                                    .as_ref()
-                                    .map(|k| k.scope.clone())
-                                    .unwrap_or_default(),
-                            };
-                            let seq = self.state.head_seq + 1;
-                            let hash = self.log.stage(seq, now_us, &envelope, &e.event);
-                            let record = Record {
-                                seq,
-                                ts_us: now_us,
-                                envelope,
-                                event: e.event,
-                                hash,
-                            };
-                            evolve(&mut self.state, &record);
-                            records.push(record);
-                        }
-                        Outcome::Appended(records)
-                    }
-                    Ok(Decision::Replay { first_seq, last_seq }) => Outcome::Replayed { first_seq, last_seq },
-                    Ok(Decision::Nothing) => Outcome::Nothing,
-                    Err(rejection) => Outcome::Rejected(rejection),
-                },
-            )
+            .map(|(meta, command)| {
+                let outcome = self.decide_one(meta, command, now_us);
+                match &outcome {
+                    Outcome::Appended(_) => self.metrics.count(command, Counted::Appended),
+                    Outcome::Replayed { .. } => self.metrics.count(command, Counted::Replayed),
+                    Outcome::Nothing => self.metrics.count(command, Counted::Unchanged),
+                    Outcome::Rejected(rejection) => self.metrics.rejected(command, rejection),
+                }
+                outcome
+            })
             .collect()
+    }
+
+    /// Decides one command and, if it appends, stages and folds its events.
+    fn decide_one(&mut self, meta: &CommandMeta, command: &Command, now_us: u64) -> Outcome {
+        let emitted = match decide(&self.policy, &self.state, meta, command, now_us) {
+            Ok(Decision::Append(emitted)) => emitted,
+            Ok(Decision::Replay { first_seq, last_seq }) => return Outcome::Replayed { first_seq, last_seq },
+            Ok(Decision::Nothing) => return Outcome::Nothing,
+            Err(rejection) => return Outcome::Rejected(rejection),
+        };
+        let mut records = Vec::with_capacity(emitted.len());
+        for e in emitted {
+            let envelope = Envelope {
+                event_id: event_id(now_us),
+                tenant: e.tenant,
+                stream: e.account,
+                correlation_id: meta.correlation_id.clone(),
+                causation_id: meta.causation_id.clone(),
+                actor: meta.actor.clone(),
+                idempotency_key: meta.idempotency.as_ref().map(|k| k.key.clone()).unwrap_or_default(),
+                idempotency_scope: meta.idempotency.as_ref().map(|k| k.scope.clone()).unwrap_or_default(),
+            };
+            let seq = self.state.head_seq + 1;
+            let hash = self.log.stage(seq, now_us, &envelope, &e.event);
+            let record = Record {
+                seq,
+                ts_us: now_us,
+                envelope,
+                event: e.event,
+                hash,
+            };
+            evolve(&mut self.state, &record);
+            records.push(record);
+        }
+        Outcome::Appended(records)
     }
 }
 

@@ -19,7 +19,12 @@ pub fn spawn(engine: EngineHandle, interval: Duration) -> tokio::task::JoinHandl
         loop {
             ticker.tick().await;
             loop {
-                match engine.sweep().await {
+                ::metrics::counter!(super::metrics::SWEEPER_PULSES_TOTAL).increment(1);
+                let swept = engine.sweep().await;
+                if let Ok(expired) = swept {
+                    ::metrics::counter!(super::metrics::SWEEPER_EXPIRED_TOTAL).increment(expired as u64);
+                }
+                match swept {
                     Ok(expired) if expired == EXPIRE_PULSE_MAX_HOLDS as usize => continue,
                     Ok(0) => break,
                     Ok(expired) => {

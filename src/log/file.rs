@@ -102,6 +102,7 @@ impl FileLog {
         let shared = Arc::new(Shared {
             state: RwLock::new(SharedState {
                 head: scan.head,
+                bytes: scan.committed_bytes(),
                 segments,
                 index: scan.index,
             }),
@@ -125,6 +126,7 @@ impl FileLog {
     fn write_staged(&mut self) -> Result<(), LogError> {
         let mut new_index = Vec::new();
         let mut new_segments = Vec::new();
+        let mut written = 0;
         let mut next = 0;
         while next < self.staged_records.len() {
             let room = self.active.capacity - self.active.offset;
@@ -174,6 +176,7 @@ impl FileLog {
                 self.active.last_indexed = Some(self.active.offset);
             }
             self.active.offset += size;
+            written += size;
             next = end;
         }
         self.sync_active()?;
@@ -181,6 +184,7 @@ impl FileLog {
         shared.segments.extend(new_segments);
         shared.index.extend(new_index);
         shared.head = self.staged_head;
+        shared.bytes += written;
         Ok(())
     }
 

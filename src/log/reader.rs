@@ -22,6 +22,8 @@ pub(crate) struct Shared {
 
 pub(crate) struct SharedState {
     pub head: Head,
+    /// Bytes of committed frames across all segments.
+    pub bytes: u64,
     pub segments: BTreeMap<u64, PathBuf>,
     pub index: Vec<IndexEntry>,
 }
@@ -46,6 +48,7 @@ impl LogReader {
         Ok(LogReader::new(Arc::new(Shared {
             state: RwLock::new(SharedState {
                 head: scan.head,
+                bytes: scan.committed_bytes(),
                 segments,
                 index: scan.index,
             }),
@@ -77,6 +80,11 @@ impl LogReader {
     }
 
     /// The last committed record.
+    /// Bytes of committed frames across all segments.
+    pub fn committed_bytes(&self) -> u64 {
+        self.shared.state.read().expect("log index lock poisoned").bytes
+    }
+
     pub fn head(&self) -> Head {
         self.shared.state.read().expect("log index lock poisoned").head
     }

@@ -118,6 +118,13 @@ pub(crate) struct Scan {
     pub torn: Option<Torn>,
 }
 
+impl Scan {
+    /// Bytes of valid frames across all segments.
+    pub fn committed_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.end - SEGMENT_HEADER_LEN as u64).sum()
+    }
+}
+
 struct FrameSummary {
     len: usize,
     first_ts: u64,

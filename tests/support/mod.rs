@@ -303,3 +303,25 @@ pub async fn random_workload(engine: &TestEngine, rng: &mut Rng, commands: u64) 
         }
     }
 }
+
+/// Reads a spawned `tally serve`'s stdout until it says it serves (recovery done) and
+/// returns the gRPC address from its first line. The rest of stdout is left unread.
+pub fn wait_until_serving(stdout: std::process::ChildStdout) -> String {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let first = lines.next().expect("tally prints its address").expect("stdout is text");
+    let address = first
+        .split_whitespace()
+        .nth(3)
+        .expect("tally listening on ADDRESS")
+        .to_string();
+    loop {
+        let line = lines.next().expect("tally serve ended before serving");
+        if line.expect("stdout is text").starts_with("tally serving") {
+            break;
+        }
+    }
+    // Keep draining, so that the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    address
+}

@@ -1,0 +1,88 @@
+//! The engine behind the API, which may not be there yet. The port opens before recovery
+//! (log verification, state restore) so that health checks can see it: while the slot is
+//! empty, health answers NOT_SERVING and every other call UNAVAILABLE (reason RECOVERING);
+//! if the log is refused as corrupt, health stays NOT_SERVING and every call answers
+//! DATA_LOSS (reason LOG_REFUSED) with the reason, naming the bad sequence number.
+
+use super::status;
+use crate::engine::EngineHandle;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
+use tonic::Status;
+
+/// Where the server stands before the engine serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Opening the log and restoring state.
+    Recovering,
+    /// The engine is in the slot.
+    Ready,
+    /// The log was refused; the reason says why.
+    Refused(String),
+}
+
+/// A cheap, cloneable slot for the engine, filled once.
+#[derive(Clone)]
+pub struct EngineSlot {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: OnceLock<EngineHandle>,
+    phase: watch::Sender<Phase>,
+}
+
+impl EngineSlot {
+    /// An empty slot: the server is recovering.
+    pub fn recovering() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine: OnceLock::new(),
+                phase: watch::Sender::new(Phase::Recovering),
+            }),
+        }
+    }
+
+    /// A slot with a running engine in it.
+    pub fn ready(engine: EngineHandle) -> Self {
+        let slot = Self::recovering();
+        slot.fill(engine);
+        slot
+    }
+
+    /// Puts the engine in: calls go through from now on.
+    pub fn fill(&self, engine: EngineHandle) {
+        assert!(self.inner.engine.set(engine).is_ok(), "the engine slot is filled once");
+        self.inner.phase.send_replace(Phase::Ready);
+    }
+
+    /// Recovery failed: calls are answered with `reason` from now on.
+    pub fn refuse(&self, reason: String) {
+        assert!(self.inner.engine.get().is_none(), "a served engine is not refused");
+        self.inner.phase.send_replace(Phase::Refused(reason));
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.inner.phase.borrow().clone()
+    }
+
+    pub fn phase_watch(&self) -> watch::Receiver<Phase> {
+        self.inner.phase.subscribe()
+    }
+
+    /// The engine if it serves, else the status that says why not.
+    pub fn engine(&self) -> Result<&EngineHandle, Status> {
+        if let Some(engine) = self.inner.engine.get() {
+            return Ok(engine);
+        }
+        Err(match &*self.inner.phase.borrow() {
+            Phase::Refused(reason) => status::log_refused(reason),
+            _ => status::recovering(),
+        })
+    }
+
+    /// The engine, if it is in the slot.
+    pub fn get(&self) -> Option<&EngineHandle> {
+        self.inner.engine.get()
+    }
+}

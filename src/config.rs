@@ -1,0 +1,297 @@
+//! The server's configuration: every setting of `tally serve` in one TOML document, with
+//! defaults, overridden by environment variables and then by flags (each flag names its
+//! variable). `tally serve --print-config` prints the effective document; `docs/CONFIG.md`
+//! documents each key.
+//!
+//! Invariant: a setting exists in exactly one place here; flags and variables only
+//! override it, and every value is checked before anything starts.
+
+use crate::domain::{Policy, RateTable, TierPolicy};
+use crate::engine::EngineConfig;
+use crate::log::Durability;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Largest log segment: a segment is preallocated whole, and one frame must fit in it.
+pub const MAX_SEGMENT_MIB: u64 = 1024;
+
+/// Everything `tally serve` can be told.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub storage: StorageSection,
+    pub ledger: LedgerSection,
+    pub engine: EngineSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
+}
+
+/// The gRPC listener and what it does with a refused log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address of the gRPC API; port 0 picks a free port (printed on start).
+    pub listen: String,
+    /// What `serve` does when the log is refused as corrupt.
+    pub on_corrupt_log: OnCorruptLog,
+}
+
+/// What `serve` does when its log is refused as corrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnCorruptLog {
+    /// Keep the port open: health answers NOT_SERVING, every other call DATA_LOSS naming
+    /// the bad sequence number, until the process is stopped (then exit code 2). Lets an
+    /// orchestrator's health check and an operator see why.
+    Stay,
+    /// Exit with code 2 at once.
+    Exit,
+}
+
+/// Where and how the log is stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// The data directory: the log, the projections, snapshots and exports.
+    pub data_dir: PathBuf,
+    pub durability: DurabilitySetting,
+    /// Size of each preallocated log segment, in MiB.
+    pub segment_mib: u64,
+}
+
+/// [`Durability`] as a setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilitySetting {
+    /// Acknowledge only after fdatasync.
+    Sync,
+    /// Skip fdatasync: a machine crash can lose acknowledged commands (benchmarks only).
+    Buffered,
+}
+
+/// The ledger's rules that are a program's choice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSection {
+    /// Tiers by lifetime points earned, ascending, the first at 0: `name:points,…`.
+    pub tiers: String,
+    /// Version name of the accrual rate table, recorded in every accrual.
+    pub rate_table_version: String,
+    /// Points per theo dollar, in thousandths (1000 = one point per dollar of theo).
+    pub points_per_theo_dollar_milli: u64,
+}
+
+/// Engine internals an operator may tune.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// Requests waiting for the sequencer before callers hear RESOURCE_EXHAUSTED.
+    pub inbox_capacity: usize,
+    /// Records between write-state snapshots (and at least 5 minutes).
+    pub snapshot_every_records: u64,
+    /// Records between projection snapshot files; 0 turns them off.
+    pub projection_snapshot_every_records: u64,
+    /// How often the sweeper expires holds past their deadline, in milliseconds.
+    pub sweep_interval_ms: u64,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address of the HTTP endpoint serving `GET /metrics`; empty turns it off.
+    pub listen: String,
+}
+
+/// Log lines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// Which lines to write, as a tracing filter (`info`, `tally=debug`, …).
+    pub filter: String,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line, with the current span's fields.
+    Json,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            on_corrupt_log: OnCorruptLog::Stay,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./tally-data"),
+            durability: DurabilitySetting::Sync,
+            segment_mib: crate::log::DEFAULT_SEGMENT_BYTES >> 20,
+        }
+    }
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        Self {
+            tiers: crate::domain::tier::DEFAULT_TIERS.into(),
+            rate_table_version: "default-1".into(),
+            points_per_theo_dollar_milli: 1000,
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            inbox_capacity: crate::engine::DEFAULT_INBOX_CAPACITY,
+            snapshot_every_records: crate::engine::DEFAULT_SNAPSHOT_EVERY,
+            projection_snapshot_every_records: crate::engine::DEFAULT_PROJECTION_SNAPSHOT_EVERY,
+            sweep_interval_ms: crate::engine::sweeper::DEFAULT_SWEEP_INTERVAL.as_millis() as u64,
+        }
+    }
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// A setting that cannot be used, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// What `serve` runs with, checked and turned into the types the engine takes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub on_corrupt_log: OnCorruptLog,
+    pub sweep_interval: Duration,
+    pub engine: EngineConfig,
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults: keys it leaves out keep their default, an
+    /// unknown key or a wrong type is an error naming it.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses a TOML document over the defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// The document `--print-config` shows.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the configuration serializes")
+    }
+
+    /// Checks every value and builds the engine's configuration.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let listen = self.server.listen.parse().map_err(|e| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address: {e}", self.server.listen),
+            )
+        })?;
+        let metrics_listen = match self.metrics.listen.trim() {
+            "" => None,
+            address => Some(
+                address
+                    .parse()
+                    .map_err(|e| invalid("metrics.listen", format!("{address:?} is not an address: {e}")))?,
+            ),
+        };
+        let segment_mib = self.storage.segment_mib;
+        if segment_mib == 0 || segment_mib > MAX_SEGMENT_MIB {
+            return Err(invalid(
+                "storage.segment_mib",
+                format!("must be 1 to {MAX_SEGMENT_MIB}, got {segment_mib}"),
+            ));
+        }
+        let tiers = TierPolicy::parse(&self.ledger.tiers).map_err(|e| invalid("ledger.tiers", e.to_string()))?;
+        if self.ledger.rate_table_version.trim().is_empty() {
+            return Err(invalid("ledger.rate_table_version", "must not be empty".into()));
+        }
+        if self.engine.inbox_capacity == 0 {
+            return Err(invalid("engine.inbox_capacity", "must be at least 1".into()));
+        }
+        if self.engine.snapshot_every_records == 0 {
+            return Err(invalid("engine.snapshot_every_records", "must be at least 1".into()));
+        }
+        if self.engine.sweep_interval_ms == 0 {
+            return Err(invalid("engine.sweep_interval_ms", "must be at least 1".into()));
+        }
+        let engine = EngineConfig {
+            durability: match self.storage.durability {
+                DurabilitySetting::Sync => Durability::Sync,
+                DurabilitySetting::Buffered => Durability::Buffered,
+            },
+            segment_bytes: segment_mib << 20,
+            policy: Policy {
+                tiers,
+                rate_table: RateTable {
+                    version: self.ledger.rate_table_version.clone(),
+                    points_per_theo_dollar_milli: self.ledger.points_per_theo_dollar_milli,
+                },
+            },
+            inbox_capacity: self.engine.inbox_capacity,
+            snapshot_every: self.engine.snapshot_every_records,
+            projection_snapshot_every: self.engine.projection_snapshot_every_records,
+            ..EngineConfig::new(&self.storage.data_dir)
+        };
+        Ok(Settings {
+            listen,
+            metrics_listen,
+            on_corrupt_log: self.server.on_corrupt_log,
+            sweep_interval: Duration::from_millis(self.engine.sweep_interval_ms),
+            engine,
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! What the engine counts, through the `metrics` facade: commands by kind and outcome,
+//! group-commit sizes and latencies, refusals at a full inbox, sweeper activity. Without an
+//! installed recorder (tests, offline tools) every handle is a no-op.
+//!
+//! The sequencer counts a batch's commands locally and adds them to pre-registered handles
+//! once per group commit, so the hot loop never hashes a label set.
+
+use crate::domain::{Command, Rejection};
+use metrics::{Counter, Histogram};
+
+/// Commands decided, by `kind` and `outcome` (appended, replayed, unchanged, rejected).
+pub const COMMANDS_TOTAL: &str = "tally_commands_total";
+/// Rejected commands by `kind` and `reason`.
+pub const REJECTIONS_TOTAL: &str = "tally_commands_rejected_total";
+/// Requests refused because the inbox was full (RESOURCE_EXHAUSTED).
+pub const INBOX_FULL_TOTAL: &str = "tally_inbox_full_total";
+/// Commands per group commit.
+pub const BATCH_COMMANDS: &str = "tally_group_commit_commands";
+/// Records appended per group commit.
+pub const BATCH_RECORDS: &str = "tally_group_commit_records";
+/// Seconds one group commit spends writing and syncing the log.
+pub const COMMIT_SECONDS: &str = "tally_group_commit_seconds";
+/// Seconds from the start of a batch's decisions to the answers going out.
+pub const BATCH_SECONDS: &str = "tally_group_commit_batch_seconds";
+/// Expiry pulses the sweeper submitted.
+pub const SWEEPER_PULSES_TOTAL: &str = "tally_sweeper_pulses_total";
+/// Holds the sweeper expired.
+pub const SWEEPER_EXPIRED_TOTAL: &str = "tally_sweeper_holds_expired_total";
+
+/// Command kinds, in the order of [`kind_index`].
+pub const KINDS: [&str; 6] = ["open_account", "award", "reserve", "commit", "release", "expire_due"];
+/// Outcomes, in the order of [`Outcome`].
+pub const OUTCOMES: [&str; 4] = ["appended", "replayed", "unchanged", "rejected"];
+
+/// How a decided command ended, for counting.
+#[derive(Clone, Copy)]
+pub(crate) enum Outcome {
+    Appended = 0,
+    Replayed = 1,
+    Unchanged = 2,
+    Rejected = 3,
+}
+
+/// Registers the descriptions of the engine's metrics with the installed recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(COMMANDS_TOTAL, "Commands decided by the sequencer, by kind and outcome");
+    describe_counter!(REJECTIONS_TOTAL, "Commands the ledger refused, by kind and reason");
+    describe_counter!(
+        INBOX_FULL_TOTAL,
+        "Requests refused with RESOURCE_EXHAUSTED: the inbox was full"
+    );
+    describe_histogram!(BATCH_COMMANDS, Unit::Count, "Commands decided per group commit");
+    describe_histogram!(BATCH_RECORDS, Unit::Count, "Records appended per group commit");
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Log write and fdatasync time per group commit"
+    );
+    describe_histogram!(
+        BATCH_SECONDS,
+        Unit::Seconds,
+        "Decide, write, sync and answer time per group commit"
+    );
+    describe_counter!(SWEEPER_PULSES_TOTAL, "Expiry pulses submitted by the sweeper");
+    describe_counter!(SWEEPER_EXPIRED_TOTAL, "Holds expired by the sweeper's pulses");
+}
+
+/// The index of a command's kind in [`KINDS`].
+pub(crate) fn kind_index(command: &Command) -> usize {
+    match command {
+        Command::OpenAccount { .. } => 0,
+        Command::Award { .. } => 1,
+        Command::Reserve { .. } => 2,
+        Command::Commit { .. } => 3,
+        Command::Release { .. } => 4,
+        Command::ExpireDue { .. } => 5,
+    }
+}
+
+/// The sequencer's handles and its per-batch tallies.
+pub(crate) struct SequencerMetrics {
+    commands: Vec<Counter>,
+    tallies: [[u64; OUTCOMES.len()]; KINDS.len()],
+    batch_commands: Histogram,
+    batch_records: Histogram,
+    commit_seconds: Histogram,
+    batch_seconds: Histogram,
+}
+
+impl SequencerMetrics {
+    pub fn register() -> Self {
+        let commands = KINDS
+            .iter()
+            .flat_map(|kind| {
+                OUTCOMES
+                    .iter()
+                    .map(move |outcome| metrics::counter!(COMMANDS_TOTAL, "kind" => *kind, "outcome" => *outcome))
+            })
+            .collect();
+        Self {
+            commands,
+            tallies: [[0; OUTCOMES.len()]; KINDS.len()],
+            batch_commands: metrics::histogram!(BATCH_COMMANDS),
+            batch_records: metrics::histogram!(BATCH_RECORDS),
+            commit_seconds: metrics::histogram!(COMMIT_SECONDS),
+            batch_seconds: metrics::histogram!(BATCH_SECONDS),
+        }
+    }
+
+    /// Counts one decided command (added to the counters at [`SequencerMetrics::flush`]).
+    pub fn count(&mut self, command: &Command, outcome: Outcome) {
+        self.tallies[kind_index(command)][outcome as usize] += 1;
+    }
+
+    /// Counts a rejection by reason. Rejections are the rare path: a labelled lookup is fine.
+    pub fn rejected(&mut self, command: &Command, rejection: &Rejection) {
+        self.count(command, Outcome::Rejected);
+        metrics::counter!(REJECTIONS_TOTAL, "kind" => command.name(), "reason" => rejection.name()).increment(1);
+    }
+
+    /// Adds a group commit's tallies and timings.
+    pub fn flush(&mut self, commands: usize, records: u64, commit_seconds: f64, batch_seconds: f64) {
+        for (kind, row) in self.tallies.iter_mut().enumerate() {
+            for (outcome, tally) in row.iter_mut().enumerate() {
+                if *tally > 0 {
+                    self.commands[kind * OUTCOMES.len() + outcome].increment(*tally);
+                    *tally = 0;
+                }
+            }
+        }
+        if commands > 0 {
+            self.batch_commands.record(commands as f64);
+            self.batch_records.record(records as f64);
+            self.commit_seconds.record(commit_seconds);
+            self.batch_seconds.record(batch_seconds);
+        }
+    }
+}
