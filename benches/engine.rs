@@ -1,11 +1,18 @@
-//! Durable award throughput of the engine in-process, next to the machine's own limit (the
-//! fdatasync rate of a preallocated file) measured in the same run, so the ratio holds on a
-//! noisy machine. Each figure is the median of three runs.
+//! Durable award throughput of the engine in-process, next to the machine's own limits
+//! measured in the same run (fdatasync rate and sequential bandwidth on a preallocated
+//! file, blake3 over a record, MessagePack encode and decode of an event, sled inserts), so
+//! ratios hold on a noisy machine; then cost growth: the same throughput with 1M and 10M
+//! events (with idempotency keys, as the API writes them) already in the log. Each figure
+//! is the median of three runs.
 //!
 //!     cargo bench --bench engine
 //!
-//! `TALLY_BENCH_SECONDS` sets the length of each run (default 3).
+//! `TALLY_BENCH_SECONDS` sets the length of each run (default 3); `TALLY_BENCH_GROWTH`
+//! the larger prefilled log (default 10000000; 0 skips cost growth).
 
+mod common;
+
+use common::{generate, median, sled_insert_rates, timed, Keys};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +23,9 @@ use tally::engine::{Engine, EngineConfig, SystemClock};
 use tally::log::Durability;
 
 const RUNS: usize = 3;
-const ACCOUNTS: u64 = 10_000;
+const ACCOUNTS: u64 = common::ACCOUNTS;
+/// The first award number of the next run.
+static NEXT_RUN: AtomicU64 = AtomicU64::new(0);
 
 fn seconds() -> Duration {
     Duration::from_secs_f64(
@@ -25,11 +34,6 @@ fn seconds() -> Duration {
             .and_then(|s| s.parse().ok())
             .unwrap_or(3.0),
     )
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
 }
 
 /// 4 KiB writes, each followed by fdatasync, into a preallocated file: the ceiling on
@@ -72,19 +76,111 @@ fn award(n: u64) -> (CommandMeta, Command) {
         source: AwardRequest::Promotion {
             points: 1 + n % 50,
             promotion_id: "bench".into(),
-            external_reward_id: format!("r{n}"),
+            external_reward_id: format!("bench-r{n}"),
         },
     };
     (meta, command)
+}
+
+/// 1 MiB writes, each followed by fdatasync, into a preallocated file: bytes per second the
+/// disk takes durably in large writes.
+fn sequential_bandwidth() -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("probe"))
+        .unwrap();
+    let size: u64 = 256 << 20;
+    file.set_len(size).unwrap();
+    file.write_all_at(&vec![1u8; size as usize], 0).unwrap();
+    file.sync_all().unwrap();
+    let block = vec![7u8; 1 << 20];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < seconds() {
+        file.write_all_at(&block, (n % 256) << 20).unwrap();
+        file.sync_data().unwrap();
+        n += 1;
+    }
+    (n << 20) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A promotion award payload as the engine writes it (the log encodes the payload struct).
+fn award_event() -> tally::domain::event::PointsAwarded {
+    use tally::domain::event::{AwardSource, PointsAwarded, PromotionSource};
+    PointsAwarded {
+        points: 25,
+        source: AwardSource::Promotion(PromotionSource {
+            promotion_id: "bench".into(),
+            external_reward_id: "bench-r1234567".into(),
+        }),
+        effect: tally::domain::Effect {
+            posted_before: 1000,
+            posted_after: 1025,
+            held_before: 0,
+            held_after: 0,
+            lifetime_before: 1000,
+            lifetime_after: 1025,
+            tier_before: "Member".into(),
+            tier_after: "Member".into(),
+        },
+    }
+}
+
+/// Operations per second of `f`, over the bench's run length.
+fn rate(mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < seconds() {
+        for _ in 0..1000 {
+            f();
+        }
+        n += 1000;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The per-record limits: blake3 over `record_bytes`, MessagePack encode and decode of an
+/// award event.
+fn cpu_limits(record_bytes: usize) -> (f64, f64, f64) {
+    let bytes = vec![42u8; record_bytes];
+    let blake3 = rate(|| {
+        std::hint::black_box(blake3::hash(std::hint::black_box(&bytes)));
+    });
+    let event = award_event();
+    let encode = rate(|| {
+        std::hint::black_box(rmp_serde::to_vec(std::hint::black_box(&event)).unwrap());
+    });
+    let encoded = rmp_serde::to_vec(&event).unwrap();
+    let decode = rate(|| {
+        std::hint::black_box(
+            rmp_serde::from_slice::<tally::domain::event::PointsAwarded>(std::hint::black_box(&encoded)).unwrap(),
+        );
+    });
+    (blake3, encode, decode)
 }
 
 /// Awards per second from `producers` concurrent tasks, each submitting `per_submit`
 /// commands at a time and waiting for the answer before the next.
 fn awards_per_second(durability: Durability, producers: u64, per_submit: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
+    awards_per_second_in(dir.path(), durability, producers, per_submit).0
+}
+
+/// The same, on a data directory that may hold a log already; also the average bytes per
+/// record of the log.
+fn awards_per_second_in(
+    data_dir: &std::path::Path,
+    durability: Durability,
+    producers: u64,
+    per_submit: u64,
+) -> (f64, f64) {
     let config = EngineConfig {
         durability,
-        ..EngineConfig::new(dir.path())
+        ..EngineConfig::new(data_dir)
     };
     let engine = Engine::start(config, Arc::new(SystemClock)).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -116,7 +212,9 @@ fn awards_per_second(durability: Durability, producers: u64, per_submit: u64) ->
         for chunk in opens.chunks(4096) {
             handle.submit_batch(chunk.to_vec()).await.unwrap();
         }
-        let next = Arc::new(AtomicU64::new(0));
+        // Numbers never repeat within a process, so that a run on a reused log awards anew
+        // instead of replaying the run before it.
+        let next = Arc::new(AtomicU64::new(NEXT_RUN.fetch_add(1 << 40, Ordering::Relaxed)));
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + seconds();
         let start = Instant::now();
@@ -140,8 +238,30 @@ fn awards_per_second(durability: Durability, producers: u64, per_submit: u64) ->
         done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
     });
     drop(runtime);
+    let handle = engine.handle();
+    let record_bytes = handle.log_bytes() as f64 / handle.committed_seq() as f64;
     engine.shutdown();
-    rate
+    (rate, record_bytes)
+}
+
+/// Durable awards (8 producers, 1000 per submit) with `prefill` keyed events already in the
+/// log: the restore time, the resident memory after it, and the median rate of three runs
+/// (each run adds its awards to the same log).
+fn cost_growth(prefill: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    if prefill > 0 {
+        generate(dir.path(), prefill, Keys::PerCommand);
+    }
+    let config = EngineConfig::new(dir.path());
+    let (engine, restore) = timed(|| Engine::start(config, Arc::new(SystemClock)).unwrap());
+    engine.shutdown();
+    let rates = (0..RUNS)
+        .map(|_| awards_per_second_in(dir.path(), Durability::Sync, 8, 1000).0)
+        .collect();
+    println!(
+        "durable, 8 producers, 1000 per submit, {prefill} events already in the log: {:.0} awards/s (restore {restore:.1} s)",
+        median(rates)
+    );
 }
 
 fn main() {
@@ -149,7 +269,25 @@ fn main() {
         return;
     }
     let limit = median((0..RUNS).map(|_| fdatasync_rate()).collect());
-    println!("fdatasync of 4 KiB on a preallocated file: {limit:.0}/s (the ceiling on durable group commits)");
+    println!("limit: fdatasync of 4 KiB on a preallocated file: {limit:.0}/s (the ceiling on durable group commits)");
+    let bandwidth = median((0..RUNS).map(|_| sequential_bandwidth()).collect());
+    println!(
+        "limit: 1 MiB writes + fdatasync on a preallocated file: {:.0} MiB/s",
+        bandwidth / (1 << 20) as f64
+    );
+    let (_, record_bytes) = awards_per_second_in(tempfile::tempdir().unwrap().path(), Durability::Buffered, 8, 1000);
+    let limits: Vec<_> = (0..RUNS).map(|_| cpu_limits(record_bytes as usize)).collect();
+    let blake3 = median(limits.iter().map(|l| l.0).collect());
+    let encode = median(limits.iter().map(|l| l.1).collect());
+    let decode = median(limits.iter().map(|l| l.2).collect());
+    println!("limit: blake3 over a record of {record_bytes:.0} bytes (frame share included): {blake3:.0}/s");
+    println!("limit: MessagePack encode of an award event: {encode:.0}/s; decode: {decode:.0}/s");
+    println!(
+        "limit: the log's bandwidth in records of that size: {:.0} records/s",
+        bandwidth / record_bytes
+    );
+    let (single, _) = sled_insert_rates(200_000);
+    println!("limit: sled 0.34 inserts of 150-byte rows, one by one: {single:.0}/s");
     let cases: [(&str, Durability, u64, u64); 4] = [
         ("durable, 1 producer, 1 command per submit", Durability::Sync, 1, 1),
         ("durable, 64 producers, 1 command per submit", Durability::Sync, 64, 1),
@@ -178,5 +316,14 @@ fn main() {
             String::new()
         };
         println!("{name}: {rate:.0} awards/s{per_sync}");
+    }
+    let growth: u64 = std::env::var("TALLY_BENCH_GROWTH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    if growth > 0 {
+        for prefill in [0, growth / 10, growth] {
+            cost_growth(prefill);
+        }
     }
 }

@@ -8,83 +8,18 @@
 //!
 //! `TALLY_BENCH_SMALL=1` uses 100k and 1M events instead, for a quick look.
 
+mod common;
+
+use common::{generate, median, sled_insert_rates, timed, Keys, RATE, T0};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tally::domain::event::{AccountOpened, AwardSource, PointsAwarded, PromotionSource};
-use tally::domain::{Effect, Envelope, Event};
 use tally::engine::{jobs, Engine, EngineConfig, JobControl, SystemClock};
-use tally::log::{Durability, FileLog, LogOptions, LogReader, LogWriter};
+use tally::log::{Durability, LogReader};
 use tally::projection::{ProjectionName, Projections};
 use tally::query::{EventFilter, Replay, Window};
 
 const RUNS: usize = 3;
-const ACCOUNTS: u64 = 10_000;
-/// Events per second of log time: a one-hour window is 360,000 events at any log size.
-const RATE: u64 = 100;
-const T0: u64 = 1_767_225_600_000_000;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
-    let start = Instant::now();
-    let value = f();
-    (value, start.elapsed().as_secs_f64())
-}
-
-/// Writes `events` records: account openings, then promotion awards spread over them.
-fn generate(data_dir: &Path, events: u64) {
-    let options = LogOptions {
-        durability: Durability::Buffered,
-        ..LogOptions::default()
-    };
-    let (mut log, _) = FileLog::open(&data_dir.join("log"), options).unwrap();
-    let mut posted = vec![0u64; ACCOUNTS as usize];
-    for seq in 1..=events {
-        let ts = T0 + (seq - 1) * 1_000_000 / RATE;
-        let account = (seq - 1) % ACCOUNTS;
-        let envelope = Envelope {
-            event_id: uuid::Uuid::from_u128(seq as u128),
-            tenant: "bench".into(),
-            stream: format!("p{account}"),
-            correlation_id: format!("order-{}", seq / 3),
-            actor: format!("pos-{}", seq % 50),
-            ..Envelope::default()
-        };
-        let event = if seq <= ACCOUNTS {
-            Event::AccountOpened(AccountOpened { tier: "Member".into() })
-        } else {
-            let before = posted[account as usize];
-            let points = 1 + seq % 9;
-            posted[account as usize] += points;
-            Event::PointsAwarded(PointsAwarded {
-                points,
-                source: AwardSource::Promotion(PromotionSource {
-                    promotion_id: "bench".into(),
-                    external_reward_id: format!("r{seq}"),
-                }),
-                effect: Effect {
-                    posted_before: before,
-                    posted_after: before + points,
-                    held_before: 0,
-                    held_after: 0,
-                    lifetime_before: before,
-                    lifetime_after: before + points,
-                    tier_before: "Member".into(),
-                    tier_after: "Member".into(),
-                },
-            })
-        };
-        log.stage(seq, ts, &envelope, &event);
-        if seq % 4096 == 0 {
-            log.commit().unwrap();
-        }
-    }
-    log.commit().unwrap();
-}
 
 fn replay_count(reader: &LogReader, window: Window, filter: EventFilter) -> u64 {
     let mut replay = Replay::new(reader, window, filter, 0);
@@ -118,7 +53,7 @@ fn main() {
     };
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     for (dir, size) in dirs.iter().zip([size_a, size_b]) {
-        let ((), seconds) = timed(|| generate(dir.path(), size));
+        let ((), seconds) = timed(|| generate(dir.path(), size, Keys::None));
         println!("generated {size} events in {seconds:.1} s");
     }
     for (dir, size) in dirs.iter().zip([size_a, size_b]) {
@@ -197,36 +132,33 @@ fn main() {
     }
     drop(projections);
 
-    grpc_replay(dirs[0].path(), size_a);
-}
+    // Rebuild time against log size: the same projection from both logs; linear means the
+    // cost per event stays the same.
+    let mut per_event = Vec::new();
+    for (reader, size) in [(&reader_a, size_a), (&reader_b, size_b)] {
+        let store = tempfile::tempdir().unwrap();
+        let projections = Projections::open(store.path()).unwrap();
+        let (_, seconds) = timed(|| {
+            jobs::rebuild(
+                &projections,
+                reader,
+                &lock,
+                ProjectionName::Holds,
+                None,
+                false,
+                &JobControl::detached(),
+            )
+            .unwrap()
+        });
+        per_event.push(seconds / size as f64);
+        println!("rebuild of holds from {size} events: {seconds:.2} s");
+    }
+    println!(
+        "rebuild cost per event, {size_b} against {size_a}: ratio {:.2} (1.00 is linear)",
+        per_event[1] / per_event[0]
+    );
 
-/// Rows per second sled takes, one insert at a time and in batches, `rows` of each.
-fn sled_insert_rates(rows: u64) -> (f64, f64) {
-    let key = |n: u64| {
-        let mut key = format!("bench\0p{}\0", n % ACCOUNTS).into_bytes();
-        key.extend_from_slice(&n.to_be_bytes());
-        key
-    };
-    let value = vec![7u8; 150];
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let single = db.open_tree("single").unwrap();
-    let (_, one_by_one) = timed(|| {
-        for n in 0..rows {
-            single.insert(key(n), value.clone()).unwrap();
-        }
-    });
-    let batched = db.open_tree("batched").unwrap();
-    let (_, in_batches) = timed(|| {
-        for chunk in 0..rows / 4096 {
-            let mut batch = sled::Batch::default();
-            for n in chunk * 4096..(chunk + 1) * 4096 {
-                batch.insert(key(n), value.clone());
-            }
-            batched.apply_batch(batch).unwrap();
-        }
-    });
-    (rows as f64 / one_by_one, (rows / 4096 * 4096) as f64 / in_batches)
+    grpc_replay(dirs[0].path(), size_a);
 }
 
 /// Streams the whole smaller log over gRPC on loopback, once the server's projections have

@@ -1,0 +1,167 @@
+//! Memory of the write-side state (`domain::State`, what the sequencer keeps in RAM, and
+//! the state mirror once more), measured with a counting allocator: heap bytes held after
+//! folding N accounts, divided by N. Two shapes:
+//!
+//! - accounts only: each opened by a record without an idempotency key (what an account
+//!   costs by itself);
+//! - as the API opens them: each `OpenAccount` with its idempotency key, so the durable
+//!   idempotency index holds one entry per account too;
+//!
+//! and the cost of one award with its idempotency key and external reward id (the index
+//! grows by one entry per accepted command, for ever: keys are durable).
+//!
+//!     cargo bench --bench state
+//!
+//! `TALLY_BENCH_ACCOUNTS` sets N (default 1,000,000).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use tally::domain::event::AccountOpened;
+use tally::domain::{
+    decide, evolve, AwardRequest, Command, CommandMeta, Decision, Envelope, Event, IdempotencyKey, Policy, Record,
+    State,
+};
+
+/// The system allocator, counting the bytes it holds for the program.
+struct Counting;
+
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const T0: u64 = 1_767_225_600_000_000;
+
+fn held() -> isize {
+    HELD.load(Ordering::Relaxed)
+}
+
+fn meta(key: Option<String>) -> CommandMeta {
+    CommandMeta {
+        tenant: "casino-1".into(),
+        actor: "svc".into(),
+        idempotency: key.map(|key| IdempotencyKey {
+            key,
+            scope: String::new(),
+        }),
+        ..CommandMeta::default()
+    }
+}
+
+/// Decides and folds one command the way the sequencer does.
+fn run(policy: &Policy, state: &mut State, meta: &CommandMeta, command: &Command) {
+    let Ok(Decision::Append(emitted)) = decide(policy, state, meta, command, T0 + state.head_seq) else {
+        panic!("{command:?} is accepted");
+    };
+    for e in emitted {
+        let record = Record {
+            seq: state.head_seq + 1,
+            ts_us: T0 + state.head_seq,
+            envelope: Envelope {
+                tenant: e.tenant,
+                stream: e.account,
+                actor: meta.actor.clone(),
+                idempotency_key: meta.idempotency.as_ref().map(|k| k.key.clone()).unwrap_or_default(),
+                ..Envelope::default()
+            },
+            event: e.event,
+            hash: [0; 32],
+        };
+        evolve(state, &record);
+    }
+}
+
+/// Folds an account opening without an idempotency key (as an import or a test would).
+fn open_bare(state: &mut State, account: String) {
+    let record = Record {
+        seq: state.head_seq + 1,
+        ts_us: T0 + state.head_seq,
+        envelope: Envelope {
+            tenant: "casino-1".into(),
+            stream: account,
+            ..Envelope::default()
+        },
+        event: Event::AccountOpened(AccountOpened { tier: "Member".into() }),
+        hash: [0; 32],
+    };
+    evolve(state, &record);
+}
+
+/// Heap bytes per account after opening `n` accounts, with or without idempotency keys.
+fn per_account(n: u64, with_keys: bool) -> f64 {
+    let policy = Policy::default();
+    let before = held();
+    let mut state = State::default();
+    for a in 0..n {
+        let account = format!("player-{a:08}");
+        if with_keys {
+            let command = Command::OpenAccount { account };
+            run(&policy, &mut state, &meta(Some(format!("open-{a}"))), &command);
+        } else {
+            open_bare(&mut state, account);
+        }
+    }
+    let bytes = held() - before;
+    assert_eq!(state.accounts.len() as u64, n);
+    drop(state);
+    bytes as f64 / n as f64
+}
+
+/// Heap bytes per accepted award (idempotency key and external reward id), over `n` awards.
+fn per_award(accounts: u64, n: u64) -> f64 {
+    let policy = Policy::default();
+    let mut state = State::default();
+    for a in 0..accounts {
+        open_bare(&mut state, format!("player-{a:08}"));
+    }
+    let before = held();
+    for i in 0..n {
+        let command = Command::Award {
+            account: format!("player-{:08}", i % accounts),
+            source: AwardRequest::Promotion {
+                points: 10,
+                promotion_id: "spring".into(),
+                external_reward_id: format!("reward-{i:010}"),
+            },
+        };
+        run(&policy, &mut state, &meta(Some(format!("award-{i:010}"))), &command);
+    }
+    (held() - before) as f64 / n as f64
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("TALLY_BENCH_ACCOUNTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    println!("write-side state, {n} accounts in one tenant, account ids of 15 bytes");
+    println!("accounts only: {:.0} bytes/account", per_account(n, false));
+    println!(
+        "accounts opened with idempotency keys: {:.0} bytes/account",
+        per_account(n, true)
+    );
+    println!(
+        "awards with an idempotency key and an external reward id: {:.0} bytes/award (over {n} awards)",
+        per_award(10_000, n)
+    );
+}
