@@ -685,3 +685,71 @@ fn evolve_refuses_an_event_whose_before_does_not_match() {
     state.expiry.clear();
     tally::domain::evolve(&mut state, &records[0]);
 }
+
+/// The idempotency index keeps a print of each request, not the request: a retry must
+/// still be told from a conflict, and a conflict must still name its first differing field,
+/// for every shape of request.
+#[test]
+fn request_prints_name_the_first_differing_field() {
+    let slip = |minutes: u32, game: &str| Command::Award {
+        account: "p1".into(),
+        source: AwardRequest::RatingSlip {
+            slip_id: "s1".into(),
+            game: game.into(),
+            average_bet_cents: 2500,
+            decisions_per_hour: 70,
+            minutes_played: minutes,
+            house_edge_bps: 200,
+        },
+    };
+    let promotion = |account: &str, points: u64, external: &str| Command::Award {
+        account: account.into(),
+        source: AwardRequest::Promotion {
+            points,
+            promotion_id: "spring".into(),
+            external_reward_id: external.into(),
+        },
+    };
+    let commit = |amount: Option<u64>| Command::Commit { hold_id: 7, amount };
+    let reserve = |amount: u64, ttl_seconds: u32| Command::Reserve {
+        account: "p1".into(),
+        amount,
+        ttl_seconds,
+    };
+    let cases: Vec<(Command, Command, Option<&str>)> = vec![
+        (slip(185, "bj"), slip(185, "bj"), None),
+        (slip(185, "bj"), slip(186, "bj"), Some("rating_slip.minutes_played")),
+        (slip(185, "bj"), slip(185, "baccarat"), Some("rating_slip.game")),
+        (promotion("p1", 5, "r1"), promotion("p1", 5, "r1"), None),
+        (promotion("p1", 5, "r1"), promotion("p2", 5, "r1"), Some("account_id")),
+        (
+            promotion("p1", 5, "r1"),
+            promotion("p1", 6, "r1"),
+            Some("promotion.points"),
+        ),
+        (
+            promotion("p1", 5, "r1"),
+            promotion("p1", 5, "r2"),
+            Some("promotion.external_reward_id"),
+        ),
+        (promotion("p1", 5, "r1"), slip(185, "bj"), Some("source")),
+        (promotion("p2", 5, "r1"), slip(185, "bj"), Some("account_id")),
+        (commit(None), commit(None), None),
+        (commit(None), commit(Some(u64::MAX)), Some("amount")),
+        (commit(Some(3)), commit(Some(4)), Some("amount")),
+        (reserve(10, 300), reserve(10, 301), Some("ttl_seconds")),
+        (reserve(10, 300), commit(None), Some("command")),
+        (
+            Command::OpenAccount { account: "p1".into() },
+            Command::OpenAccount { account: "p1".into() },
+            None,
+        ),
+    ];
+    for (original, retry, expected) in cases {
+        assert_eq!(
+            original.print().first_difference(&retry.print()),
+            expected,
+            "{original:?} then {retry:?}"
+        );
+    }
+}

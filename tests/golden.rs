@@ -11,7 +11,7 @@ mod support;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use support::{meta, meta_as, TestEngine, T0};
-use tally::domain::{evolve, AwardRequest, Command, State};
+use tally::domain::{evolve, AwardRequest, Command, Record, State};
 use tally::log::{FileLog, LogOptions, LogWriter};
 use tally::projection::Projections;
 
@@ -22,7 +22,7 @@ fn golden_dir(version: u32) -> PathBuf {
 }
 
 /// The write-side state and the projections, as sorted text.
-fn dump(state: &State, projections: &Projections, head_hash: &[u8; 32]) -> String {
+fn dump(state: &State, records: &[Record], projections: &Projections, head_hash: &[u8; 32]) -> String {
     let mut out = String::new();
     let hash: String = head_hash.iter().map(|b| format!("{b:02x}")).collect();
     writeln!(out, "head {} {hash}", state.head_seq).unwrap();
@@ -74,13 +74,31 @@ fn dump(state: &State, projections: &Projections, head_hash: &[u8; 32]) -> Strin
         )
         .unwrap();
     }
-    let mut keys: Vec<_> = state.idempotency.by_key.iter().collect();
-    keys.sort();
-    for ((tenant, scope, key), first) in keys {
+    // The index keeps fingerprints; the identities come from the records.
+    let keys: std::collections::BTreeSet<_> = records
+        .iter()
+        .map(|r| &r.envelope)
+        .filter(|e| !e.idempotency_key.is_empty())
+        .map(|e| (&e.tenant, &e.idempotency_scope, &e.idempotency_key))
+        .collect();
+    assert_eq!(
+        keys.len(),
+        state.idempotency.by_key.len(),
+        "one index entry per identity"
+    );
+    for (tenant, scope, key) in keys {
+        let identity = tally::domain::IdempotencyKey {
+            key: key.clone(),
+            scope: scope.clone(),
+        };
+        let first = state
+            .idempotency
+            .first_seq_of_key(tenant, &identity)
+            .expect("every identity of the log is indexed");
         writeln!(
             out,
             "key {tenant}/{scope}/{key} first={first} last={}",
-            state.idempotency.applied(*first).last_seq
+            state.idempotency.applied(first).last_seq
         )
         .unwrap();
     }
@@ -109,7 +127,7 @@ fn fold_golden(dir: &Path) -> String {
     let store = tempfile::tempdir().unwrap();
     let projections = Projections::open(store.path()).unwrap();
     projections.apply(&records).unwrap();
-    dump(&state, &projections, &verified.head.hash)
+    dump(&state, &records, &projections, &verified.head.hash)
 }
 
 #[test]

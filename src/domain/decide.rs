@@ -102,7 +102,7 @@ pub fn decide(
 /// the same, a conflict naming the first differing field if not.
 pub(super) fn replay_or_conflict(state: &State, first_seq: u64, command: &Command) -> Result<Decision, Rejection> {
     let applied = state.idempotency.applied(first_seq);
-    match applied.request.first_difference(command) {
+    match applied.request.first_difference(&command.print()) {
         None => Ok(Decision::Replay {
             first_seq,
             last_seq: applied.last_seq,
@@ -120,8 +120,8 @@ pub(super) fn check_natural(
     natural: &NaturalKey,
     command: &Command,
 ) -> Result<Option<Decision>, Rejection> {
-    match ctx.state.idempotency.by_natural.get(natural) {
-        Some(&first_seq) => replay_or_conflict(ctx.state, first_seq, command).map(Some),
+    match ctx.state.idempotency.first_seq_of_natural(natural) {
+        Some(first_seq) => replay_or_conflict(ctx.state, first_seq, command).map(Some),
         None => Ok(None),
     }
 }

@@ -6,7 +6,7 @@ use super::award::natural_key;
 use super::command::{AwardRequest, Command};
 use super::event::{AwardSource, Effect, Event, Record};
 use super::limits::MANUAL_REWARDS_PER_STAFF_PER_MINUTE;
-use super::state::{Account, AccountKey, Applied, Hold, HoldStatus, NaturalKey, State};
+use super::state::{key_fingerprint, Account, AccountKey, Applied, Hold, HoldStatus, NaturalKey, State};
 
 /// Applies `record` to `state`. Records must come in sequence order, gapless.
 pub fn evolve(state: &mut State, record: &Record) {
@@ -214,11 +214,7 @@ fn remember_identity(state: &mut State, record: &Record) {
         return;
     }
     let index = &mut state.idempotency;
-    let identity = (
-        envelope.tenant.clone(),
-        envelope.idempotency_scope.clone(),
-        envelope.idempotency_key.clone(),
-    );
+    let identity = key_fingerprint(&envelope.tenant, &envelope.idempotency_scope, &envelope.idempotency_key);
     if let Some(&first_seq) = index.by_key.get(&identity) {
         let applied = index.applied.get_mut(&first_seq).expect("indexed command exists");
         assert_eq!(applied.last_seq + 1, record.seq, "a command's events are contiguous");
@@ -228,13 +224,13 @@ fn remember_identity(state: &mut State, record: &Record) {
     let request = request_of(record)
         .unwrap_or_else(|| panic!("seq {}: a command's first event must carry its request", record.seq));
     if let Some(natural) = natural_of(record, &request) {
-        index.by_natural.insert(natural, record.seq);
+        index.by_natural.insert(natural.fingerprint(), record.seq);
     }
     index.by_key.insert(identity, record.seq);
     index.applied.insert(
         record.seq,
         Applied {
-            request,
+            request: request.print(),
             last_seq: record.seq,
         },
     );
