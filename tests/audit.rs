@@ -81,7 +81,7 @@ async fn as_of_queries_agree_with_a_reference_fold() {
                         expected.posted,
                         expected.held,
                         expected.lifetime,
-                        expected.tier.as_str()
+                        reference.tier_name(expected.tier)
                     ),
                     "{tenant}/{account} at {seq}"
                 );

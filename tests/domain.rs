@@ -75,7 +75,7 @@ fn funded(points: u64) -> Harness {
 
 fn account(h: &Harness) -> (u64, u64, u64, String) {
     let a = &h.state.accounts[&tally::domain::state::AccountKey::new("t1", "p1")];
-    (a.posted, a.held, a.lifetime, a.tier.clone())
+    (a.posted, a.held, a.lifetime, h.state.tier_name(a.tier).to_string())
 }
 
 fn hold_id(records: &[tally::domain::Record]) -> u64 {

@@ -32,11 +32,18 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
         writeln!(
             out,
             "account {}/{} posted={} held={} lifetime={} tier={} active_holds={} opened_seq={}",
-            key.tenant, key.account, a.posted, a.held, a.lifetime, a.tier, a.active_holds, a.opened_seq
+            key.tenant(),
+            key.account(),
+            a.posted,
+            a.held,
+            a.lifetime,
+            state.tier_name(a.tier),
+            a.active_holds,
+            a.opened_seq
         )
         .unwrap();
         let view = projections
-            .account(&key.tenant, &key.account)
+            .account(key.tenant(), key.account())
             .unwrap()
             .expect("projected");
         writeln!(
@@ -45,7 +52,7 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
             view.posted, view.held, view.lifetime, view.tier, view.active_holds, view.last_seq
         )
         .unwrap();
-        for entry in projections.history(&key.tenant, &key.account, 0, 1000).unwrap() {
+        for entry in projections.history(key.tenant(), key.account(), 0, 1000).unwrap() {
             let kind = tally::domain::EventKind::from_code(entry.kind).unwrap().name();
             writeln!(
                 out,

@@ -28,7 +28,7 @@ pub(super) fn award(ctx: &Ctx<'_>, account_id: &str, source: &AwardRequest) -> R
     let overflow = || Rejection::BalanceOverflow {
         account: account_id.to_string(),
     };
-    let before = Balances::of(current);
+    let before = Balances::of(ctx.state, current);
     let after = Balances {
         posted: before.posted.checked_add(points).ok_or_else(overflow)?,
         lifetime: before.lifetime.checked_add(points).ok_or_else(overflow)?,

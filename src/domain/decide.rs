@@ -193,12 +193,12 @@ pub(super) struct Balances {
 }
 
 impl Balances {
-    pub fn of(account: &Account) -> Self {
+    pub fn of(state: &State, account: &Account) -> Self {
         Self {
             posted: account.posted,
             held: account.held,
             lifetime: account.lifetime,
-            tier: account.tier.clone(),
+            tier: state.tier_name(account.tier).to_string(),
         }
     }
 

@@ -15,13 +15,14 @@ pub fn evolve(state: &mut State, record: &Record) {
     let key = AccountKey::new(&record.envelope.tenant, &record.envelope.stream);
     match &record.event {
         Event::AccountOpened(opened) => {
+            let tier = state.tier_index(&opened.tier);
             let previous = state.accounts.insert(
                 key,
                 Account {
                     posted: 0,
                     held: 0,
                     lifetime: 0,
-                    tier: opened.tier.clone(),
+                    tier,
                     active_holds: 0,
                     opened_seq: record.seq,
                     opened_at_us: record.ts_us,
@@ -39,7 +40,7 @@ pub fn evolve(state: &mut State, record: &Record) {
             if let AwardSource::Manual(manual) = &award.source {
                 let times = state
                     .comps
-                    .entry((key.tenant.clone(), manual.staff_id.clone()))
+                    .entry((key.tenant().to_string(), manual.staff_id.clone()))
                     .or_default();
                 times.push_back(record.ts_us);
                 while times.len() > MANUAL_REWARDS_PER_STAFF_PER_MINUTE {
@@ -61,8 +62,8 @@ pub fn evolve(state: &mut State, record: &Record) {
             state.holds.insert(
                 reserved.hold_id,
                 Hold {
-                    tenant: key.tenant.clone(),
-                    account: key.account.clone(),
+                    tenant: key.tenant().to_string(),
+                    account: key.account().to_string(),
                     amount: reserved.amount,
                     status: HoldStatus::Active,
                     created_at_us: record.ts_us,
@@ -140,11 +141,13 @@ pub fn evolve(state: &mut State, record: &Record) {
 /// assertion `decide` made when it computed it), then moves the account to "after".
 fn apply_effect(state: &mut State, key: &AccountKey, record: &Record) {
     let effect: &Effect = record.event.effect().expect("ledger events carry an effect");
+    let tier_after = state.tier_index(&effect.tier_after);
     let account = state
         .accounts
         .get_mut(key)
         .unwrap_or_else(|| panic!("seq {}: event for unknown account {key:?}", record.seq));
-    let current = (account.posted, account.held, account.lifetime, account.tier.as_str());
+    let tier_before = state.tier_names[account.tier as usize].as_str();
+    let current = (account.posted, account.held, account.lifetime, tier_before);
     let before = (
         effect.posted_before,
         effect.held_before,
@@ -164,7 +167,7 @@ fn apply_effect(state: &mut State, key: &AccountKey, record: &Record) {
     account.posted = effect.posted_after;
     account.held = effect.held_after;
     account.lifetime = effect.lifetime_after;
-    account.tier.clone_from(&effect.tier_after);
+    account.tier = tier_after;
     account.last_seq = record.seq;
 }
 
@@ -187,7 +190,10 @@ fn resolve(
         "seq {}: hold {hold_id} resolves once",
         record.seq
     );
-    assert_eq!((&hold.tenant, &hold.account), (&key.tenant, &key.account));
+    assert_eq!(
+        (hold.tenant.as_str(), hold.account.as_str()),
+        (key.tenant(), key.account())
+    );
     assert_eq!(
         (hold.created_at_us, hold.expires_at_us),
         (reserved_at_us, expires_at_us)

@@ -33,7 +33,7 @@ pub(super) fn reserve(ctx: &Ctx<'_>, account_id: &str, amount: u64, ttl_seconds:
             requested: amount,
         });
     }
-    let before = Balances::of(current);
+    let before = Balances::of(ctx.state, current);
     let after = Balances {
         held: before.held + amount,
         ..before.clone()
@@ -71,7 +71,7 @@ pub(super) fn commit(ctx: &Ctx<'_>, hold_id: u64, amount: Option<u64>) -> Result
         }
         Some(requested) => requested,
     };
-    let before = Balances::of(account(ctx, &hold.account)?);
+    let before = Balances::of(ctx.state, account(ctx, &hold.account)?);
     let after = Balances {
         posted: before.posted - committed,
         held: before.held - hold.amount,
@@ -93,7 +93,7 @@ pub(super) fn commit(ctx: &Ctx<'_>, hold_id: u64, amount: Option<u64>) -> Result
 
 pub(super) fn release(ctx: &Ctx<'_>, hold_id: u64) -> Result<Decision, Rejection> {
     let hold = active_hold(ctx, hold_id)?;
-    let before = Balances::of(account(ctx, &hold.account)?);
+    let before = Balances::of(ctx.state, account(ctx, &hold.account)?);
     let after = Balances {
         held: before.held - hold.amount,
         ..before.clone()
@@ -132,7 +132,7 @@ pub(super) fn expire_due(ctx: &Ctx<'_>, limit: u32) -> Result<Decision, Rejectio
         let key = AccountKey::new(&hold.tenant, &hold.account);
         let before = running
             .remove(&key)
-            .unwrap_or_else(|| Balances::of(&ctx.state.accounts[&key]));
+            .unwrap_or_else(|| Balances::of(ctx.state, &ctx.state.accounts[&key]));
         let after = Balances {
             held: before.held - hold.amount,
             ..before.clone()

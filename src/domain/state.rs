@@ -8,21 +8,35 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 pub use super::event::HoldStatus;
 
-/// An account's identity: account ids are unique per tenant.
+/// An account's identity: account ids are unique per tenant. One allocation,
+/// `tenant NUL account` (ids never hold control characters), in 16 bytes: the write-side
+/// state keeps one per account, so its size is the state's size (`benches/state.rs`).
+/// Ordered as `(tenant, account)`, since NUL sorts first.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AccountKey {
-    pub tenant: String,
-    pub account: String,
-}
+pub struct AccountKey(Box<str>);
 
 impl AccountKey {
     pub fn new(tenant: &str, account: &str) -> Self {
-        Self {
-            tenant: tenant.to_string(),
-            account: account.to_string(),
-        }
+        debug_assert!(!tenant.contains('\0'), "tenant ids hold no control characters");
+        let mut key = String::with_capacity(tenant.len() + 1 + account.len());
+        key.push_str(tenant);
+        key.push('\0');
+        key.push_str(account);
+        Self(key.into_boxed_str())
+    }
+
+    pub fn tenant(&self) -> &str {
+        self.0.split_once('\0').expect("a key holds its separator").0
+    }
+
+    pub fn account(&self) -> &str {
+        self.0.split_once('\0').expect("a key holds its separator").1
     }
 }
+
+/// A tier, as an index into [`State::tier_names`]: a byte in each account instead of a
+/// string.
+pub type TierIndex = u8;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -30,7 +44,7 @@ pub struct Account {
     /// Sum of the amounts of the account's active holds.
     pub held: u64,
     pub lifetime: u64,
-    pub tier: String,
+    pub tier: TierIndex,
     pub active_holds: u32,
     pub opened_seq: u64,
     pub opened_at_us: u64,
@@ -165,4 +179,29 @@ pub struct State {
     pub idempotency: Idempotency,
     /// `(tenant, staff id)` → timestamps of the staff member's latest comps.
     pub comps: HashMap<(String, String), VecDeque<u64>>,
+    /// Every tier name the log has named, in order of first appearance.
+    pub tier_names: Vec<String>,
+}
+
+/// Distinct tier names a log may name: tiers are a handful per program.
+pub const MAX_TIER_NAMES: usize = 256;
+
+impl State {
+    /// The name of a tier index.
+    pub fn tier_name(&self, tier: TierIndex) -> &str {
+        &self.tier_names[tier as usize]
+    }
+
+    /// The index of a tier name, added on first sight.
+    pub fn tier_index(&mut self, name: &str) -> TierIndex {
+        if let Some(at) = self.tier_names.iter().position(|n| n == name) {
+            return at as TierIndex;
+        }
+        assert!(
+            self.tier_names.len() < MAX_TIER_NAMES,
+            "at most {MAX_TIER_NAMES} tier names"
+        );
+        self.tier_names.push(name.to_string());
+        (self.tier_names.len() - 1) as TierIndex
+    }
 }

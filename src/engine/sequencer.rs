@@ -158,13 +158,13 @@ fn event_id(ts_us: u64) -> Uuid {
 fn answer(state: &State, query: Query) -> Answer {
     match query {
         Query::Account { tenant, account } => {
-            let key = crate::domain::state::AccountKey { tenant, account };
+            let key = crate::domain::state::AccountKey::new(&tenant, &account);
             Answer::Account(state.accounts.get(&key).map(|a| crate::projection::AccountView {
-                account_id: key.account.clone(),
+                account_id: account,
                 posted: a.posted,
                 held: a.held,
                 lifetime: a.lifetime,
-                tier: a.tier.clone(),
+                tier: state.tier_name(a.tier).to_string(),
                 active_holds: a.active_holds,
                 opened_at_us: a.opened_at_us,
                 last_seq: a.last_seq,
