@@ -36,9 +36,9 @@ fn seconds() -> Duration {
     )
 }
 
-/// 4 KiB writes, each followed by fdatasync, into a preallocated file: the ceiling on
-/// durable group commits per second.
-fn fdatasync_rate() -> f64 {
+/// Writes of `block_bytes`, each followed by fdatasync, cycling through a preallocated file
+/// of `file_bytes`: writes per second.
+fn synced_writes_per_second(file_bytes: u64, block_bytes: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let file = OpenOptions::new()
         .create(true)
@@ -47,18 +47,29 @@ fn fdatasync_rate() -> f64 {
         .write(true)
         .open(dir.path().join("probe"))
         .unwrap();
-    file.set_len(64 << 20).unwrap();
-    file.write_all_at(&vec![1u8; 64 << 20], 0).unwrap();
+    file.set_len(file_bytes).unwrap();
+    file.write_all_at(&vec![1u8; file_bytes as usize], 0).unwrap();
     file.sync_all().unwrap();
-    let block = vec![7u8; 4096];
+    let block = vec![7u8; block_bytes as usize];
+    let blocks = file_bytes / block_bytes;
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < seconds() {
-        file.write_all_at(&block, (n % 16_000) * 4096).unwrap();
+        file.write_all_at(&block, (n % blocks) * block_bytes).unwrap();
         file.sync_data().unwrap();
         n += 1;
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// 4 KiB writes + fdatasync: the ceiling on durable group commits per second.
+fn fdatasync_rate() -> f64 {
+    synced_writes_per_second(64 << 20, 4096)
+}
+
+/// 1 MiB writes + fdatasync: bytes per second the disk takes durably in large writes.
+fn sequential_bandwidth() -> f64 {
+    synced_writes_per_second(256 << 20, 1 << 20) * (1 << 20) as f64
 }
 
 fn award(n: u64) -> (CommandMeta, Command) {
@@ -80,32 +91,6 @@ fn award(n: u64) -> (CommandMeta, Command) {
         },
     };
     (meta, command)
-}
-
-/// 1 MiB writes, each followed by fdatasync, into a preallocated file: bytes per second the
-/// disk takes durably in large writes.
-fn sequential_bandwidth() -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.path().join("probe"))
-        .unwrap();
-    let size: u64 = 256 << 20;
-    file.set_len(size).unwrap();
-    file.write_all_at(&vec![1u8; size as usize], 0).unwrap();
-    file.sync_all().unwrap();
-    let block = vec![7u8; 1 << 20];
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < seconds() {
-        file.write_all_at(&block, (n % 256) << 20).unwrap();
-        file.sync_data().unwrap();
-        n += 1;
-    }
-    (n << 20) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// A promotion award payload as the engine writes it (the log encodes the payload struct).

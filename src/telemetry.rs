@@ -4,7 +4,7 @@
 //! between. The counters and histograms are recorded where things happen (see
 //! `engine::metrics`).
 
-use crate::api::{EngineSlot, Phase};
+use crate::api::EngineSlot;
 use crate::engine::{metrics as engine_metrics, Status};
 use crate::projection::ProjectionName;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -115,10 +115,10 @@ async fn answer(mut stream: TcpStream, handle: &PrometheusHandle, slot: &EngineS
         Ok::<_, std::io::Error>(())
     })
     .await;
-    if read.is_err() {
-        return Ok(());
+    match read {
+        Err(_timed_out) => return Ok(()),
+        Ok(result) => result?,
     }
-    read.expect("checked above")?;
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
@@ -151,7 +151,7 @@ async fn answer(mut stream: TcpStream, handle: &PrometheusHandle, slot: &EngineS
 
 /// Sets the gauges from the engine as it is now.
 pub fn sample(slot: &EngineSlot) {
-    let Some(engine) = slot.get().filter(|_| slot.phase() == Phase::Ready) else {
+    let Some(engine) = slot.get() else {
         metrics::gauge!(UP).set(0.0);
         return;
     };

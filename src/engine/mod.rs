@@ -478,15 +478,7 @@ impl EngineHandle {
         commands: Vec<(CommandMeta, Command)>,
     ) -> Result<Vec<Result<Receipt, Rejection>>, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.inbox
-            .try_send(Msg::Job(Job { commands, reply }))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    ::metrics::counter!(metrics::INBOX_FULL_TOTAL).increment(1);
-                    EngineError::Busy
-                }
-                mpsc::error::TrySendError::Closed(_) => self.unavailable(),
-            })?;
+        self.send(Msg::Job(Job { commands, reply }))?;
         let outcomes = answer.await.map_err(|_| self.unavailable())?;
         let ranges: Vec<(u64, u64)> = outcomes
             .iter()
@@ -550,17 +542,6 @@ impl EngineHandle {
         Ok(receipt.records.len())
     }
 
-    /// Reads committed records `first..=last` off the log.
-    pub async fn read_range(&self, first: u64, last: u64) -> Result<Vec<Record>, EngineError> {
-        let reader = self.reader.clone();
-        let records =
-            tokio::task::spawn_blocking(move || reader.iter_range(first, last).collect::<Result<Vec<_>, _>>())
-                .await
-                .map_err(|e| EngineError::Unavailable(format!("reader task failed: {e}")))??;
-        assert_eq!(records.len() as u64, last - first + 1, "committed records are readable");
-        Ok(records)
-    }
-
     /// Waits until every sled projection has applied everything committed when this was
     /// called, so that a query sees every command acknowledged before it arrived.
     pub async fn wait_for_projections(&self) -> Result<(), EngineError> {
@@ -594,16 +575,19 @@ impl EngineHandle {
 
     async fn read(&self, query: Query) -> Result<Answer, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.inbox
-            .try_send(Msg::Read(Read { query, reply }))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    ::metrics::counter!(metrics::INBOX_FULL_TOTAL).increment(1);
-                    EngineError::Busy
-                }
-                mpsc::error::TrySendError::Closed(_) => self.unavailable(),
-            })?;
+        self.send(Msg::Read(Read { query, reply }))?;
         answer.await.map_err(|_| self.unavailable())
+    }
+
+    /// Puts a message in the inbox without waiting: a full inbox is [`EngineError::Busy`].
+    fn send(&self, message: Msg) -> Result<(), EngineError> {
+        self.inbox.try_send(message).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                ::metrics::counter!(metrics::INBOX_FULL_TOTAL).increment(1);
+                EngineError::Busy
+            }
+            mpsc::error::TrySendError::Closed(_) => self.unavailable(),
+        })
     }
 
     async fn wait_until(&self, mut applied: watch::Receiver<u64>) -> Result<(), EngineError> {
