@@ -6,7 +6,11 @@ use protox::prost::Message;
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/tally/v1/ledger.proto", "proto/tally/v1/audit.proto"];
+    let protos = [
+        "proto/tally/v1/ledger.proto",
+        "proto/tally/v1/audit.proto",
+        "proto/tally/v1/ingest.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

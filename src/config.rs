@@ -6,7 +6,7 @@
 //! Invariant: a setting exists in exactly one place here; flags and variables only
 //! override it, and every value is checked before anything starts.
 
-use crate::domain::{Policy, RateTable, TierPolicy};
+use crate::domain::{IngestPolicy, Policy, RateTable, TierPolicy};
 use crate::engine::EngineConfig;
 use crate::log::Durability;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,7 @@ pub struct Config {
     pub storage: StorageSection,
     pub ledger: LedgerSection,
     pub engine: EngineSection,
+    pub ingest: IngestSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
 }
@@ -96,6 +97,39 @@ pub struct EngineSection {
     pub projection_snapshot_every_records: u64,
     /// How often the sweeper expires holds past their deadline, in milliseconds.
     pub sweep_interval_ms: u64,
+}
+
+/// The ingest pipeline: retries, content dedup and the dead-letter queue's bounds
+/// (`docs/INGEST.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// Attempts before a transiently failing event is dead-lettered (the first included).
+    pub max_attempts: u32,
+    /// Delay before the second attempt, in milliseconds; doubled per retry.
+    pub retry_base_delay_ms: u64,
+    /// Longest delay between attempts, in milliseconds.
+    pub retry_max_delay_ms: u64,
+    /// The same content from the same source within this window is a duplicate.
+    pub dedup_window_seconds: u64,
+    /// Letters one member may have in the dead-letter queue.
+    pub dead_letters_per_member_max: u64,
+    /// Letters in the whole dead-letter queue.
+    pub dead_letters_max: u64,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        let p = IngestPolicy::default();
+        Self {
+            max_attempts: p.max_attempts,
+            retry_base_delay_ms: p.retry_base_delay_ms,
+            retry_max_delay_ms: p.retry_max_delay_ms,
+            dedup_window_seconds: p.dedup_window_seconds,
+            dead_letters_per_member_max: p.dead_letters_per_member_max,
+            dead_letters_max: p.dead_letters_max,
+        }
+    }
 }
 
 /// The Prometheus endpoint.
@@ -268,6 +302,25 @@ impl Config {
         if self.engine.sweep_interval_ms == 0 {
             return Err(invalid("engine.sweep_interval_ms", "must be at least 1".into()));
         }
+        let i = &self.ingest;
+        if i.max_attempts == 0 {
+            return Err(invalid("ingest.max_attempts", "must be at least 1".into()));
+        }
+        if i.retry_base_delay_ms == 0 || i.retry_max_delay_ms < i.retry_base_delay_ms {
+            return Err(invalid(
+                "ingest.retry_max_delay_ms",
+                format!(
+                    "must be at least ingest.retry_base_delay_ms ({}), which must be at least 1",
+                    i.retry_base_delay_ms
+                ),
+            ));
+        }
+        if i.dead_letters_per_member_max == 0 || i.dead_letters_max == 0 {
+            return Err(invalid(
+                "ingest.dead_letters_max",
+                "the dead-letter bounds must be at least 1".into(),
+            ));
+        }
         let engine = EngineConfig {
             durability: match self.storage.durability {
                 DurabilitySetting::Sync => Durability::Sync,
@@ -279,6 +332,14 @@ impl Config {
                 rate_table: RateTable {
                     version: self.ledger.rate_table_version.clone(),
                     points_per_theo_dollar_milli: self.ledger.points_per_theo_dollar_milli,
+                },
+                ingest: IngestPolicy {
+                    max_attempts: i.max_attempts,
+                    retry_base_delay_ms: i.retry_base_delay_ms,
+                    retry_max_delay_ms: i.retry_max_delay_ms,
+                    dedup_window_seconds: i.dedup_window_seconds,
+                    dead_letters_per_member_max: i.dead_letters_per_member_max,
+                    dead_letters_max: i.dead_letters_max,
                 },
             },
             inbox_capacity: self.engine.inbox_capacity,

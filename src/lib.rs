@@ -6,12 +6,14 @@
 //! - [`projection`]: folds of the log into sled trees (balances, holds, idempotency,
 //!   history), each checkpointed atomically with its state, and the write-state snapshot.
 //! - [`engine`]: the single-writer sequencer with group commit, its bounded inbox, the
-//!   projector thread and the expiry sweeper.
+//!   projector thread and the sweeper (hold expiry and the ingest pipeline's retries).
 //! - [`api`]: the gRPC services (tonic), the caller interceptor and the one mapping from
 //!   errors to gRPC status codes.
 //! - [`config`]: every setting of the server, as one TOML document with defaults,
 //!   overridden by environment variables and flags.
 //! - [`telemetry`]: the Prometheus endpoint and the gauges sampled at each scrape.
+//! - [`operator`]: `tally ingest` and `tally dlq`, gRPC clients of a running server.
+//! - [`loadgen`]: `tally bench`, the load generator.
 
 pub mod api;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod domain;
 pub mod engine;
 pub mod loadgen;
 pub mod log;
+pub mod operator;
 pub mod projection;
 pub mod query;
 pub mod telemetry;

@@ -64,6 +64,21 @@ enum Cmd {
     },
     /// Load a running server over gRPC and report throughput, latency percentiles and errors.
     Bench(BenchArgs),
+    /// Send external events from a JSON-lines file to a running server (docs/INGEST.md).
+    /// Safe to run again: events already accepted are answered as duplicates.
+    Ingest {
+        /// One event per line: {"source", "external_id", "type", "payload": {…}}.
+        file: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Inspect and operate the dead-letter queue of a running server.
+    Dlq {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Who changed what, when and why (reads the log only; safe beside a running server).
     Audit {
         data_dir: PathBuf,
@@ -75,6 +90,79 @@ enum Cmd {
         #[command(subcommand)]
         query: AuditQuery,
     },
+}
+
+/// The server a client command talks to, and as whom.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The server, as a URL.
+    #[arg(long, global = true, env = "TALLY_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[arg(long, global = true, env = "TALLY_TENANT", default_value = "default")]
+    tenant: String,
+    /// Recorded as the actor of re-drives and discards.
+    #[arg(long, global = true, env = "TALLY_ACTOR", default_value = "operator")]
+    actor: String,
+}
+
+/// Letters by filter; each part is optional.
+#[derive(clap::Args)]
+struct LetterFilterArgs {
+    /// member.enrolled, points.award, rating_slip.completed or points.reverse.
+    #[arg(long = "type")]
+    type_name: Option<String>,
+    #[arg(long)]
+    member: Option<String>,
+    /// Received at or after (RFC 3339 UTC or µs since the epoch).
+    #[arg(long)]
+    from: Option<String>,
+    /// Received at or before.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Letters, oldest receipt first.
+    List {
+        #[command(flatten)]
+        filter: LetterFilterArgs,
+        /// Only letters whose cause contains this.
+        #[arg(long, default_value = "")]
+        cause: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Also events waiting for a retry.
+        #[arg(long)]
+        include_retrying: bool,
+    },
+    /// One received event: where it stands, and the letter in full.
+    Show { receipt: u64 },
+    /// Re-drive one letter's sequence (from its head through it) or every sequence with a
+    /// letter matching the filter, in order.
+    Redrive {
+        /// A letter's receipt number; without it, the filter selects.
+        receipt: Option<u64>,
+        #[command(flatten)]
+        filter: LetterFilterArgs,
+        /// Letters to re-drive at most.
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+        /// Idempotency key: the same key again replays the first re-drive. A fresh one is
+        /// made (and printed) if none is given.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Remove a letter without applying it; the reason is recorded in the log.
+    Discard {
+        receipt: u64,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// The pipeline's counters and the queue's depth.
+    Stats,
 }
 
 #[derive(Subcommand)]
@@ -248,6 +336,24 @@ struct ServeArgs {
     /// engine.sweep_interval_ms: how often the sweeper expires holds past their deadline.
     #[arg(long, env = "TALLY_SWEEP_INTERVAL_MS")]
     sweep_interval_ms: Option<u64>,
+    /// ingest.max_attempts: attempts before a transiently failing external event is dead-lettered.
+    #[arg(long, env = "TALLY_INGEST_MAX_ATTEMPTS")]
+    ingest_max_attempts: Option<u32>,
+    /// ingest.retry_base_delay_ms: delay before the second attempt; doubled per retry.
+    #[arg(long, env = "TALLY_INGEST_RETRY_BASE_DELAY_MS")]
+    ingest_retry_base_delay_ms: Option<u64>,
+    /// ingest.retry_max_delay_ms: longest delay between attempts.
+    #[arg(long, env = "TALLY_INGEST_RETRY_MAX_DELAY_MS")]
+    ingest_retry_max_delay_ms: Option<u64>,
+    /// ingest.dedup_window_seconds: same content from the same source within it is a duplicate.
+    #[arg(long, env = "TALLY_INGEST_DEDUP_WINDOW_SECONDS")]
+    ingest_dedup_window_seconds: Option<u64>,
+    /// ingest.dead_letters_per_member_max: letters one member may have in the dead-letter queue.
+    #[arg(long, env = "TALLY_INGEST_DEAD_LETTERS_PER_MEMBER_MAX")]
+    ingest_dead_letters_per_member_max: Option<u64>,
+    /// ingest.dead_letters_max: letters in the whole dead-letter queue.
+    #[arg(long, env = "TALLY_INGEST_DEAD_LETTERS_MAX")]
+    ingest_dead_letters_max: Option<u64>,
     /// metrics.listen: address of the Prometheus endpoint (GET /metrics); "" turns it off.
     #[arg(long, env = "TALLY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -280,6 +386,8 @@ fn main() -> ExitCode {
         Cmd::Verify { data_dir, expect } => verify(&data_dir, expect.as_deref()),
         Cmd::Replay(args) => offline::replay(args),
         Cmd::Bench(args) => bench(args),
+        Cmd::Ingest { file, target } => client::ingest(&file, target),
+        Cmd::Dlq { target, command } => client::dlq(target, command),
         Cmd::Rebuild {
             data_dir,
             projection,
@@ -362,6 +470,24 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     }
     if let Some(v) = args.sweep_interval_ms {
         c.engine.sweep_interval_ms = v;
+    }
+    if let Some(v) = args.ingest_max_attempts {
+        c.ingest.max_attempts = v;
+    }
+    if let Some(v) = args.ingest_retry_base_delay_ms {
+        c.ingest.retry_base_delay_ms = v;
+    }
+    if let Some(v) = args.ingest_retry_max_delay_ms {
+        c.ingest.retry_max_delay_ms = v;
+    }
+    if let Some(v) = args.ingest_dedup_window_seconds {
+        c.ingest.dedup_window_seconds = v;
+    }
+    if let Some(v) = args.ingest_dead_letters_per_member_max {
+        c.ingest.dead_letters_per_member_max = v;
+    }
+    if let Some(v) = args.ingest_dead_letters_max {
+        c.ingest.dead_letters_max = v;
     }
     if let Some(v) = &args.metrics_listen {
         c.metrics.listen = v.clone();
@@ -659,6 +785,20 @@ mod offline {
         match format {
             Format::Jsonl => writeln!(out, "{}", json::to_json_line(record)),
             Format::Table => {
+                if !record.event.kind().is_ledger() {
+                    let e = &record.envelope;
+                    return writeln!(
+                        out,
+                        "{:>8}  {}  {:<15} {}/{}  actor={}  corr={}",
+                        record.seq,
+                        time::format_rfc3339(record.ts_us),
+                        record.event.kind().name(),
+                        e.tenant,
+                        e.stream,
+                        e.actor,
+                        e.correlation_id
+                    );
+                }
                 let row = HistoryView::of(record).expect("every record has a history row");
                 let e = &row.effect;
                 writeln!(
@@ -951,5 +1091,208 @@ mod offline {
                 ExitCode::SUCCESS
             }
         }
+    }
+}
+
+/// `tally ingest` and `tally dlq`: clients of a running server.
+mod client {
+    use super::{DlqCommand, LetterFilterArgs, TargetArgs};
+    use std::path::Path;
+    use std::process::ExitCode;
+    use tally::api::proto;
+    use tally::operator::{self, Target};
+    use tally::query::time;
+
+    fn target(args: TargetArgs) -> Target {
+        Target {
+            url: args.target,
+            tenant: args.tenant,
+            actor: args.actor,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    }
+
+    pub fn ingest(file: &Path, args: TargetArgs) -> ExitCode {
+        let input = match std::fs::File::open(file) {
+            Ok(f) => std::io::BufReader::new(f),
+            Err(e) => {
+                eprintln!("tally ingest: cannot open {}: {e}", file.display());
+                return ExitCode::from(66);
+            }
+        };
+        match runtime().block_on(operator::ingest_lines(&target(args), input)) {
+            Ok(report) => {
+                for (line, why) in &report.rejected {
+                    eprintln!("line {line}: {why}");
+                }
+                println!("{}", report.render());
+                if report.rejected.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("tally ingest: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    fn micros(flag: &str, text: &Option<String>) -> Result<u64, String> {
+        match text {
+            None => Ok(0),
+            Some(t) => time::parse_time(t).map_err(|e| format!("--{flag}: {e}")),
+        }
+    }
+
+    fn fresh_key() -> String {
+        format!("dlq-{}", uuid::Uuid::now_v7())
+    }
+
+    pub fn dlq(args: TargetArgs, command: DlqCommand) -> ExitCode {
+        match runtime().block_on(run(target(args), command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tally dlq: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    fn window(filter: &LetterFilterArgs) -> Result<(u64, u64), String> {
+        Ok((micros("from", &filter.from)?, micros("to", &filter.to)?))
+    }
+
+    async fn run(target: Target, command: DlqCommand) -> Result<(), String> {
+        let mut client = target.connect().await?;
+        let failed = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+        match command {
+            DlqCommand::List {
+                filter,
+                cause,
+                limit,
+                include_retrying,
+            } => {
+                let (from, to) = window(&filter)?;
+                let request = proto::ListDeadLettersRequest {
+                    r#type: filter.type_name.unwrap_or_default(),
+                    member_id: filter.member.unwrap_or_default(),
+                    received_from_us: from,
+                    received_to_us: to,
+                    cause_contains: cause,
+                    limit,
+                    include_retrying,
+                };
+                let page = client
+                    .list_dead_letters(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                for letter in &page.letters {
+                    println!("{}", operator::letter_line(letter));
+                }
+                println!(
+                    "{} shown, {} matching, {} in the queue",
+                    page.letters.len(),
+                    page.matching,
+                    page.depth
+                );
+            }
+            DlqCommand::Show { receipt } => {
+                let request = proto::GetExternalEventRequest {
+                    receipt_sequence: receipt,
+                };
+                let status = client
+                    .get_external_event(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                match status.letter {
+                    Some(letter) => println!("{}", operator::letter_details(&letter)),
+                    None => {
+                        let state = proto::LetterState::try_from(status.state)
+                            .map(|s| s.as_str_name().trim_start_matches("LETTER_STATE_").to_lowercase())
+                            .unwrap_or_default();
+                        println!("receipt {receipt}: {state} at sequence {}", status.resolved_sequence);
+                    }
+                }
+            }
+            DlqCommand::Redrive {
+                receipt,
+                filter,
+                max,
+                key,
+            } => {
+                let (from, to) = window(&filter)?;
+                let key = key.unwrap_or_else(fresh_key);
+                eprintln!("idempotency key {key}");
+                let request = proto::RedriveRequest {
+                    idempotency_key: key,
+                    receipt_sequence: receipt.unwrap_or(0),
+                    r#type: filter.type_name.unwrap_or_default(),
+                    member_id: filter.member.unwrap_or_default(),
+                    received_from_us: from,
+                    received_to_us: to,
+                    max_count: max,
+                    ..Default::default()
+                };
+                let response = client
+                    .redrive(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                for result in &response.results {
+                    println!("{}", operator::redrive_line(result));
+                }
+                println!("{} letters", response.results.len());
+            }
+            DlqCommand::Discard { receipt, reason, key } => {
+                let key = key.unwrap_or_else(fresh_key);
+                eprintln!("idempotency key {key}");
+                let request = proto::DiscardRequest {
+                    idempotency_key: key,
+                    receipt_sequence: receipt,
+                    reason,
+                    ..Default::default()
+                };
+                let response = client
+                    .discard(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                let replayed = if response.replayed { " (replayed)" } else { "" };
+                println!(
+                    "discarded receipt {receipt} at sequence {}{replayed}",
+                    response.sequence
+                );
+            }
+            DlqCommand::Stats => {
+                let stats = client
+                    .get_pipeline_stats(target.request(proto::GetPipelineStatsRequest {})?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!(
+                    "received {}  processed {}  retried {}  dead-lettered {}  re-driven {}  discarded {}  \
+                     queue depth {}  retrying {}",
+                    stats.received,
+                    stats.processed,
+                    stats.retried,
+                    stats.dead_lettered,
+                    stats.redriven,
+                    stats.discarded,
+                    stats.dead_letter_depth,
+                    stats.retrying
+                );
+            }
+        }
+        Ok(())
     }
 }

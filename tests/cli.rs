@@ -1,9 +1,13 @@
 //! Protects the command line: `tally verify` prints the head sequence number and hash of a
 //! sound log and exits 0, and exits 2 naming the bad sequence number of a corrupt one;
-//! `tally serve` refuses to start on a corrupt log and says why.
+//! `tally serve` refuses to start on a corrupt log and says why; `tally ingest` loads a
+//! JSON-lines file into a running server (twice without applying anything twice) and
+//! `tally dlq` lists, shows, re-drives and discards its dead letters.
+
+mod support;
 
 use std::os::unix::fs::FileExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 fn tally(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tally"))
@@ -103,4 +107,136 @@ fn verify_and_serve_refuse_a_corrupt_log_naming_the_sequence() {
 fn verify_of_a_directory_without_a_log_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(tally(&["verify", dir.path().to_str().unwrap()]).status.code(), Some(64));
+}
+
+/// Runs `tally` with a client subcommand against `address`; (exit code, stdout, stderr).
+fn client(address: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .args([
+            "--target",
+            &format!("http://{address}"),
+            "--tenant",
+            "club",
+            "--actor",
+            "ops-1",
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ingest_and_dlq_work_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    // One attempt: an event for a member not enrolled is dead-lettered at once, so nothing
+    // here waits on the wall clock.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--ingest-max-attempts",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("TALLY_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let address = support::wait_until_serving(server.stdout.take().unwrap());
+    // Stopped however the test ends, so that no server outlives it.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Stop(server);
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"source":"crm","external_id":"e1","type":"member.enrolled","payload":{"member_id":"m1"}}"#,
+            r#"{"source":"promo","external_id":"p1","type":"points.award","payload":{"member_id":"m1","points":250,"promotion_id":"spring"}}"#,
+            r#"{"source":"promo","external_id":"p2","type":"points.award","payload":{"member_id":"m2","points":40,"promotion_id":"spring"}}"#,
+            r#"{"source":"promo","external_id":"p3","type":"points.award","payload":{"member_id":"m2","points":60,"promotion_id":"summer"}}"#,
+            "",
+            r#"{"source":"promo","external_id":"p4","type":"points.award","payload":{"member_id":"m1","points":-1,"promotion_id":"x"}}"#,
+            r#"{"source":"promo","external_id":"p5","type":"points.award","payload":{"member_id":"m1","points":1,"promotion_id":"x"},"extra":1}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (code, stdout, stderr) = client(&address, &["ingest", path]);
+    assert_eq!(code, 1, "two lines are refused: {stdout} {stderr}");
+    assert!(
+        stdout.contains("6 lines, 1 dead_lettered, 1 parked, 2 processed, 0 duplicates, 2 rejected"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 6: ") && stderr.contains("payload.points"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 7: ") && stderr.contains("unknown field `extra`"),
+        "{stderr}"
+    );
+    // Again: nothing is applied twice.
+    let (_, stdout, _) = client(&address, &["ingest", path]);
+    assert!(stdout.contains("4 duplicates, 2 rejected"), "{stdout}");
+
+    let (code, stdout, _) = client(&address, &["dlq", "list"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("2 shown, 2 matching, 2 in the queue"), "{stdout}");
+    let receipts: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.contains("points.award"))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let (code, stdout, _) = client(&address, &["dlq", "show", &receipts[1].to_string()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("state          parked"), "{stdout}");
+    assert!(stdout.contains(&format!("parked behind  {}", receipts[0])), "{stdout}");
+
+    // Enroll m2 (never parked), then re-drive its sequence in order.
+    std::fs::write(
+        &file,
+        r#"{"source":"crm","external_id":"e2","type":"member.enrolled","payload":{"member_id":"m2"}}"#,
+    )
+    .unwrap();
+    assert_eq!(client(&address, &["ingest", path]).0, 0);
+    let (code, stdout, stderr) = client(&address, &["dlq", "redrive", "--member", "m2", "--key", "fix-m2"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.matches("processed").count(), 2, "{stdout}");
+    let (_, again, _) = client(&address, &["dlq", "redrive", "--member", "m2", "--key", "fix-m2"]);
+    assert!(again.contains("(replayed)"), "the same key replays: {again}");
+    let (_, by_id, _) = client(&address, &["dlq", "redrive", &receipts[0].to_string()]);
+    assert!(by_id.contains("already_resolved"), "{by_id}");
+    let (code, _, stderr) = client(
+        &address,
+        &[
+            "dlq",
+            "discard",
+            &receipts[0].to_string(),
+            "--reason",
+            "applied already, by hand",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already processed"), "{stderr}");
+    let (_, stats, _) = client(&address, &["dlq", "stats"]);
+    assert!(
+        stats.contains("received 5  processed 5") && stats.contains("queue depth 0"),
+        "{stats}"
+    );
 }

@@ -1,7 +1,9 @@
 //! Protects old logs: `snapshots/v1/` holds a log written by format version 1 and the state
-//! it must fold to (`expected.txt`). This test decodes, verifies and folds it on every run,
-//! forever; a change that breaks it breaks every log already written. A new format version
-//! adds a new directory (`snapshots/v2/`) and keeps this one.
+//! it must fold to (`expected.txt`); `snapshots/v2/` one written by version 2, with the
+//! ingest pipeline's events (received, processed, retried, dead-lettered, parked, re-driven,
+//! discarded, a reversal). This test decodes, verifies and folds each on every run, forever;
+//! a change that breaks one breaks every log already written. A new format version adds a
+//! new directory and keeps these.
 //!
 //! `cargo test --test golden -- --ignored` writes a new golden directory for the current
 //! version if it does not exist yet.
@@ -81,6 +83,39 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
         )
         .unwrap();
     }
+    let pipeline = &state.ingest;
+    let mut open: Vec<_> = pipeline.open.iter().collect();
+    open.sort_by_key(|(seq, _)| **seq);
+    for (seq, r) in open {
+        writeln!(
+            out,
+            "receipt {seq} {}/{} {} from {}/{} status={:?} attempts={} cause={:?}",
+            r.tenant,
+            r.body.member_id(),
+            r.body.kind().name(),
+            r.source,
+            r.external_id,
+            r.status,
+            r.attempts,
+            r.cause
+        )
+        .unwrap();
+    }
+    let mut resolved: Vec<_> = pipeline.resolved.iter().collect();
+    resolved.sort_by_key(|(seq, _)| **seq);
+    for (seq, r) in resolved {
+        writeln!(out, "resolved {seq} {}: {:?}", r.tenant, r.how).unwrap();
+    }
+    let mut sequences: Vec<_> = pipeline.sequences.iter().collect();
+    sequences.sort();
+    for (member, letters) in sequences {
+        writeln!(out, "sequence {}/{}: {letters:?}", member.tenant(), member.account()).unwrap();
+    }
+    let mut counters: Vec<_> = pipeline.counters.iter().collect();
+    counters.sort_by(|a, b| a.0.cmp(b.0));
+    for (tenant, c) in counters {
+        writeln!(out, "pipeline {tenant}: {c:?}").unwrap();
+    }
     // The index keeps fingerprints; the identities come from the records.
     let keys: std::collections::BTreeSet<_> = records
         .iter()
@@ -141,6 +176,13 @@ fn fold_golden(dir: &Path) -> String {
 fn v1_golden_log_decodes_and_folds_to_its_expected_state() {
     let dir = golden_dir(1);
     let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v1/expected.txt");
+    assert_eq!(fold_golden(&dir), expected);
+}
+
+#[test]
+fn v2_golden_log_decodes_and_folds_to_its_expected_state() {
+    let dir = golden_dir(2);
+    let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v2/expected.txt");
     assert_eq!(fold_golden(&dir), expected);
 }
 
@@ -275,6 +317,7 @@ fn write_golden_for_the_current_version() {
         h.submit(other, Command::OpenAccount { account: "p1".into() })
             .await
             .unwrap();
+        ingest_workload(&engine, &h).await;
     });
     let data_dir = engine.config.data_dir.clone();
     drop(engine);
@@ -285,4 +328,103 @@ fn write_golden_for_the_current_version() {
     }
     let dump = fold_golden(&dir);
     std::fs::write(dir.join("expected.txt"), dump).unwrap();
+}
+
+/// The ingest pipeline's events, for the golden log of version 2: an award applied at once,
+/// an accrual retried until its member enrolls, a dead letter with an event parked behind
+/// it and both re-driven, a reversal, and a discard.
+async fn ingest_workload(engine: &TestEngine, h: &tally::engine::EngineHandle) {
+    use tally::domain::event::{ExternalBody, ReversePolicy};
+    let ingest = |source: &str, id: &str, body: ExternalBody| {
+        let h = h.clone();
+        let meta = meta_as("t1", "svc-partner", id, &format!("ingest:{source}"));
+        let command = Command::Ingest {
+            source: source.into(),
+            external_id: id.into(),
+            body,
+        };
+        async move { h.submit(meta, command).await.unwrap() }
+    };
+    let award = |member: &str, points: u64, promotion: &str| ExternalBody::PointsAward {
+        member_id: member.into(),
+        points,
+        promotion_id: promotion.into(),
+    };
+    ingest("promo", "x-1", award("p1", 700, "autumn")).await;
+    let slip = ExternalBody::RatingSlipCompleted {
+        member_id: "p4".into(),
+        slip_id: "S-200".into(),
+        game: "baccarat".into(),
+        average_bet_cents: 10_000,
+        decisions_per_hour: 80,
+        minutes_played: 60,
+        house_edge_bps: 120,
+    };
+    ingest("casino", "slip-200", slip).await;
+    engine.clock.advance(5_000_000);
+    ingest(
+        "crm",
+        "enroll-p4",
+        ExternalBody::MemberEnrolled { member_id: "p4".into() },
+    )
+    .await;
+    engine.clock.advance(5_000_000);
+    assert_eq!(h.retry_due(4).await.unwrap(), 1);
+    // p5 never enrolls in time: with the default policy it takes eight attempts.
+    ingest("promo", "x-5", award("p5", 40, "autumn")).await;
+    for _ in 0..8 {
+        engine.clock.advance(400_000_000);
+        h.retry_due(4).await.unwrap();
+    }
+    ingest("promo", "x-6", award("p5", 60, "winter")).await;
+    ingest("promo", "x-7", award("p5", 80, "spring")).await;
+    ingest(
+        "crm",
+        "enroll-p5",
+        ExternalBody::MemberEnrolled { member_id: "p5".into() },
+    )
+    .await;
+    let page = h
+        .dead_letters("t1", tally::engine::LetterFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.letters.len(), 3, "one dead letter and two parked behind it");
+    let ops = |key: &str| meta_as("t1", "ops-1", key, "");
+    let first = page.letters[0].receipt_seq;
+    let second = page.letters[1].receipt_seq;
+    let third = page.letters[2].receipt_seq;
+    let plan = tally::domain::event::RedriveRequested {
+        through_receipt: second,
+        kind: None,
+        member_id: String::new(),
+        received_from_us: 0,
+        received_to_us: 0,
+        max_letters: 100,
+        receipts: vec![first, second],
+    };
+    h.submit(ops("redrive"), Command::RequestRedrive(plan)).await.unwrap();
+    h.submit(ops("redrive-1"), Command::Redrive { receipt_seq: first })
+        .await
+        .unwrap();
+    h.submit(ops("redrive-2"), Command::Redrive { receipt_seq: second })
+        .await
+        .unwrap();
+    h.submit(
+        ops("discard-1"),
+        Command::Discard {
+            receipt_seq: third,
+            reason: "promotion cancelled by marketing".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let reversal = ExternalBody::PointsReverse {
+        member_id: "p1".into(),
+        original_external_id: "x-1".into(),
+        policy: ReversePolicy::CapToAvailable,
+        reason: "duplicate promotion".into(),
+    };
+    ingest("promo", "rev-1", reversal).await;
+    // One left in the queue, for the dump.
+    ingest("promo", "x-9", award("p9", 5, "autumn")).await;
 }

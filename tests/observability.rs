@@ -1,5 +1,6 @@
 //! Protects what an operator sees of a running server: the Prometheus endpoint counts
-//! commands by kind and outcome and reports the log head; every command's span carries its
+//! commands by kind and outcome and the ingest pipeline's events, and reports the log head
+//! and the dead-letter queue's depth; every command's span carries its
 //! correlation id, tenant, actor and sequence number into the JSON logs; health answers
 //! NOT_SERVING while recovering and when the log is refused as corrupt (calls then answer
 //! UNAVAILABLE / DATA_LOSS); and the configuration file, environment and flags combine in
@@ -130,7 +131,11 @@ async fn open_and_award(address: &str, correlation: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_commands_by_kind_and_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, address, metrics) = serve(dir.path(), &["--metrics-listen", "127.0.0.1:0"], &[]);
+    let (mut child, address, metrics) = serve(
+        dir.path(),
+        &["--metrics-listen", "127.0.0.1:0", "--ingest-max-attempts", "1"],
+        &[],
+    );
     let metrics = metrics.expect("the metrics endpoint is on");
     let head = open_and_award(&address, "c-1").await;
     let (status, page) = http_get(&metrics, "/metrics");
@@ -155,6 +160,32 @@ async fn the_metrics_endpoint_counts_commands_by_kind_and_outcome() {
     assert!(sample(&page, "tally_group_commit_commands_bucket", &[("le", "+Inf")]).unwrap() >= 5.0);
     assert!(sample(&page, "tally_projection_lag_records", &[("projection", "history")]).is_some());
     assert_eq!(http_get(&metrics, "/nothing").0, "HTTP/1.1 404 Not Found");
+
+    // The ingest pipeline: one event applied, one dead-lettered (one attempt only, so the
+    // sweeper's retries cannot change the counts), one duplicate.
+    let mut ingest = tally::api::proto::ingest_client::IngestClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    for (id, member) in [("x1", "p1"), ("x2", "nobody"), ("x1", "p1")] {
+        let event = IngestRequest {
+            source: "promo".into(),
+            external_id: id.into(),
+            r#type: "points.award".into(),
+            payload_json: format!(r#"{{"member_id":"{member}","points":5,"promotion_id":"{id}"}}"#),
+            correlation_id: String::new(),
+        };
+        ingest.ingest(request(event, "t1", "svc")).await.unwrap();
+    }
+    let (_, page) = http_get(&metrics, "/metrics");
+    let pipeline = |event| sample(&page, "tally_ingest_events_total", &[("event", event)]);
+    assert_eq!(pipeline("received"), Some(2.0), "{page}");
+    assert_eq!(pipeline("processed"), Some(1.0));
+    assert_eq!(pipeline("dead_lettered"), Some(1.0));
+    assert_eq!(sample(&page, "tally_dead_letter_depth", &[]), Some(1.0));
+    assert_eq!(sample(&page, "tally_ingest_retrying", &[]), Some(0.0));
+    let count = |kind, outcome| sample(&page, "tally_commands_total", &[("kind", kind), ("outcome", outcome)]);
+    assert_eq!(count("ingest", "appended"), Some(2.0));
+    assert_eq!(count("ingest", "replayed"), Some(1.0));
     assert!(terminate(&mut child).success());
 }
 

@@ -283,7 +283,12 @@ pub fn batch_result(command: &Command, receipt: &Receipt) -> proto::batch_result
         Command::Reserve { .. } => R::Reserve(reserve_response(receipt)),
         Command::Commit { .. } => R::Commit(commit_response(receipt)),
         Command::Release { .. } => R::Release(release_response(receipt)),
-        Command::ExpireDue { .. } => unreachable!("the API never submits the expiry pulse"),
+        Command::ExpireDue { .. }
+        | Command::Ingest { .. }
+        | Command::RetryDue
+        | Command::Redrive { .. }
+        | Command::RequestRedrive { .. }
+        | Command::Discard { .. } => unreachable!("a ledger batch holds ledger commands only"),
     }
 }
 
@@ -471,6 +476,56 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
         Event::TierChanged(t) => Payload::TierChanged(proto::TierChangedEvent {
             from: t.from.clone(),
             to: t.to.clone(),
+        }),
+        Event::PointsReversed(r) => Payload::PointsReversed(proto::PointsReversedEvent {
+            points: r.points,
+            requested: r.requested,
+            source: r.source.clone(),
+            original_external_id: r.original_external_id.clone(),
+            policy: r.policy.name().to_string(),
+            reason: r.reason.clone(),
+        }),
+        Event::ExternalReceived(r) => Payload::ExternalReceived(proto::ExternalReceivedEvent {
+            source: r.source.clone(),
+            external_id: r.external_id.clone(),
+            r#type: r.body.kind().name().to_string(),
+            payload_json: super::external::to_json(&r.body).to_string(),
+            checksum: crate::query::json::hex(&r.checksum),
+        }),
+        Event::ExternalProcessed(p) => Payload::ExternalProcessed(proto::ExternalProcessedEvent {
+            receipt_sequence: p.receipt_seq,
+            attempt: p.attempt,
+            ledger_first_sequence: p.ledger_first_seq,
+            ledger_last_sequence: p.ledger_last_seq,
+            points: p.points,
+            already_applied: p.already_applied,
+            redriven: p.redriven,
+        }),
+        Event::ExternalAttemptFailed(f) => Payload::ExternalAttemptFailed(proto::ExternalAttemptFailedEvent {
+            receipt_sequence: f.receipt_seq,
+            attempt: f.attempt,
+            cause: f.cause.clone(),
+            retry_at_us: f.retry_at_us,
+        }),
+        Event::ExternalDeadLettered(d) => Payload::ExternalDeadLettered(proto::ExternalDeadLetteredEvent {
+            receipt_sequence: d.receipt_seq,
+            attempts: d.attempts,
+            cause: d.cause.clone(),
+            parked_behind: d.parked_behind,
+            redriven: d.redriven,
+        }),
+        Event::DeadLetterDiscarded(d) => Payload::DeadLetterDiscarded(proto::DeadLetterDiscardedEvent {
+            receipt_sequence: d.receipt_seq,
+            reason: d.reason.clone(),
+        }),
+        Event::RedriveRequested(r) => Payload::RedriveRequested(proto::RedriveRequestedEvent {
+            receipt_sequence: r.through_receipt,
+            r#type: r.kind.map(|k| k.name().to_string()).unwrap_or_default(),
+            member_id: r.member_id.clone(),
+            received_from_us: r.received_from_us,
+            received_to_us: r.received_to_us,
+            max_count: r.max_letters,
+            receipt_sequences: r.receipts.clone(),
         }),
     };
     proto::LedgerEvent {

@@ -244,7 +244,7 @@ fn not_found_account(account: &str) -> Status {
 }
 
 /// A status turned into a batch error, keeping its reason.
-fn status_error(status: &Status) -> proto::Error {
+pub(super) fn status_error(status: &Status) -> proto::Error {
     use tonic_types::StatusExt;
     let info = status.get_details_error_info();
     proto::Error {

@@ -1,5 +1,5 @@
-//! The gRPC API: the `tally.v1.Ledger`, `tally.v1.Audit` and `tally.v1.Operations`
-//! services, standard health and reflection (v1 and v1alpha), and the one mapping from
+//! The gRPC API: the `tally.v1.Ledger`, `tally.v1.Audit`, `tally.v1.Ingest` and
+//! `tally.v1.Operations` services, standard health and reflection (v1 and v1alpha), and the one mapping from
 //! errors to status codes.
 //!
 //! Invariant: handlers translate and delegate; every rule lives in the domain, every write
@@ -8,6 +8,8 @@
 pub mod audit;
 pub mod caller;
 pub mod convert;
+pub mod external;
+pub mod ingest;
 pub mod ledger;
 pub mod operations;
 pub mod proto;
@@ -19,6 +21,7 @@ pub use slot::{EngineSlot, Phase};
 
 use crate::engine::{EngineHandle, Status as EngineStatus};
 use proto::audit_server::AuditServer;
+use proto::ingest_server::IngestServer;
 use proto::ledger_server::LedgerServer;
 use proto::operations_server::OperationsServer;
 use std::future::Future;
@@ -63,6 +66,7 @@ pub async fn serve_slot(
         .add_service(reflection_v1alpha)
         .add_service(LedgerServer::new(ledger::LedgerService::new(slot.clone())))
         .add_service(AuditServer::new(audit::AuditService::new(slot.clone())))
+        .add_service(IngestServer::new(ingest::IngestService::new(slot.clone())))
         .add_service(OperationsServer::new(operations::OperationsService::new(slot)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -125,6 +125,43 @@ pub fn classify_rejection(rejection: &Rejection) -> Classified {
         ),
         Unauthenticated(_) => plain(Code::Unauthenticated, "UNAUTHENTICATED", r),
         PermissionDenied(_) => plain(Code::PermissionDenied, "PERMISSION_DENIED", r),
+        OriginalNotFound {
+            source_name,
+            external_id,
+        } => with(
+            Code::NotFound,
+            "ORIGINAL_NOT_FOUND",
+            r,
+            [("source", source_name.clone()), ("external_id", external_id.clone())],
+        ),
+        DeadLetterQueueFull { scope, bound } => with(
+            Code::ResourceExhausted,
+            "DEAD_LETTER_QUEUE_FULL",
+            r,
+            [("scope", scope.clone()), ("bound", bound.to_string())],
+        ),
+        ReceiptNotFound { receipt_seq } => with(
+            Code::NotFound,
+            "RECEIPT_NOT_FOUND",
+            r,
+            [("receipt_sequence", receipt_seq.to_string())],
+        ),
+        AlreadyResolved { receipt_seq, how, seq } => with(
+            Code::FailedPrecondition,
+            "ALREADY_RESOLVED",
+            r,
+            [
+                ("receipt_sequence", receipt_seq.to_string()),
+                ("resolution", how.to_string()),
+                ("sequence", seq.to_string()),
+            ],
+        ),
+        NotRedrivable { receipt_seq, .. } => with(
+            Code::FailedPrecondition,
+            "NOT_REDRIVABLE",
+            r,
+            [("receipt_sequence", receipt_seq.to_string())],
+        ),
     }
 }
 

@@ -1,8 +1,10 @@
 //! Awards: gameplay accrual from rating slips, manual staff rewards (comps), promotions.
 
 use super::command::{AwardRequest, Command};
-use super::decide::{account, check_natural, validate_id, validate_text, Balances, Ctx, Decision, Emitted};
-use super::event::{AwardSource, Event, ManualSource, PointsAwarded, PromotionSource, RatingSlipSource, TierChanged};
+use super::decide::{
+    account, check_natural, tier_change, validate_id, validate_text, Balances, Ctx, Decision, Emitted,
+};
+use super::event::{AwardSource, Event, ManualSource, PointsAwarded, PromotionSource, RatingSlipSource};
 use super::limits::*;
 use super::rejection::Rejection;
 use super::state::{NaturalKey, NaturalKind};
@@ -43,21 +45,8 @@ pub(super) fn award(ctx: &Ctx<'_>, account_id: &str, source: &AwardRequest) -> R
             effect: before.effect_to(&after),
         }),
     )];
-    let tier = ctx.policy.tiers.tier_for(after.lifetime);
-    if tier != after.tier {
-        let promoted = Balances {
-            tier: tier.to_string(),
-            ..after.clone()
-        };
-        events.push(emit(
-            ctx,
-            account_id,
-            Event::TierChanged(TierChanged {
-                from: after.tier.clone(),
-                to: tier.to_string(),
-                effect: after.effect_to(&promoted),
-            }),
-        ));
+    if let Some(change) = tier_change(ctx.policy, &after) {
+        events.push(emit(ctx, account_id, change));
     }
     Ok(Decision::Append(events))
 }
@@ -83,29 +72,17 @@ fn validate_source(ctx: &Ctx<'_>, source: &AwardRequest) -> Result<(u64, AwardSo
         } => {
             validate_id("rating_slip.slip_id", slip_id, MAX_ID_BYTES)?;
             validate_text("rating_slip.game", game, MAX_ID_BYTES)?;
-            in_range(
-                "rating_slip.average_bet_cents",
+            slip_ranges(
+                [
+                    "rating_slip.average_bet_cents",
+                    "rating_slip.decisions_per_hour",
+                    "rating_slip.minutes_played",
+                    "rating_slip.house_edge_bps",
+                ],
                 *average_bet_cents,
-                1,
-                MAX_AVERAGE_BET_CENTS,
-            )?;
-            in_range(
-                "rating_slip.decisions_per_hour",
-                (*decisions_per_hour).into(),
-                1,
-                MAX_DECISIONS_PER_HOUR.into(),
-            )?;
-            in_range(
-                "rating_slip.minutes_played",
-                (*minutes_played).into(),
-                1,
-                MAX_MINUTES_PLAYED.into(),
-            )?;
-            in_range(
-                "rating_slip.house_edge_bps",
-                (*house_edge_bps).into(),
-                1,
-                MAX_HOUSE_EDGE_BPS.into(),
+                *decisions_per_hour,
+                *minutes_played,
+                *house_edge_bps,
             )?;
             let rates = &ctx.policy.rate_table;
             let (theo_cents, points) = accrual(
@@ -203,7 +180,21 @@ fn validate_staff(ctx: &Ctx<'_>, staff_id: &str) -> Result<(), Rejection> {
 /// The actor of a caller that did not identify itself.
 pub const ANONYMOUS_ACTOR: &str = "anonymous";
 
-fn in_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), Rejection> {
+/// The ranges of a rating slip's inputs, each error naming its field as given.
+pub(super) fn slip_ranges(
+    fields: [&'static str; 4],
+    average_bet_cents: u64,
+    decisions_per_hour: u32,
+    minutes_played: u32,
+    house_edge_bps: u32,
+) -> Result<(), Rejection> {
+    in_range(fields[0], average_bet_cents, 1, MAX_AVERAGE_BET_CENTS)?;
+    in_range(fields[1], decisions_per_hour.into(), 1, MAX_DECISIONS_PER_HOUR.into())?;
+    in_range(fields[2], minutes_played.into(), 1, MAX_MINUTES_PLAYED.into())?;
+    in_range(fields[3], house_edge_bps.into(), 1, MAX_HOUSE_EDGE_BPS.into())
+}
+
+pub(super) fn in_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), Rejection> {
     if value < min || value > max {
         return Err(Rejection::invalid(
             field,

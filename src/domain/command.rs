@@ -2,6 +2,7 @@
 //! the state; it becomes events only if it is accepted. Serializable only for the write-state
 //! snapshot, a cache that is rebuilt from the log when it does not decode.
 
+use super::event::{ExternalBody, RedriveRequested};
 use serde::{Deserialize, Serialize};
 
 /// Who sent a command and how to recognize a retry of it.
@@ -13,7 +14,7 @@ pub struct CommandMeta {
     pub actor: String,
     pub correlation_id: String,
     pub causation_id: String,
-    /// Absent only for commands the engine submits itself (the expiry pulse).
+    /// Absent only for commands the engine submits itself (the expiry and retry pulses).
     pub idempotency: Option<IdempotencyKey>,
 }
 
@@ -45,6 +46,23 @@ pub enum Command {
     Release { hold_id: u64 },
     /// The sweeper's pulse: expires up to `limit` holds whose `expires_at` has passed.
     ExpireDue { limit: u32 },
+    /// An external event from a partner system (`docs/INGEST.md`): appended as received,
+    /// then processed. Its idempotency identity is `(tenant, external_id, ingest:<source>)`.
+    Ingest {
+        source: String,
+        external_id: String,
+        body: ExternalBody,
+    },
+    /// The ingest worker's pulse: one more attempt at the earliest retry that is due. One
+    /// receipt per command, so that each is decided against the state the one before left.
+    RetryDue,
+    /// An operator asks to re-drive these letters in this order (the plan, recorded so that
+    /// a retry of the request re-drives the same ones); each is then a [`Command::Redrive`].
+    RequestRedrive(RedriveRequested),
+    /// An operator re-drives one dead letter; it must be the head of its member's sequence.
+    Redrive { receipt_seq: u64 },
+    /// An operator removes a dead letter without applying it, saying why.
+    Discard { receipt_seq: u64, reason: String },
 }
 
 /// Where awarded points come from.
@@ -85,6 +103,11 @@ impl Command {
             Command::Commit { .. } => "commit",
             Command::Release { .. } => "release",
             Command::ExpireDue { .. } => "expire_due",
+            Command::Ingest { .. } => "ingest",
+            Command::RetryDue => "retry_due",
+            Command::RequestRedrive(_) => "request_redrive",
+            Command::Redrive { .. } => "redrive",
+            Command::Discard { .. } => "discard",
         }
     }
 
@@ -156,6 +179,38 @@ impl Command {
             ),
             Command::Release { hold_id } => (Shape::Release, &[*hold_id]),
             Command::ExpireDue { limit } => (Shape::ExpireDue, &[*limit as u64]),
+            Command::Ingest {
+                source,
+                external_id,
+                body,
+            } => {
+                let checksum = body.checksum();
+                (
+                    Shape::Ingest,
+                    &[
+                        text(source),
+                        text(external_id),
+                        body.kind() as u64,
+                        u64::from_le_bytes(checksum[..8].try_into().expect("8 bytes")),
+                    ],
+                )
+            }
+            Command::RetryDue => (Shape::RetryDue, &[]),
+            // The request, not its plan: a retry plans again (the queue moved on) and must
+            // still be recognized as the same request.
+            Command::RequestRedrive(r) => (
+                Shape::RequestRedrive,
+                &[
+                    r.through_receipt,
+                    r.kind.map_or(0, |k| k as u64 + 1),
+                    text(&r.member_id),
+                    r.received_from_us,
+                    r.received_to_us,
+                    r.max_letters as u64,
+                ],
+            ),
+            Command::Redrive { receipt_seq } => (Shape::Redrive, &[*receipt_seq]),
+            Command::Discard { receipt_seq, reason } => (Shape::Discard, &[*receipt_seq, text(reason)]),
         };
         let mut print = RequestPrint {
             shape,
@@ -191,6 +246,11 @@ pub enum Shape {
     Commit,
     Release,
     ExpireDue,
+    Ingest,
+    RetryDue,
+    Redrive,
+    Discard,
+    RequestRedrive,
 }
 
 impl Shape {
@@ -224,6 +284,18 @@ impl Shape {
             Shape::Commit => &["hold_id", "amount", "amount"],
             Shape::Release => &["hold_id"],
             Shape::ExpireDue => &["limit"],
+            Shape::Ingest => &["source", "external_id", "type", "payload"],
+            Shape::RetryDue => &[],
+            Shape::Redrive => &["receipt_seq"],
+            Shape::RequestRedrive => &[
+                "receipt_sequence",
+                "type",
+                "member_id",
+                "received_from_us",
+                "received_to_us",
+                "max_count",
+            ],
+            Shape::Discard => &["receipt_seq", "reason"],
         }
     }
 

@@ -2,12 +2,12 @@
 //! The command families live in `account.rs`, `award.rs` and `hold.rs`.
 
 use super::command::{Command, CommandMeta};
-use super::event::{Effect, Event};
+use super::event::{Effect, Event, TierChanged};
 use super::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES, MAX_TRACE_ID_BYTES};
 use super::rejection::Rejection;
 use super::state::{Account, NaturalKey, State};
 use super::tier::TierPolicy;
-use super::{account, award, hold};
+use super::{account, award, hold, ingest};
 
 /// The server's rate table for gameplay accrual.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,44 @@ impl Default for RateTable {
 pub struct Policy {
     pub tiers: TierPolicy,
     pub rate_table: RateTable,
+    pub ingest: IngestPolicy,
+}
+
+/// How the ingest pipeline retries, deduplicates and bounds its dead-letter queue. Each
+/// decision it makes is recorded in an event (a retry's time, a dead letter), so replay
+/// never needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestPolicy {
+    /// Attempts before a transiently failing event is dead-lettered (the first included).
+    pub max_attempts: u32,
+    /// Delay before the second attempt; each retry doubles it, up to `retry_max_delay_ms`.
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+    /// The same content from the same source within this window is a duplicate.
+    pub dedup_window_seconds: u64,
+    /// Letters one member may have in the queue (its dead letter and the events parked
+    /// behind it); at the bound, new events for the member are refused.
+    pub dead_letters_per_member_max: u64,
+    /// Letters in the whole queue; at the bound, all new external events are refused.
+    pub dead_letters_max: u64,
+}
+
+impl Default for IngestPolicy {
+    fn default() -> Self {
+        Self {
+            // 1 + 2 + 4 + … capped at 5 min: eight attempts span about 10 minutes, long
+            // enough for an enrollment that lags its first accrual.
+            max_attempts: 8,
+            retry_base_delay_ms: 1_000,
+            retry_max_delay_ms: 300_000,
+            // A partner's redelivery of the same payload under a new id comes within a day.
+            dedup_window_seconds: 86_400,
+            // A member whose events keep failing is a problem to look at, not to queue for.
+            dead_letters_per_member_max: 1_000,
+            // About 100 MB of parked payloads at most: the queue lives in memory.
+            dead_letters_max: 100_000,
+        }
+    }
 }
 
 /// An event to append, with the account stream it belongs to.
@@ -95,6 +133,15 @@ pub fn decide(
         Command::Commit { hold_id, amount } => hold::commit(&ctx, *hold_id, *amount),
         Command::Release { hold_id } => hold::release(&ctx, *hold_id),
         Command::ExpireDue { limit } => hold::expire_due(&ctx, *limit),
+        Command::Ingest {
+            source,
+            external_id,
+            body,
+        } => ingest::ingest(&ctx, source, external_id, body),
+        Command::RetryDue => ingest::retry_due(&ctx),
+        Command::RequestRedrive(request) => ingest::request_redrive(&ctx, request),
+        Command::Redrive { receipt_seq } => ingest::redrive(&ctx, *receipt_seq),
+        Command::Discard { receipt_seq, reason } => ingest::discard(&ctx, *receipt_seq, reason),
     }
 }
 
@@ -136,7 +183,7 @@ fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection>
                 validate_id("idempotency_scope", &key.scope, MAX_ID_BYTES)?;
             }
         }
-        None if matches!(command, Command::ExpireDue { .. }) => {}
+        None if matches!(command, Command::ExpireDue { .. } | Command::RetryDue) => {}
         None => return Err(Rejection::invalid("idempotency_key", "is required")),
     }
     validate_text("correlation_id", &meta.correlation_id, MAX_TRACE_ID_BYTES)?;
@@ -181,6 +228,24 @@ pub(super) fn account<'a>(ctx: &'a Ctx<'_>, account: &str) -> Result<&'a Account
         .ok_or_else(|| Rejection::AccountNotFound {
             account: account.to_string(),
         })
+}
+
+/// The tier change that follows an event leaving the account at `after`, if its lifetime
+/// points now fall in another tier (up after an award, down after a reversal).
+pub(super) fn tier_change(policy: &Policy, after: &Balances) -> Option<Event> {
+    let tier = policy.tiers.tier_for(after.lifetime);
+    if tier == after.tier {
+        return None;
+    }
+    let moved = Balances {
+        tier: tier.to_string(),
+        ..after.clone()
+    };
+    Some(Event::TierChanged(TierChanged {
+        from: after.tier.clone(),
+        to: tier.to_string(),
+        effect: after.effect_to(&moved),
+    }))
 }
 
 /// Balances of an account as an event will record them.

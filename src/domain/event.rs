@@ -60,6 +60,13 @@ pub enum Event {
     HoldReleased(HoldReleased),
     HoldExpired(HoldExpired),
     TierChanged(TierChanged),
+    PointsReversed(PointsReversed),
+    ExternalReceived(ExternalReceived),
+    ExternalProcessed(ExternalProcessed),
+    ExternalAttemptFailed(ExternalAttemptFailed),
+    ExternalDeadLettered(ExternalDeadLettered),
+    DeadLetterDiscarded(DeadLetterDiscarded),
+    RedriveRequested(RedriveRequested),
 }
 
 /// The stable numeric code of an event kind, written in each record header so that readers
@@ -74,10 +81,17 @@ pub enum EventKind {
     HoldReleased = 5,
     HoldExpired = 6,
     TierChanged = 7,
+    PointsReversed = 8,
+    ExternalReceived = 9,
+    ExternalProcessed = 10,
+    ExternalAttemptFailed = 11,
+    ExternalDeadLettered = 12,
+    DeadLetterDiscarded = 13,
+    RedriveRequested = 14,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::AccountOpened,
         EventKind::PointsAwarded,
         EventKind::HoldReserved,
@@ -85,6 +99,13 @@ impl EventKind {
         EventKind::HoldReleased,
         EventKind::HoldExpired,
         EventKind::TierChanged,
+        EventKind::PointsReversed,
+        EventKind::ExternalReceived,
+        EventKind::ExternalProcessed,
+        EventKind::ExternalAttemptFailed,
+        EventKind::ExternalDeadLettered,
+        EventKind::DeadLetterDiscarded,
+        EventKind::RedriveRequested,
     ];
 
     pub fn code(self) -> u16 {
@@ -105,11 +126,24 @@ impl EventKind {
             EventKind::HoldReleased => "hold.released",
             EventKind::HoldExpired => "hold.expired",
             EventKind::TierChanged => "tier.changed",
+            EventKind::PointsReversed => "points.reversed",
+            EventKind::ExternalReceived => "external.received",
+            EventKind::ExternalProcessed => "external.processed",
+            EventKind::ExternalAttemptFailed => "external.attempt_failed",
+            EventKind::ExternalDeadLettered => "external.dead_lettered",
+            EventKind::DeadLetterDiscarded => "dead_letter.discarded",
+            EventKind::RedriveRequested => "redrive.requested",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// A ledger entry of an account (its balance history); the others are the ingest
+    /// pipeline's bookkeeping, which changes no balance.
+    pub fn is_ledger(self) -> bool {
+        self.code() <= EventKind::PointsReversed.code()
     }
 }
 
@@ -123,19 +157,35 @@ impl Event {
             Event::HoldReleased(_) => EventKind::HoldReleased,
             Event::HoldExpired(_) => EventKind::HoldExpired,
             Event::TierChanged(_) => EventKind::TierChanged,
+            Event::PointsReversed(_) => EventKind::PointsReversed,
+            Event::ExternalReceived(_) => EventKind::ExternalReceived,
+            Event::ExternalProcessed(_) => EventKind::ExternalProcessed,
+            Event::ExternalAttemptFailed(_) => EventKind::ExternalAttemptFailed,
+            Event::ExternalDeadLettered(_) => EventKind::ExternalDeadLettered,
+            Event::DeadLetterDiscarded(_) => EventKind::DeadLetterDiscarded,
+            Event::RedriveRequested(_) => EventKind::RedriveRequested,
         }
     }
 
-    /// The balances around the event; every event but an opening has one.
+    /// The balances around the event: every ledger event but an opening has one; the
+    /// ingest pipeline's events (received, processed, failed, dead-lettered, discarded)
+    /// change no balance and have none.
     pub fn effect(&self) -> Option<&Effect> {
         match self {
-            Event::AccountOpened(_) => None,
+            Event::AccountOpened(_)
+            | Event::ExternalReceived(_)
+            | Event::ExternalProcessed(_)
+            | Event::ExternalAttemptFailed(_)
+            | Event::ExternalDeadLettered(_)
+            | Event::DeadLetterDiscarded(_)
+            | Event::RedriveRequested(_) => None,
             Event::PointsAwarded(e) => Some(&e.effect),
             Event::HoldReserved(e) => Some(&e.effect),
             Event::HoldCommitted(e) => Some(&e.effect),
             Event::HoldReleased(e) => Some(&e.effect),
             Event::HoldExpired(e) => Some(&e.effect),
             Event::TierChanged(e) => Some(&e.effect),
+            Event::PointsReversed(e) => Some(&e.effect),
         }
     }
 
@@ -249,6 +299,209 @@ pub struct TierChanged {
     pub from: String,
     pub to: String,
     pub effect: Effect,
+}
+
+/// Points taken back from an account by a `points.reverse` external event: at most what the
+/// original award left to reverse, and, under [`ReversePolicy::CapToAvailable`], at most what
+/// the account has available. Lifetime points go down with posted points: the award is
+/// undone, so tiers follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointsReversed {
+    pub points: u64,
+    /// What was left to reverse of the original award before this reversal.
+    pub requested: u64,
+    pub source: String,
+    pub original_external_id: String,
+    pub policy: ReversePolicy,
+    pub reason: String,
+    pub effect: Effect,
+}
+
+/// What a reversal does when the account cannot give back everything the original award
+/// left to reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReversePolicy {
+    /// Take back what is available now, record the shortfall, and finish.
+    CapToAvailable,
+    /// Take back everything or nothing: a shortfall is a permanent failure (dead letter).
+    AllOrNothing,
+}
+
+impl ReversePolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReversePolicy::CapToAvailable => "cap_to_available",
+            ReversePolicy::AllOrNothing => "all_or_nothing",
+        }
+    }
+}
+
+/// The type of an external event, as partners name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ExternalKind {
+    MemberEnrolled,
+    PointsAward,
+    RatingSlipCompleted,
+    PointsReverse,
+}
+
+impl ExternalKind {
+    pub const ALL: [ExternalKind; 4] = [
+        ExternalKind::MemberEnrolled,
+        ExternalKind::PointsAward,
+        ExternalKind::RatingSlipCompleted,
+        ExternalKind::PointsReverse,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExternalKind::MemberEnrolled => "member.enrolled",
+            ExternalKind::PointsAward => "points.award",
+            ExternalKind::RatingSlipCompleted => "rating_slip.completed",
+            ExternalKind::PointsReverse => "points.reverse",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// An external event's content, validated against its type's schema (`docs/INGEST.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExternalBody {
+    MemberEnrolled {
+        member_id: String,
+    },
+    PointsAward {
+        member_id: String,
+        points: u64,
+        promotion_id: String,
+    },
+    RatingSlipCompleted {
+        member_id: String,
+        slip_id: String,
+        game: String,
+        average_bet_cents: u64,
+        decisions_per_hour: u32,
+        minutes_played: u32,
+        house_edge_bps: u32,
+    },
+    PointsReverse {
+        member_id: String,
+        original_external_id: String,
+        policy: ReversePolicy,
+        reason: String,
+    },
+}
+
+impl ExternalBody {
+    pub fn kind(&self) -> ExternalKind {
+        match self {
+            ExternalBody::MemberEnrolled { .. } => ExternalKind::MemberEnrolled,
+            ExternalBody::PointsAward { .. } => ExternalKind::PointsAward,
+            ExternalBody::RatingSlipCompleted { .. } => ExternalKind::RatingSlipCompleted,
+            ExternalBody::PointsReverse { .. } => ExternalKind::PointsReverse,
+        }
+    }
+
+    /// The member (account) the event is about: its sequence in the dead-letter queue.
+    pub fn member_id(&self) -> &str {
+        match self {
+            ExternalBody::MemberEnrolled { member_id }
+            | ExternalBody::PointsAward { member_id, .. }
+            | ExternalBody::RatingSlipCompleted { member_id, .. }
+            | ExternalBody::PointsReverse { member_id, .. } => member_id,
+        }
+    }
+
+    /// The content checksum: blake3 over the type name and the MessagePack encoding of
+    /// the validated content, so two deliveries of the same content match whatever the
+    /// spacing or key order of the JSON they came in.
+    pub fn checksum(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(self.kind().name().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&rmp_serde::to_vec(self).expect("an external body encodes"));
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// An external event as accepted, appended before any processing. The record's stream is
+/// the member id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalReceived {
+    pub source: String,
+    pub external_id: String,
+    pub body: ExternalBody,
+    pub checksum: [u8; 32],
+}
+
+/// A received event was applied. `ledger_first_seq..=ledger_last_seq` are the ledger
+/// events it caused (both 0 when it caused none: an enrollment of an open account, a
+/// reversal with nothing left to take).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalProcessed {
+    pub receipt_seq: u64,
+    pub attempt: u32,
+    pub ledger_first_seq: u64,
+    pub ledger_last_seq: u64,
+    /// Points credited (an award) or taken back (a reversal).
+    pub points: u64,
+    /// The operation had been applied before, under its natural identity (a rating slip
+    /// accrued through the ledger API): nothing was applied twice.
+    pub already_applied: bool,
+    /// Applied by an operator's re-drive of a dead letter.
+    pub redriven: bool,
+}
+
+/// A transient failure (the member is not enrolled yet; the award to reverse has not
+/// arrived): retried at `retry_at_us`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalAttemptFailed {
+    pub receipt_seq: u64,
+    pub attempt: u32,
+    pub cause: String,
+    pub retry_at_us: u64,
+}
+
+/// A received event went to the dead-letter queue: a permanent failure, the last attempt
+/// failed, a re-drive failed again, or (`parked_behind` ≠ 0) its member already has a dead
+/// letter it must not overtake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalDeadLettered {
+    pub receipt_seq: u64,
+    pub attempts: u32,
+    pub cause: String,
+    pub parked_behind: u64,
+    pub redriven: bool,
+}
+
+/// An operator removed a letter from the dead-letter queue without applying it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterDiscarded {
+    pub receipt_seq: u64,
+    pub reason: String,
+}
+
+/// An operator asked for a re-drive: the request (one letter's sequence, or a filter) and
+/// the letters it came to, in order; each one's outcome follows as its own command.
+/// Recorded first so that a retry of the request re-drives the same letters, not whatever
+/// matches its filter by then. Its stream is empty: it concerns members of the tenant, not
+/// one account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedriveRequested {
+    /// The letter whose sequence is re-driven through it; 0 for a filter.
+    pub through_receipt: u64,
+    pub kind: Option<ExternalKind>,
+    /// Empty: any member.
+    pub member_id: String,
+    pub received_from_us: u64,
+    /// 0: open.
+    pub received_to_us: u64,
+    pub max_letters: u32,
+    /// The plan: receipt numbers in the order they are re-driven.
+    pub receipts: Vec<u64>,
 }
 
 /// Where a hold stands.

@@ -4,9 +4,13 @@
 
 use super::award::natural_key;
 use super::command::{AwardRequest, Command};
+use super::event::ExternalBody;
 use super::event::{AwardSource, Effect, Event, Record};
 use super::limits::MANUAL_REWARDS_PER_STAFF_PER_MINUTE;
-use super::state::{key_fingerprint, Account, AccountKey, Applied, Hold, HoldStatus, NaturalKey, State};
+use super::state::{
+    content_fingerprint, external_fingerprint, key_fingerprint, Account, AccountKey, Applied, Hold, HoldStatus,
+    NaturalKey, Receipt, ReceiptStatus, Resolution, Resolved, Reversible, State,
+};
 
 /// Applies `record` to `state`. Records must come in sequence order, gapless.
 pub fn evolve(state: &mut State, record: &Record) {
@@ -131,6 +135,32 @@ pub fn evolve(state: &mut State, record: &Record) {
             );
             apply_effect(state, &key, record);
         }
+        Event::PointsReversed(reversal) => {
+            let e = &reversal.effect;
+            assert_eq!(e.posted_before.checked_sub(reversal.points), Some(e.posted_after));
+            assert_eq!(e.lifetime_before.checked_sub(reversal.points), Some(e.lifetime_after));
+            assert_eq!((e.held_before, &e.tier_before), (e.held_after, &e.tier_after));
+            assert!(
+                reversal.points <= reversal.requested,
+                "a reversal takes at most what is left"
+            );
+            apply_effect(state, &key, record);
+            let identity = external_fingerprint(key.tenant(), &reversal.source, &reversal.original_external_id);
+            let original = state
+                .ingest
+                .reversible
+                .get_mut(&identity)
+                .unwrap_or_else(|| panic!("seq {}: a reversal reverses an applied award", record.seq));
+            assert_eq!(original.points - original.reversed, reversal.requested);
+            original.reversed += reversal.points;
+        }
+        Event::ExternalReceived(_)
+        | Event::ExternalProcessed(_)
+        | Event::ExternalAttemptFailed(_)
+        | Event::ExternalDeadLettered(_)
+        | Event::DeadLetterDiscarded(_) => ingest(state, &key, record),
+        // A plan only: each letter's re-drive is its own command.
+        Event::RedriveRequested(_) => {}
     }
     remember_identity(state, record);
     state.head_seq = record.seq;
@@ -213,33 +243,244 @@ fn resolve(
 }
 
 /// Records the command's identities (its idempotency key, its natural key) at its first
-/// event, and extends the command's range at the ones after.
+/// event, and extends the command's range at the ones after. An award that is not the first
+/// event of its command (one applied by the ingest pipeline) still takes its natural
+/// identity, so that the same rating slip never accrues twice, whichever way it came.
 fn remember_identity(state: &mut State, record: &Record) {
     let envelope = &record.envelope;
-    if envelope.idempotency_key.is_empty() {
-        return;
-    }
-    let index = &mut state.idempotency;
-    let identity = key_fingerprint(&envelope.tenant, &envelope.idempotency_scope, &envelope.idempotency_key);
-    if let Some(&first_seq) = index.by_key.get(&identity) {
+    if !envelope.idempotency_key.is_empty() {
+        let index = &mut state.idempotency;
+        let identity = key_fingerprint(&envelope.tenant, &envelope.idempotency_scope, &envelope.idempotency_key);
+        let Some(&first_seq) = index.by_key.get(&identity) else {
+            let request = request_of(record)
+                .unwrap_or_else(|| panic!("seq {}: a command's first event must carry its request", record.seq));
+            if let Some(natural) = natural_of(record, &request) {
+                index.by_natural.insert(natural.fingerprint(), record.seq);
+            }
+            index.by_key.insert(identity, record.seq);
+            index.applied.insert(
+                record.seq,
+                Applied {
+                    request: request.print(),
+                    last_seq: record.seq,
+                },
+            );
+            return;
+        };
         let applied = index.applied.get_mut(&first_seq).expect("indexed command exists");
         assert_eq!(applied.last_seq + 1, record.seq, "a command's events are contiguous");
         applied.last_seq = record.seq;
-        return;
     }
-    let request = request_of(record)
-        .unwrap_or_else(|| panic!("seq {}: a command's first event must carry its request", record.seq));
-    if let Some(natural) = natural_of(record, &request) {
-        index.by_natural.insert(natural.fingerprint(), record.seq);
+    if let Event::PointsAwarded(_) = &record.event {
+        let request = request_of(record).expect("an award carries its request");
+        let natural = natural_of(record, &request).expect("an award has a natural identity");
+        let index = &mut state.idempotency;
+        let previous = index.by_natural.insert(natural.fingerprint(), record.seq);
+        assert!(
+            previous.is_none(),
+            "seq {}: an award's natural identity is new",
+            record.seq
+        );
+        index.applied.insert(
+            record.seq,
+            Applied {
+                request: request.print(),
+                last_seq: record.seq,
+            },
+        );
     }
-    index.by_key.insert(identity, record.seq);
-    index.applied.insert(
-        record.seq,
-        Applied {
-            request: request.print(),
-            last_seq: record.seq,
-        },
-    );
+}
+
+/// Folds the ingest pipeline's events (see `ingest.rs` for what decides them).
+fn ingest(state: &mut State, key: &AccountKey, record: &Record) {
+    let tenant = key.tenant();
+    let pipeline = &mut state.ingest;
+    let counters = pipeline.counters.entry(tenant.to_string()).or_default();
+    match &record.event {
+        Event::ExternalReceived(received) => {
+            assert_eq!(
+                received.body.member_id(),
+                key.account(),
+                "a receipt's stream is its member"
+            );
+            assert_eq!(
+                received.checksum,
+                received.body.checksum(),
+                "the checksum is the body's"
+            );
+            let content = content_fingerprint(tenant, &received.source, &received.checksum);
+            pipeline.contents.insert(content, (record.seq, record.ts_us));
+            pipeline.open.insert(
+                record.seq,
+                Receipt {
+                    tenant: tenant.to_string(),
+                    source: received.source.clone(),
+                    external_id: received.external_id.clone(),
+                    body: received.body.clone(),
+                    received_at_us: record.ts_us,
+                    status: ReceiptStatus::Received,
+                    attempts: 0,
+                    cause: String::new(),
+                    first_failure_us: 0,
+                    last_failure_us: 0,
+                },
+            );
+            counters.received += 1;
+        }
+        Event::ExternalProcessed(processed) => {
+            let receipt = pipeline
+                .open
+                .remove(&processed.receipt_seq)
+                .unwrap_or_else(|| panic!("seq {}: processes an open receipt", record.seq));
+            assert_eq!(processed.attempt, receipt.attempts + 1, "attempts count up by one");
+            leave_queue(pipeline, key, processed.receipt_seq, receipt.status, true);
+            if processed.points > 0 && !matches!(receipt.body, ExternalBody::PointsReverse { .. }) {
+                pipeline.reversible.insert(
+                    external_fingerprint(tenant, &receipt.source, &receipt.external_id),
+                    Reversible {
+                        account: key.clone(),
+                        points: processed.points,
+                        reversed: 0,
+                    },
+                );
+            }
+            pipeline.resolved.insert(
+                processed.receipt_seq,
+                Resolved {
+                    tenant: tenant.into(),
+                    how: Resolution::Processed { seq: record.seq },
+                },
+            );
+            let counters = pipeline.counters.get_mut(tenant).expect("counted above");
+            counters.processed += 1;
+            counters.redriven += processed.redriven as u64;
+        }
+        Event::ExternalAttemptFailed(failed) => {
+            let receipt = pipeline
+                .open
+                .get_mut(&failed.receipt_seq)
+                .expect("a failed attempt's receipt is open");
+            assert_eq!(failed.attempt, receipt.attempts + 1, "attempts count up by one");
+            if let ReceiptStatus::Retrying { retry_at_us } = receipt.status {
+                assert!(pipeline.retry_due.remove(&(retry_at_us, failed.receipt_seq)));
+            }
+            assert!(
+                failed.retry_at_us >= record.ts_us,
+                "a retry is scheduled after its failure"
+            );
+            receipt.status = ReceiptStatus::Retrying {
+                retry_at_us: failed.retry_at_us,
+            };
+            receipt.attempts = failed.attempt;
+            note_failure(receipt, &failed.cause, record.ts_us);
+            pipeline.retry_due.insert((failed.retry_at_us, failed.receipt_seq));
+            counters.retried += 1;
+        }
+        Event::ExternalDeadLettered(dead) => {
+            let receipt = pipeline
+                .open
+                .get_mut(&dead.receipt_seq)
+                .expect("a dead letter's receipt is open");
+            let letters = pipeline.sequences.entry(key.clone()).or_default();
+            match receipt.status {
+                ReceiptStatus::DeadLettered { .. } => {
+                    // A re-drive failed again: the letter stays at the head.
+                    assert!(dead.redriven, "only a re-drive attempts a dead letter");
+                    assert_eq!(letters.front(), Some(&dead.receipt_seq), "re-drives start at the head");
+                }
+                ReceiptStatus::Retrying { retry_at_us } => {
+                    assert!(pipeline.retry_due.remove(&(retry_at_us, dead.receipt_seq)));
+                    letters.push_back(dead.receipt_seq);
+                    pipeline.dead_letters += 1;
+                    counters.dead_lettered += 1;
+                }
+                ReceiptStatus::Received => {
+                    letters.push_back(dead.receipt_seq);
+                    pipeline.dead_letters += 1;
+                    counters.dead_lettered += 1;
+                }
+            }
+            if dead.parked_behind != 0 {
+                assert_eq!(
+                    letters.front(),
+                    Some(&dead.parked_behind),
+                    "letters park behind the head"
+                );
+            } else {
+                assert_eq!(dead.attempts, receipt.attempts + 1, "attempts count up by one");
+            }
+            counters.redriven += dead.redriven as u64;
+            receipt.attempts = dead.attempts;
+            receipt.status = ReceiptStatus::DeadLettered {
+                parked_behind: dead.parked_behind,
+            };
+            note_failure(receipt, &dead.cause, record.ts_us);
+        }
+        Event::DeadLetterDiscarded(discarded) => {
+            let receipt = pipeline
+                .open
+                .remove(&discarded.receipt_seq)
+                .unwrap_or_else(|| panic!("seq {}: discards an open receipt", record.seq));
+            assert!(
+                matches!(receipt.status, ReceiptStatus::DeadLettered { .. }),
+                "only letters are discarded"
+            );
+            leave_queue(pipeline, key, discarded.receipt_seq, receipt.status, false);
+            pipeline.resolved.insert(
+                discarded.receipt_seq,
+                Resolved {
+                    tenant: tenant.into(),
+                    how: Resolution::Discarded { seq: record.seq },
+                },
+            );
+            pipeline.counters.get_mut(tenant).expect("counted above").discarded += 1;
+        }
+        _ => unreachable!("only the pipeline's events come here"),
+    }
+}
+
+/// Takes a receipt that is done out of the retry schedule or its member's sequence. A
+/// processed letter must be the head; a discarded one may be anywhere in it.
+fn leave_queue(
+    pipeline: &mut super::state::IngestState,
+    key: &AccountKey,
+    receipt_seq: u64,
+    status: ReceiptStatus,
+    processed: bool,
+) {
+    match status {
+        ReceiptStatus::Received => {}
+        ReceiptStatus::Retrying { retry_at_us } => {
+            assert!(
+                pipeline.retry_due.remove(&(retry_at_us, receipt_seq)),
+                "a retrying receipt is scheduled"
+            );
+        }
+        ReceiptStatus::DeadLettered { .. } => {
+            let letters = pipeline
+                .sequences
+                .get_mut(key)
+                .expect("a letter is in its member's sequence");
+            let at = letters
+                .iter()
+                .position(|&seq| seq == receipt_seq)
+                .expect("a letter is in its member's sequence");
+            assert!(!processed || at == 0, "letters are applied from the head");
+            letters.remove(at);
+            if letters.is_empty() {
+                pipeline.sequences.remove(key);
+            }
+            pipeline.dead_letters -= 1;
+        }
+    }
+}
+
+fn note_failure(receipt: &mut Receipt, cause: &str, ts_us: u64) {
+    receipt.cause = cause.to_string();
+    if receipt.first_failure_us == 0 {
+        receipt.first_failure_us = ts_us;
+    }
+    receipt.last_failure_us = ts_us;
 }
 
 /// The request that a command's first event answers, rebuilt from the event.
@@ -281,7 +522,29 @@ pub fn request_of(record: &Record) -> Option<Command> {
             amount: c.requested,
         },
         Event::HoldReleased(r) => Command::Release { hold_id: r.hold_id },
-        Event::HoldExpired(_) | Event::TierChanged(_) => return None,
+        Event::ExternalReceived(received) => Command::Ingest {
+            source: received.source.clone(),
+            external_id: received.external_id.clone(),
+            body: received.body.clone(),
+        },
+        // The first event of an operator's re-drive is the letter's outcome.
+        Event::ExternalProcessed(p) if p.redriven => Command::Redrive {
+            receipt_seq: p.receipt_seq,
+        },
+        Event::ExternalDeadLettered(d) if d.redriven => Command::Redrive {
+            receipt_seq: d.receipt_seq,
+        },
+        Event::DeadLetterDiscarded(d) => Command::Discard {
+            receipt_seq: d.receipt_seq,
+            reason: d.reason.clone(),
+        },
+        Event::RedriveRequested(r) => Command::RequestRedrive(r.clone()),
+        Event::HoldExpired(_)
+        | Event::TierChanged(_)
+        | Event::PointsReversed(_)
+        | Event::ExternalProcessed(_)
+        | Event::ExternalAttemptFailed(_)
+        | Event::ExternalDeadLettered(_) => return None,
     })
 }
 

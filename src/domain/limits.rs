@@ -61,3 +61,19 @@ pub const MAX_HOUSE_EDGE_BPS: u32 = 10_000;
 /// Holds expired by one sweeper pulse: bounds the size of the batch the pulse adds to the
 /// log, so a backlog of expiries never stalls other commands for long.
 pub const EXPIRE_PULSE_MAX_HOLDS: u32 = 1024;
+
+/// Longest source name of an external event. With [`MAX_EXTERNAL_ID_BYTES`] and a `:` it
+/// makes the external reward id of an ingested award (`source:external_id`) fit
+/// [`MAX_ID_BYTES`].
+pub const MAX_SOURCE_BYTES: usize = 63;
+
+/// Longest external event id: a UUID or a partner's ticket number fits with room to spare.
+pub const MAX_EXTERNAL_ID_BYTES: usize = 64;
+
+/// Letters one re-drive applies at most: each is a command, and they all go into one group
+/// commit (`MAX_GROUP_COMMIT_COMMANDS`), decided in order.
+pub const MAX_REDRIVE_LETTERS: usize = 8191;
+
+/// Shortest reason for discarding a dead letter: the discard is audited, and "x" explains
+/// nothing to the auditor who reads it.
+pub const DISCARD_REASON_MIN_CHARS: usize = 10;

@@ -52,6 +52,29 @@ pub enum Rejection {
     /// The caller may not do this (for example, name another staff member on a comp).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A `points.reverse` names an award that has not been applied (yet): transient, the
+    /// award may still arrive.
+    #[error("no applied award {external_id:?} from source {source_name:?} to reverse")]
+    OriginalNotFound { source_name: String, external_id: String },
+    /// The dead-letter queue is at its bound for the member (or overall): new external
+    /// events that would join it are refused, never dropped.
+    #[error("dead-letter queue full for {scope}: {bound} letters; re-drive or discard letters first")]
+    DeadLetterQueueFull { scope: String, bound: u64 },
+    /// No receipt with that number in the caller's tenant.
+    #[error("no external event with receipt {receipt_seq}")]
+    ReceiptNotFound { receipt_seq: u64 },
+    /// The letter was already processed or discarded: a re-drive or discard of it changes
+    /// nothing.
+    #[error("receipt {receipt_seq} is already {how} (sequence {seq}); nothing to do")]
+    AlreadyResolved {
+        receipt_seq: u64,
+        how: &'static str,
+        seq: u64,
+    },
+    /// The receipt is not a letter that can be re-driven or discarded now (it is waiting
+    /// for a retry, or is parked behind another letter).
+    #[error("receipt {receipt_seq} cannot be re-driven now: {reason}")]
+    NotRedrivable { receipt_seq: u64, reason: String },
 }
 
 impl Rejection {
@@ -73,6 +96,11 @@ impl Rejection {
             ManualRewardTooLarge { .. } => "manual_reward_too_large",
             Unauthenticated(_) => "unauthenticated",
             PermissionDenied(_) => "permission_denied",
+            OriginalNotFound { .. } => "original_not_found",
+            DeadLetterQueueFull { .. } => "dead_letter_queue_full",
+            ReceiptNotFound { .. } => "receipt_not_found",
+            AlreadyResolved { .. } => "already_resolved",
+            NotRedrivable { .. } => "not_redrivable",
         }
     }
 

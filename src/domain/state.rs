@@ -3,6 +3,7 @@
 //! can always be rebuilt from the log.
 
 use super::command::{IdempotencyKey, RequestPrint};
+use super::event::ExternalBody;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -181,6 +182,117 @@ pub struct State {
     pub comps: HashMap<(String, String), VecDeque<u64>>,
     /// Every tier name the log has named, in order of first appearance.
     pub tier_names: Vec<String>,
+    /// The ingest pipeline: open receipts, retries, the dead-letter queue.
+    pub ingest: IngestState,
+}
+
+/// The ingest pipeline's state (`docs/INGEST.md`), folded from its events like the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestState {
+    /// Every received external event not yet processed or discarded, by the sequence number
+    /// of its `external.received` record (its receipt number).
+    pub open: HashMap<u64, Receipt>,
+    /// Receipts waiting for a retry, by `(retry_at_us, receipt)`.
+    pub retry_due: BTreeSet<(u64, u64)>,
+    /// Each member's dead letters in order of receipt: the first is the head, the others
+    /// are parked behind it so that none is applied before it.
+    pub sequences: HashMap<AccountKey, VecDeque<u64>>,
+    /// Letters in all sequences.
+    pub dead_letters: u64,
+    /// [`content_fingerprint`] → the latest receipt with that content and when it came.
+    pub contents: HashMap<Fingerprint, (u64, u64)>,
+    /// [`external_fingerprint`] of a processed award or accrual → what a reversal can
+    /// still take back.
+    pub reversible: HashMap<Fingerprint, Reversible>,
+    /// Receipts that are done: processed or discarded.
+    pub resolved: HashMap<u64, Resolved>,
+    /// Per tenant, since the log began.
+    pub counters: HashMap<String, IngestCounters>,
+}
+
+/// A received external event that is not done yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub tenant: String,
+    pub source: String,
+    pub external_id: String,
+    pub body: ExternalBody,
+    pub received_at_us: u64,
+    pub status: ReceiptStatus,
+    /// Processing attempts so far (a parked letter has none).
+    pub attempts: u32,
+    /// The latest failure's cause.
+    pub cause: String,
+    pub first_failure_us: u64,
+    pub last_failure_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptStatus {
+    /// Received; its first attempt's outcome is the next record.
+    Received,
+    Retrying {
+        retry_at_us: u64,
+    },
+    /// In the dead-letter queue; `parked_behind` is the letter it waited for (0 if it failed
+    /// on its own).
+    DeadLettered {
+        parked_behind: u64,
+    },
+}
+
+/// An applied external award: a `points.reverse` of it takes back at most
+/// `points - reversed`, from the same member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversible {
+    pub account: AccountKey,
+    pub points: u64,
+    pub reversed: u64,
+}
+
+/// A receipt that is done, and in which tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    pub tenant: Box<str>,
+    pub how: Resolution,
+}
+
+/// How a receipt was done with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    /// `seq` is the `external.processed` record.
+    Processed { seq: u64 },
+    /// `seq` is the `dead_letter.discarded` record.
+    Discarded { seq: u64 },
+}
+
+/// What the pipeline has done, per tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestCounters {
+    pub received: u64,
+    pub processed: u64,
+    /// Failed attempts that were scheduled for another.
+    pub retried: u64,
+    /// Receipts that entered the dead-letter queue (parked ones included).
+    pub dead_lettered: u64,
+    /// Re-drive attempts by operators.
+    pub redriven: u64,
+    pub discarded: u64,
+}
+
+/// The identity of content dedup: the same checksum from the same source in a tenant.
+pub fn content_fingerprint(tenant: &str, source: &str, checksum: &[u8; 32]) -> Fingerprint {
+    fingerprint(&[b"content", tenant.as_bytes(), source.as_bytes(), checksum])
+}
+
+/// The identity of an external event: its source and external id in a tenant.
+pub fn external_fingerprint(tenant: &str, source: &str, external_id: &str) -> Fingerprint {
+    fingerprint(&[
+        b"external",
+        tenant.as_bytes(),
+        source.as_bytes(),
+        external_id.as_bytes(),
+    ])
 }
 
 /// Distinct tier names a log may name: tiers are a handful per program.

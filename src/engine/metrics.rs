@@ -5,8 +5,8 @@
 //! The sequencer counts a batch's commands locally and adds them to pre-registered handles
 //! once per group commit, so the hot loop never hashes a label set.
 
-use crate::domain::{Command, Rejection};
-use metrics::{Counter, Histogram};
+use crate::domain::{Command, Event, Record, Rejection};
+use metrics::{Counter, Gauge, Histogram};
 
 /// Commands decided, by `kind` and `outcome` (appended, replayed, unchanged, rejected).
 pub const COMMANDS_TOTAL: &str = "tally_commands_total";
@@ -27,8 +27,37 @@ pub const SWEEPER_PULSES_TOTAL: &str = "tally_sweeper_pulses_total";
 /// Holds the sweeper expired.
 pub const SWEEPER_EXPIRED_TOTAL: &str = "tally_sweeper_holds_expired_total";
 
+/// What the ingest pipeline did, by `event` (received, processed, retried, dead_lettered,
+/// redriven, discarded).
+pub const INGEST_EVENTS_TOTAL: &str = "tally_ingest_events_total";
+/// Letters in the dead-letter queue now.
+pub const DEAD_LETTER_DEPTH: &str = "tally_dead_letter_depth";
+/// External events waiting for a retry now.
+pub const INGEST_RETRYING: &str = "tally_ingest_retrying";
+
 /// Command kinds, in the order of [`kind_index`].
-pub const KINDS: [&str; 6] = ["open_account", "award", "reserve", "commit", "release", "expire_due"];
+pub const KINDS: [&str; 11] = [
+    "open_account",
+    "award",
+    "reserve",
+    "commit",
+    "release",
+    "expire_due",
+    "ingest",
+    "retry_due",
+    "redrive",
+    "discard",
+    "request_redrive",
+];
+/// Pipeline events, in the order of [`pipeline_index`].
+pub const PIPELINE_EVENTS: [&str; 6] = [
+    "received",
+    "processed",
+    "retried",
+    "dead_lettered",
+    "redriven",
+    "discarded",
+];
 /// Outcomes, in the order of [`Outcome`].
 pub const OUTCOMES: [&str; 4] = ["appended", "replayed", "unchanged", "rejected"];
 
@@ -64,6 +93,12 @@ pub fn describe() {
     );
     describe_counter!(SWEEPER_PULSES_TOTAL, "Expiry pulses submitted by the sweeper");
     describe_counter!(SWEEPER_EXPIRED_TOTAL, "Holds expired by the sweeper's pulses");
+    describe_counter!(
+        INGEST_EVENTS_TOTAL,
+        "External events received, processed, retried, dead-lettered, re-driven and discarded"
+    );
+    metrics::describe_gauge!(DEAD_LETTER_DEPTH, "Letters in the dead-letter queue");
+    metrics::describe_gauge!(INGEST_RETRYING, "External events waiting for a retry");
 }
 
 /// The index of a command's kind in [`KINDS`].
@@ -75,6 +110,26 @@ pub(crate) fn kind_index(command: &Command) -> usize {
         Command::Commit { .. } => 3,
         Command::Release { .. } => 4,
         Command::ExpireDue { .. } => 5,
+        Command::Ingest { .. } => 6,
+        Command::RetryDue => 7,
+        Command::Redrive { .. } => 8,
+        Command::Discard { .. } => 9,
+        Command::RequestRedrive { .. } => 10,
+    }
+}
+
+/// What a record did in the ingest pipeline, as indexes into [`PIPELINE_EVENTS`] (a
+/// re-drive both re-drives and processes or dead-letters).
+fn pipeline_indexes(record: &Record) -> &'static [usize] {
+    match &record.event {
+        Event::ExternalReceived(_) => &[0],
+        Event::ExternalProcessed(p) if p.redriven => &[1, 4],
+        Event::ExternalProcessed(_) => &[1],
+        Event::ExternalAttemptFailed(_) => &[2],
+        Event::ExternalDeadLettered(d) if d.redriven => &[4],
+        Event::ExternalDeadLettered(_) => &[3],
+        Event::DeadLetterDiscarded(_) => &[5],
+        _ => &[],
     }
 }
 
@@ -86,6 +141,10 @@ pub(crate) struct SequencerMetrics {
     batch_records: Histogram,
     commit_seconds: Histogram,
     batch_seconds: Histogram,
+    pipeline: Vec<Counter>,
+    pipeline_tallies: [u64; PIPELINE_EVENTS.len()],
+    dead_letter_depth: Gauge,
+    retrying: Gauge,
 }
 
 impl SequencerMetrics {
@@ -105,6 +164,13 @@ impl SequencerMetrics {
             batch_records: metrics::histogram!(BATCH_RECORDS),
             commit_seconds: metrics::histogram!(COMMIT_SECONDS),
             batch_seconds: metrics::histogram!(BATCH_SECONDS),
+            pipeline: PIPELINE_EVENTS
+                .iter()
+                .map(|event| metrics::counter!(INGEST_EVENTS_TOTAL, "event" => *event))
+                .collect(),
+            pipeline_tallies: [0; PIPELINE_EVENTS.len()],
+            dead_letter_depth: metrics::gauge!(DEAD_LETTER_DEPTH),
+            retrying: metrics::gauge!(INGEST_RETRYING),
         }
     }
 
@@ -119,8 +185,29 @@ impl SequencerMetrics {
         metrics::counter!(REJECTIONS_TOTAL, "kind" => command.name(), "reason" => rejection.name()).increment(1);
     }
 
+    /// Counts what appended records did in the ingest pipeline.
+    pub fn records(&mut self, records: &[Record]) {
+        for record in records {
+            for &at in pipeline_indexes(record) {
+                self.pipeline_tallies[at] += 1;
+            }
+        }
+    }
+
+    /// Sets the pipeline's gauges: letters in the queue, events waiting for a retry.
+    pub fn pipeline_depth(&mut self, dead_letters: u64, retrying: usize) {
+        self.dead_letter_depth.set(dead_letters as f64);
+        self.retrying.set(retrying as f64);
+    }
+
     /// Adds a group commit's tallies and timings.
     pub fn flush(&mut self, commands: usize, records: u64, commit_seconds: f64, batch_seconds: f64) {
+        for (at, tally) in self.pipeline_tallies.iter_mut().enumerate() {
+            if *tally > 0 {
+                self.pipeline[at].increment(*tally);
+                *tally = 0;
+            }
+        }
         for (kind, row) in self.tallies.iter_mut().enumerate() {
             for (outcome, tally) in row.iter_mut().enumerate() {
                 if *tally > 0 {

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 mod mirror;
 pub mod operations;
+pub mod pipeline;
 mod projector;
 mod sequencer;
 pub mod snapshot;
@@ -16,6 +17,7 @@ pub mod sweeper;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use operations::{JobControl, JobError, OperationRecord, OperationState, Operations};
+pub use pipeline::{LetterFilter, LetterPage, LetterView, PipelineStats, ReceiptState, RedriveSelection};
 pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
 
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
@@ -136,13 +138,37 @@ pub(crate) struct Read {
 }
 
 pub(crate) enum Query {
-    Account { tenant: String, account: String },
+    Account {
+        tenant: String,
+        account: String,
+    },
     Hold(u64),
+    DeadLetters {
+        tenant: String,
+        filter: LetterFilter,
+        limit: usize,
+    },
+    Receipt {
+        tenant: String,
+        receipt_seq: u64,
+    },
+    PipelineStats {
+        tenant: String,
+    },
+    RedrivePlan {
+        tenant: String,
+        selection: RedriveSelection,
+        max: usize,
+    },
 }
 
 pub(crate) enum Answer {
     Account(Option<crate::projection::AccountView>),
     Hold(Option<crate::projection::HoldView>),
+    DeadLetters(LetterPage),
+    Receipt(Option<ReceiptState>),
+    PipelineStats(PipelineStats),
+    RedrivePlan(Vec<u64>),
 }
 
 pub(crate) enum Msg {
@@ -524,6 +550,78 @@ impl EngineHandle {
         Ok(read?)
     }
 
+    /// Up to `pulses` retry pulses in one job; returns how many attempts were made (fewer
+    /// than `pulses` means no retry is due now).
+    pub async fn retry_due(&self, pulses: usize) -> Result<usize, EngineError> {
+        let meta = CommandMeta {
+            tenant: "system".into(),
+            actor: "system:ingest".into(),
+            ..CommandMeta::default()
+        };
+        let commands = (0..pulses).map(|_| (meta.clone(), Command::RetryDue)).collect();
+        let results = self.submit_batch(commands).await?;
+        Ok(results
+            .iter()
+            .filter(|r| matches!(r, Ok(receipt) if !receipt.records.is_empty()))
+            .count())
+    }
+
+    /// The tenant's dead letters (and, if asked, retrying events) matching `filter`.
+    pub async fn dead_letters(
+        &self,
+        tenant: &str,
+        filter: LetterFilter,
+        limit: usize,
+    ) -> Result<LetterPage, EngineError> {
+        let query = Query::DeadLetters {
+            tenant: tenant.to_string(),
+            filter,
+            limit,
+        };
+        match self.read(query).await? {
+            Answer::DeadLetters(page) => Ok(page),
+            _ => unreachable!("a dead-letter query is answered with letters"),
+        }
+    }
+
+    /// Where one received external event stands.
+    pub async fn receipt(&self, tenant: &str, receipt_seq: u64) -> Result<Option<ReceiptState>, EngineError> {
+        let query = Query::Receipt {
+            tenant: tenant.to_string(),
+            receipt_seq,
+        };
+        match self.read(query).await? {
+            Answer::Receipt(state) => Ok(state),
+            _ => unreachable!("a receipt query is answered with a receipt"),
+        }
+    }
+
+    /// The pipeline's counters and queue for a tenant.
+    pub async fn pipeline_stats(&self, tenant: &str) -> Result<PipelineStats, EngineError> {
+        match self.read(Query::PipelineStats { tenant: tenant.into() }).await? {
+            Answer::PipelineStats(stats) => Ok(stats),
+            _ => unreachable!("a stats query is answered with stats"),
+        }
+    }
+
+    /// The letters a re-drive would apply, in order (see [`pipeline::redrive_plan`]).
+    pub async fn redrive_plan(
+        &self,
+        tenant: &str,
+        selection: RedriveSelection,
+        max: usize,
+    ) -> Result<Vec<u64>, EngineError> {
+        let query = Query::RedrivePlan {
+            tenant: tenant.into(),
+            selection,
+            max,
+        };
+        match self.read(query).await? {
+            Answer::RedrivePlan(plan) => Ok(plan),
+            _ => unreachable!("a plan query is answered with a plan"),
+        }
+    }
+
     /// One expiry pulse; returns how many holds it expired.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let meta = CommandMeta {
@@ -561,7 +659,7 @@ impl EngineHandle {
         };
         match self.read(query).await? {
             Answer::Account(view) => Ok(view),
-            Answer::Hold(_) => unreachable!("an account query is answered with an account"),
+            _ => unreachable!("an account query is answered with an account"),
         }
     }
 
@@ -569,7 +667,7 @@ impl EngineHandle {
     pub async fn hold(&self, hold_id: u64) -> Result<Option<crate::projection::HoldView>, EngineError> {
         match self.read(Query::Hold(hold_id)).await? {
             Answer::Hold(view) => Ok(view),
-            Answer::Account(_) => unreachable!("a hold query is answered with a hold"),
+            _ => unreachable!("a hold query is answered with a hold"),
         }
     }
 

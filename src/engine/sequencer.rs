@@ -88,6 +88,8 @@ impl Sequencer {
                 let _ = read.reply.send(answer(&self.state, read.query));
             }
             let records = self.state.head_seq - first_seq;
+            let ingest = &self.state.ingest;
+            self.metrics.pipeline_depth(ingest.dead_letters, ingest.retry_due.len());
             self.metrics
                 .flush(commands, records, commit_seconds, started.elapsed().as_secs_f64());
         }
@@ -102,7 +104,10 @@ impl Sequencer {
             .map(|(meta, command)| {
                 let outcome = self.decide_one(meta, command, now_us);
                 match &outcome {
-                    Outcome::Appended(_) => self.metrics.count(command, Counted::Appended),
+                    Outcome::Appended(records) => {
+                        self.metrics.count(command, Counted::Appended);
+                        self.metrics.records(records);
+                    }
                     Outcome::Replayed { .. } => self.metrics.count(command, Counted::Replayed),
                     Outcome::Nothing => self.metrics.count(command, Counted::Unchanged),
                     Outcome::Rejected(rejection) => self.metrics.rejected(command, rejection),
@@ -183,5 +188,15 @@ fn answer(state: &State, query: Query) -> Answer {
             resolved_at_us: h.resolved_at_us,
             resolved_seq: h.resolved_seq,
         })),
+        Query::DeadLetters { tenant, filter, limit } => {
+            Answer::DeadLetters(super::pipeline::dead_letters(state, &tenant, &filter, limit))
+        }
+        Query::Receipt { tenant, receipt_seq } => {
+            Answer::Receipt(super::pipeline::receipt(state, &tenant, receipt_seq))
+        }
+        Query::PipelineStats { tenant } => Answer::PipelineStats(super::pipeline::stats(state, &tenant)),
+        Query::RedrivePlan { tenant, selection, max } => {
+            Answer::RedrivePlan(super::pipeline::redrive_plan(state, &tenant, &selection, max))
+        }
     }
 }

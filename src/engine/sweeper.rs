@@ -1,6 +1,7 @@
-//! The expiry sweeper: a client of the engine like any other. It submits the expiry pulse
-//! (`ExpireDue`) through the inbox on a timer, so that every expiry is an event in the log,
-//! decided from the record's timestamp.
+//! The sweeper: a client of the engine like any other. On a timer it submits the expiry
+//! pulse (`ExpireDue`) and the ingest pipeline's retry pulses (`RetryDue`) through the
+//! inbox, so that every expiry and every retry is an event in the log, decided from the
+//! record's timestamp.
 
 use super::EngineHandle;
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
@@ -10,6 +11,10 @@ use std::time::Duration;
 /// only has to return held points to `available` promptly.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Retry pulses per job: each retries one external event, decided in order in one group
+/// commit; a job whose pulses all found work is followed by another at once.
+pub const RETRY_PULSES_PER_JOB: usize = 256;
+
 /// Pulses every `interval` until the engine stops; a pulse that expired a full batch is
 /// followed by another at once.
 pub fn spawn(engine: EngineHandle, interval: Duration) -> tokio::task::JoinHandle<()> {
@@ -18,6 +23,16 @@ pub fn spawn(engine: EngineHandle, interval: Duration) -> tokio::task::JoinHandl
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            loop {
+                match engine.retry_due(RETRY_PULSES_PER_JOB).await {
+                    Ok(RETRY_PULSES_PER_JOB) => continue,
+                    Ok(_) | Err(super::EngineError::Busy) => break,
+                    Err(error) => {
+                        tracing::info!(%error, "sweeper stops");
+                        return;
+                    }
+                }
+            }
             loop {
                 ::metrics::counter!(super::metrics::SWEEPER_PULSES_TOTAL).increment(1);
                 let swept = engine.sweep().await;

@@ -274,6 +274,13 @@ fn encode_payload(buf: &mut Vec<u8>, event: &Event) {
         Event::HoldReleased(e) => rmp_serde::encode::write(buf, e),
         Event::HoldExpired(e) => rmp_serde::encode::write(buf, e),
         Event::TierChanged(e) => rmp_serde::encode::write(buf, e),
+        Event::PointsReversed(e) => rmp_serde::encode::write(buf, e),
+        Event::ExternalReceived(e) => rmp_serde::encode::write(buf, e),
+        Event::ExternalProcessed(e) => rmp_serde::encode::write(buf, e),
+        Event::ExternalAttemptFailed(e) => rmp_serde::encode::write(buf, e),
+        Event::ExternalDeadLettered(e) => rmp_serde::encode::write(buf, e),
+        Event::DeadLetterDiscarded(e) => rmp_serde::encode::write(buf, e),
+        Event::RedriveRequested(e) => rmp_serde::encode::write(buf, e),
     };
     result.expect("encoding plain structs into a Vec cannot fail");
 }
@@ -289,6 +296,13 @@ fn decode_payload(kind: u16, payload: &[u8]) -> Result<Event, String> {
         EventKind::HoldReleased => Event::HoldReleased(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::HoldExpired => Event::HoldExpired(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::TierChanged => Event::TierChanged(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::PointsReversed => Event::PointsReversed(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::ExternalReceived => Event::ExternalReceived(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::ExternalProcessed => Event::ExternalProcessed(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::ExternalAttemptFailed => Event::ExternalAttemptFailed(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::ExternalDeadLettered => Event::ExternalDeadLettered(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::DeadLetterDiscarded => Event::DeadLetterDiscarded(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::RedriveRequested => Event::RedriveRequested(rmp_serde::from_slice(payload).map_err(err)?),
     })
 }
 

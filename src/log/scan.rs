@@ -17,7 +17,14 @@ use std::path::{Path, PathBuf};
 /// of the first 32 bytes.
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"TALLYSEG";
 /// The log format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the event kinds of the ingest pipeline (8 to 13); the byte layout is
+/// that of version 1, so version-1 segments are read as they are, and a log may hold
+/// both (segments written before and after an upgrade). A build that reads only version 1
+/// refuses a version-2 segment instead of failing on a kind it does not know.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest segment format version this build reads.
+pub const OLDEST_READ_VERSION: u32 = 1;
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
 /// Distance between sparse index entries: a read starts at most this many bytes before
 /// the record it wants.
@@ -52,9 +59,9 @@ fn check_segment_header(bytes: &[u8], first_seq: u64) -> Result<(), String> {
         return Err("segment header checksum does not match".into());
     }
     let version = codec::u32_at(header, 8);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "segment format version {version}; this build reads {FORMAT_VERSION}"
+            "segment format version {version}; this build reads {OLDEST_READ_VERSION} to {FORMAT_VERSION}"
         ));
     }
     let named = codec::u64_at(header, 16);

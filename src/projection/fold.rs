@@ -61,11 +61,14 @@ fn accounts(tree: &sled::Tree, records: &[Record], rows: &mut Rows) -> Result<()
             touched.insert(key, view);
             continue;
         }
+        // The ingest pipeline's events change no balance (and may name a member not enrolled yet).
+        let Some(effect) = record.event.effect() else {
+            continue;
+        };
         let view = match touched.remove(&key) {
             Some(view) => view,
             None => decode::<AccountView>("accounts", tree.get(&key)?)?.expect("events follow their account's opening"),
         };
-        let effect = record.event.effect().expect("every event but an opening has an effect");
         let active_holds = match &record.event {
             Event::HoldReserved(_) => view.active_holds + 1,
             Event::HoldCommitted(_) | Event::HoldReleased(_) | Event::HoldExpired(_) => view.active_holds - 1,

@@ -194,7 +194,8 @@ impl Projections {
         Ok(rows)
     }
 
-    /// Up to `limit` history entries of an account with a sequence number above `after_seq`.
+    /// Up to `limit` ledger entries of an account (the ingest pipeline's records left out)
+    /// with a sequence number above `after_seq`.
     pub fn history(
         &self,
         tenant: &str,
@@ -202,7 +203,20 @@ impl Projections {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<HistoryView>, StoreError> {
-        self.history_range(tenant, account, after_seq, u64::MAX, limit)
+        let start = keys::history(tenant, account, after_seq.saturating_add(1));
+        let end = keys::history(tenant, account, u64::MAX);
+        let mut rows = Vec::new();
+        for row in self.tree(ProjectionName::History).range(start..=end) {
+            if rows.len() == limit {
+                break;
+            }
+            let (_, value) = row?;
+            let view: HistoryView = decode("history", Some(value))?.expect("present");
+            if crate::domain::EventKind::from_code(view.kind).is_some_and(crate::domain::EventKind::is_ledger) {
+                rows.push(view);
+            }
+        }
+        Ok(rows)
     }
 
     fn history_row(&self, tenant: &str, account: &str, seq: u64) -> Result<HistoryView, StoreError> {

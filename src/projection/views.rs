@@ -81,7 +81,10 @@ pub struct HistoryView {
 }
 
 impl HistoryView {
-    /// The history row for a record (every event has one).
+    /// The history row for a record. The ingest pipeline's records change no balance: their
+    /// effect is all zeros and [`EventKind::is_ledger`](crate::domain::EventKind::is_ledger)
+    /// tells them apart; they have rows so that audit queries (by actor, correlation id,
+    /// idempotency key) show them.
     pub fn of(record: &Record) -> Option<HistoryView> {
         let effect = match &record.event {
             Event::AccountOpened(opened) => Effect {
@@ -94,7 +97,19 @@ impl HistoryView {
                 tier_before: String::new(),
                 tier_after: opened.tier.clone(),
             },
-            other => other.effect()?.clone(),
+            other => match other.effect() {
+                Some(effect) => effect.clone(),
+                None => Effect {
+                    posted_before: 0,
+                    posted_after: 0,
+                    held_before: 0,
+                    held_after: 0,
+                    lifetime_before: 0,
+                    lifetime_after: 0,
+                    tier_before: String::new(),
+                    tier_after: String::new(),
+                },
+            },
         };
         let (reason, points) = match &record.event {
             Event::AccountOpened(_) => ("account opened".to_string(), 0),
@@ -104,6 +119,37 @@ impl HistoryView {
             Event::HoldReleased(e) => (String::new(), e.amount),
             Event::HoldExpired(e) => (String::new(), e.amount),
             Event::TierChanged(e) => (format!("{} -> {}", e.from, e.to), 0),
+            Event::PointsReversed(e) => (
+                format!(
+                    "reversal of {} award {} under {}: {}",
+                    e.source,
+                    e.original_external_id,
+                    e.policy.name(),
+                    e.reason
+                ),
+                e.points,
+            ),
+            Event::ExternalReceived(r) => (
+                format!("received {} {}/{}", r.body.kind().name(), r.source, r.external_id),
+                0,
+            ),
+            Event::ExternalProcessed(p) => (
+                format!(
+                    "processed receipt {} (attempt {}{}{})",
+                    p.receipt_seq,
+                    p.attempt,
+                    if p.already_applied { ", applied before" } else { "" },
+                    if p.redriven { ", re-driven" } else { "" }
+                ),
+                p.points,
+            ),
+            Event::ExternalAttemptFailed(f) => (
+                format!("receipt {} attempt {} failed: {}", f.receipt_seq, f.attempt, f.cause),
+                0,
+            ),
+            Event::ExternalDeadLettered(d) => (format!("receipt {} dead-lettered: {}", d.receipt_seq, d.cause), 0),
+            Event::DeadLetterDiscarded(d) => (format!("receipt {} discarded: {}", d.receipt_seq, d.reason), 0),
+            Event::RedriveRequested(r) => (format!("re-drive of receipts {:?}", r.receipts), 0),
         };
         let envelope = &record.envelope;
         Some(HistoryView {

@@ -34,6 +34,13 @@ pub fn to_json_line(record: &Record) -> String {
         Event::HoldReleased(body) => serde_json::to_value(body),
         Event::HoldExpired(body) => serde_json::to_value(body),
         Event::TierChanged(body) => serde_json::to_value(body),
+        Event::PointsReversed(body) => serde_json::to_value(body),
+        Event::ExternalReceived(body) => serde_json::to_value(body),
+        Event::ExternalProcessed(body) => serde_json::to_value(body),
+        Event::ExternalAttemptFailed(body) => serde_json::to_value(body),
+        Event::ExternalDeadLettered(body) => serde_json::to_value(body),
+        Event::DeadLetterDiscarded(body) => serde_json::to_value(body),
+        Event::RedriveRequested(body) => serde_json::to_value(body),
     }
     .expect("event bodies are plain data");
     let line = Line {

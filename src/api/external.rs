@@ -1,0 +1,210 @@
+//! External events as partners send them: a type name and a JSON object, checked strictly
+//! against the type's schema (unknown fields, wrong types and missing fields are refused,
+//! each error naming the field), and rendered back the same way. The ranges and id rules
+//! are the domain's (`domain::validate_body`), so a body that passes here and there is one
+//! the ledger can record.
+
+use crate::domain::event::{ExternalBody, ExternalKind, ReversePolicy};
+use crate::domain::{validate_body, Rejection};
+use serde_json::{Map, Value};
+
+/// Longest JSON payload of one external event: the largest valid one (a rating slip with
+/// 128-byte ids) is under 1 KiB; anything far larger is not one of ours.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// What a field holds.
+#[derive(Clone, Copy)]
+enum Field {
+    Text,
+    Integer { max: u64 },
+    Policy,
+}
+
+/// The fields of each type, all required: the schema `docs/INGEST.md` lists.
+fn schema(kind: ExternalKind) -> &'static [(&'static str, &'static str, Field)] {
+    const U32: Field = Field::Integer { max: u32::MAX as u64 };
+    const U64: Field = Field::Integer { max: u64::MAX };
+    match kind {
+        ExternalKind::MemberEnrolled => &[("member_id", "payload.member_id", Field::Text)],
+        ExternalKind::PointsAward => &[
+            ("member_id", "payload.member_id", Field::Text),
+            ("points", "payload.points", U64),
+            ("promotion_id", "payload.promotion_id", Field::Text),
+        ],
+        ExternalKind::RatingSlipCompleted => &[
+            ("member_id", "payload.member_id", Field::Text),
+            ("slip_id", "payload.slip_id", Field::Text),
+            ("game", "payload.game", Field::Text),
+            ("average_bet_cents", "payload.average_bet_cents", U64),
+            ("decisions_per_hour", "payload.decisions_per_hour", U32),
+            ("minutes_played", "payload.minutes_played", U32),
+            ("house_edge_bps", "payload.house_edge_bps", U32),
+        ],
+        ExternalKind::PointsReverse => &[
+            ("member_id", "payload.member_id", Field::Text),
+            ("original_external_id", "payload.original_external_id", Field::Text),
+            ("policy", "payload.policy", Field::Policy),
+            ("reason", "payload.reason", Field::Text),
+        ],
+    }
+}
+
+/// Parses and checks an external event of type `type_name` from its JSON payload.
+pub fn parse(type_name: &str, payload_json: &str) -> Result<ExternalBody, Rejection> {
+    let kind = ExternalKind::from_name(type_name).ok_or_else(|| {
+        let known: Vec<_> = ExternalKind::ALL.iter().map(|k| k.name()).collect();
+        Rejection::invalid(
+            "type",
+            format!("unknown event type {type_name:?}; known: {}", known.join(", ")),
+        )
+    })?;
+    if payload_json.len() > MAX_PAYLOAD_BYTES {
+        return Err(Rejection::invalid(
+            "payload",
+            format!("is longer than {MAX_PAYLOAD_BYTES} bytes"),
+        ));
+    }
+    let value: Value = serde_json::from_str(payload_json)
+        .map_err(|e| Rejection::invalid("payload", format!("is not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(Rejection::invalid("payload", "must be a JSON object"));
+    };
+    from_object(kind, &object)
+}
+
+/// Checks a JSON object against `kind`'s schema and builds the body.
+pub fn from_object(kind: ExternalKind, object: &Map<String, Value>) -> Result<ExternalBody, Rejection> {
+    let fields = schema(kind);
+    if let Some(unknown) = object.keys().find(|k| !fields.iter().any(|(name, _, _)| name == k)) {
+        let expected: Vec<_> = fields.iter().map(|(name, _, _)| *name).collect();
+        return Err(Rejection::invalid(
+            "payload",
+            format!(
+                "unknown field {unknown:?} for {}; expected: {}",
+                kind.name(),
+                expected.join(", ")
+            ),
+        ));
+    }
+    let get = |name: &str| -> Result<&Value, Rejection> {
+        let (_, path, _) = fields.iter().find(|(n, _, _)| *n == name).expect("a schema field");
+        object.get(name).ok_or_else(|| Rejection::invalid(path, "is required"))
+    };
+    let text = |name: &str| -> Result<String, Rejection> {
+        let (_, path, _) = fields.iter().find(|(n, _, _)| *n == name).expect("a schema field");
+        match get(name)? {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(Rejection::invalid(
+                path,
+                format!("must be a string, got {}", describe(other)),
+            )),
+        }
+    };
+    let integer = |name: &str| -> Result<u64, Rejection> {
+        let (_, path, field) = fields.iter().find(|(n, _, _)| *n == name).expect("a schema field");
+        let Field::Integer { max } = field else {
+            unreachable!("an integer field")
+        };
+        match get(name)? {
+            Value::Number(n) => match n.as_u64() {
+                Some(v) if v <= *max => Ok(v),
+                _ => Err(Rejection::invalid(
+                    path,
+                    format!("must be a whole number from 0 to {max}, got {n}"),
+                )),
+            },
+            other => Err(Rejection::invalid(
+                path,
+                format!("must be a number, got {}", describe(other)),
+            )),
+        }
+    };
+    let narrow = |v: u64| u32::try_from(v).expect("checked against the u32 bound");
+    let body = match kind {
+        ExternalKind::MemberEnrolled => ExternalBody::MemberEnrolled {
+            member_id: text("member_id")?,
+        },
+        ExternalKind::PointsAward => ExternalBody::PointsAward {
+            member_id: text("member_id")?,
+            points: integer("points")?,
+            promotion_id: text("promotion_id")?,
+        },
+        ExternalKind::RatingSlipCompleted => ExternalBody::RatingSlipCompleted {
+            member_id: text("member_id")?,
+            slip_id: text("slip_id")?,
+            game: text("game")?,
+            average_bet_cents: integer("average_bet_cents")?,
+            decisions_per_hour: narrow(integer("decisions_per_hour")?),
+            minutes_played: narrow(integer("minutes_played")?),
+            house_edge_bps: narrow(integer("house_edge_bps")?),
+        },
+        ExternalKind::PointsReverse => ExternalBody::PointsReverse {
+            member_id: text("member_id")?,
+            original_external_id: text("original_external_id")?,
+            policy: match text("policy")?.as_str() {
+                "cap_to_available" => ReversePolicy::CapToAvailable,
+                "all_or_nothing" => ReversePolicy::AllOrNothing,
+                other => {
+                    return Err(Rejection::invalid(
+                        "payload.policy",
+                        format!("must be \"cap_to_available\" or \"all_or_nothing\", got {other:?}"),
+                    ))
+                }
+            },
+            reason: text("reason")?,
+        },
+    };
+    validate_body(&body)?;
+    Ok(body)
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// The body as the JSON object a partner sends.
+pub fn to_json(body: &ExternalBody) -> Value {
+    match body {
+        ExternalBody::MemberEnrolled { member_id } => serde_json::json!({ "member_id": member_id }),
+        ExternalBody::PointsAward {
+            member_id,
+            points,
+            promotion_id,
+        } => serde_json::json!({ "member_id": member_id, "points": points, "promotion_id": promotion_id }),
+        ExternalBody::RatingSlipCompleted {
+            member_id,
+            slip_id,
+            game,
+            average_bet_cents,
+            decisions_per_hour,
+            minutes_played,
+            house_edge_bps,
+        } => serde_json::json!({
+            "member_id": member_id,
+            "slip_id": slip_id,
+            "game": game,
+            "average_bet_cents": average_bet_cents,
+            "decisions_per_hour": decisions_per_hour,
+            "minutes_played": minutes_played,
+            "house_edge_bps": house_edge_bps,
+        }),
+        ExternalBody::PointsReverse {
+            member_id,
+            original_external_id,
+            policy,
+            reason,
+        } => serde_json::json!({
+            "member_id": member_id,
+            "original_external_id": original_external_id,
+            "policy": policy.name(),
+            "reason": reason,
+        }),
+    }
+}
