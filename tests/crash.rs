@@ -3,7 +3,9 @@
 //! with SIGKILL mid-load, several times. After each restart every request whose answer was
 //! lost is retried with its key; at the end every command the clients ever sent is in the
 //! log exactly once, every acknowledged one with the sequence number it was acknowledged
-//! with, balances add up, and `tally verify` passes.
+//! with, balances add up, and `tally verify` passes. The same holds for external events
+//! sent to the ingest pipeline: each accepted one is received exactly once, processed at
+//! most once, and nothing is applied twice across the crashes.
 
 mod support;
 
@@ -179,6 +181,141 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     assert_eq!(seen.len(), acknowledged.len(), "nothing but what the clients sent");
     let expected: u64 = acknowledged.keys().map(|n| 1 + n % 17).sum();
     assert_eq!(posted.values().sum::<u64>(), expected, "points add up");
+}
+
+fn external(n: u64) -> IngestRequest {
+    IngestRequest {
+        source: "promo".into(),
+        external_id: format!("x-{n}"),
+        r#type: "points.award".into(),
+        payload_json: format!(
+            r#"{{"member_id":"p{}","points":{},"promotion_id":"load-{n}"}}"#,
+            n % ACCOUNTS as u64,
+            1 + n % 13
+        ),
+        correlation_id: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_ingest_load_receives_each_event_once_and_applies_it_once() {
+    use tally::api::proto::ingest_client::IngestClient;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let mut client = connect(&server).await;
+    for a in 0..ACCOUNTS {
+        let open = OpenAccountRequest {
+            account_id: format!("p{a}"),
+            idempotency_key: format!("open-{a}"),
+            ..Default::default()
+        };
+        client.open_account(request(open, "t1", "load")).await.unwrap();
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let mut acknowledged: HashMap<u64, u64> = HashMap::new();
+    for cycle in 0..CYCLES - 1 {
+        let acked = Arc::new(AtomicU64::new(0));
+        let enough = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..CLIENTS {
+            let mut client = IngestClient::connect(format!("http://{}", server.address))
+                .await
+                .unwrap();
+            let (next, acked, enough) = (next.clone(), acked.clone(), enough.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut lost) = (HashMap::new(), Vec::new());
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    match client.ingest(request(external(n), "t1", "partner")).await {
+                        Ok(response) => {
+                            ok.insert(n, response.into_inner().receipt_sequence);
+                            if acked.fetch_add(1, Ordering::SeqCst) + 1 == ACKS_BEFORE_KILL {
+                                enough.notify_one();
+                            }
+                        }
+                        Err(_) => {
+                            lost.push(n);
+                            return (ok, lost);
+                        }
+                    }
+                }
+            }));
+        }
+        enough.notified().await;
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().unwrap();
+        let mut unanswered = Vec::new();
+        for task in tasks {
+            let (ok, lost) = task.await.unwrap();
+            acknowledged.extend(ok);
+            unanswered.extend(lost);
+        }
+        server = start(dir.path());
+        let mut client = IngestClient::connect(format!("http://{}", server.address))
+            .await
+            .unwrap();
+        // Acknowledged events are answered as duplicates with their receipt; lost answers
+        // are sent again and received at most once.
+        for (&n, &receipt) in acknowledged.iter().filter(|(n, _)| *n % 5 == cycle as u64 % 5) {
+            let again = client
+                .ingest(request(external(n), "t1", "partner"))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                again.duplicate,
+                Duplicate::ExternalId as i32,
+                "cycle {cycle}: event {n}"
+            );
+            assert_eq!(
+                again.receipt_sequence, receipt,
+                "cycle {cycle}: event {n} keeps its receipt"
+            );
+        }
+        for n in unanswered {
+            let answer = client
+                .ingest(request(external(n), "t1", "partner"))
+                .await
+                .unwrap()
+                .into_inner();
+            acknowledged.insert(n, answer.receipt_sequence);
+        }
+    }
+    sigterm(&server.child);
+    server.child.wait().unwrap();
+    let (log, _) = tally::log::FileLog::open(&dir.path().join("log"), tally::log::LogOptions::default()).unwrap();
+    let records: Vec<_> = tally::log::LogWriter::reader(&log)
+        .iter_from(1)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut received: HashMap<String, u64> = HashMap::new();
+    let mut processed: HashMap<u64, u64> = HashMap::new();
+    let mut posted = 0;
+    for record in &records {
+        match &record.event {
+            tally::domain::Event::ExternalReceived(r) => {
+                assert!(
+                    received.insert(r.external_id.clone(), record.seq).is_none(),
+                    "{} received twice",
+                    r.external_id
+                );
+            }
+            tally::domain::Event::ExternalProcessed(p) => *processed.entry(p.receipt_seq).or_default() += 1,
+            tally::domain::Event::PointsAwarded(a) => posted += a.points,
+            _ => {}
+        }
+    }
+    assert_eq!(received.len(), acknowledged.len(), "nothing but what the clients sent");
+    for (n, receipt) in &acknowledged {
+        assert_eq!(
+            received.get(&format!("x-{n}")),
+            Some(receipt),
+            "event {n} at its receipt"
+        );
+        assert_eq!(processed.get(receipt), Some(&1), "event {n} processed exactly once");
+    }
+    let expected: u64 = acknowledged.keys().map(|n| 1 + n % 13).sum();
+    assert_eq!(posted, expected, "points add up");
 }
 
 fn sigterm(child: &Child) {

@@ -49,7 +49,13 @@ pub async fn serve_slot(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::NotServing).await;
+    // Set before the first call can arrive: an engine already in the slot serves from the
+    // start, not from whenever the reporting task first runs.
+    let initial = match slot.get() {
+        Some(engine) if engine.status() == EngineStatus::Serving => ServingStatus::Serving,
+        _ => ServingStatus::NotServing,
+    };
+    set_health(&reporter, initial).await;
     tokio::spawn(report_health(slot.clone(), reporter));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
