@@ -113,6 +113,7 @@ pub async fn ingest_lines(target: &Target, input: impl BufRead) -> Result<Ingest
                     r#type: event.type_name,
                     payload_json: serde_json::Value::Object(event.payload).to_string(),
                     correlation_id: event.correlation_id,
+                    payload: None,
                 },
             )),
             Err(e) => report.rejected.push((number, format!("INVALID_ARGUMENT: {e}"))),

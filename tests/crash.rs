@@ -194,6 +194,7 @@ fn external(n: u64) -> IngestRequest {
             1 + n % 13
         ),
         correlation_id: String::new(),
+        payload: None,
     }
 }
 

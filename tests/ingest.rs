@@ -1152,6 +1152,7 @@ fn ingest_request(source: &str, id: &str, type_name: &str, payload: &str) -> pro
         r#type: type_name.into(),
         payload_json: payload.into(),
         correlation_id: String::new(),
+        payload: None,
     }
 }
 
@@ -1214,6 +1215,35 @@ async fn the_ingest_service_end_to_end() {
         matches!(&results[1].result, Some(R::Error(e)) if e.reason == "INVALID_ARGUMENT" && e.message.contains("unknown field \"member\""))
     );
     assert!(matches!(&results[2].result, Some(R::Accepted(a)) if a.points == 25));
+    // The payload as a structured value, as grpcurl and generated clients send an object.
+    let structured = |points: f64| {
+        use prost_types::value::Kind;
+        let field = |kind| prost_types::Value { kind: Some(kind) };
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("member_id".to_string(), field(Kind::StringValue("m1".into())));
+        fields.insert("points".to_string(), field(Kind::NumberValue(points)));
+        fields.insert("promotion_id".to_string(), field(Kind::StringValue("struct".into())));
+        proto::IngestRequest {
+            payload: Some(prost_types::Struct { fields }),
+            ..ingest_request("promo", &format!("st-{points}"), "points.award", "")
+        }
+    };
+    let accepted = client.ingest(call(structured(75.0))).await.unwrap().into_inner();
+    assert_eq!(
+        (accepted.outcome, accepted.points),
+        (IngestOutcome::Processed as i32, 75)
+    );
+    let status = client.ingest(call(structured(7.5))).await.unwrap_err();
+    assert!(
+        status.message().contains("payload.points") && status.message().contains("whole number"),
+        "{status:?}"
+    );
+    let both = proto::IngestRequest {
+        payload_json: r#"{"member_id":"m1"}"#.into(),
+        ..structured(1.0)
+    };
+    let status = client.ingest(call(both)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
     // The accrual is still waiting; list it, then let the retry run.
     let listed = client
         .list_dead_letters(call(proto::ListDeadLettersRequest {
@@ -1306,7 +1336,7 @@ async fn the_ingest_service_end_to_end() {
             stats.discarded,
             stats.dead_letter_depth
         ),
-        (5, 4, 1, 0)
+        (6, 5, 1, 0)
     );
     // Another tenant's view is empty.
     let other = client

@@ -173,6 +173,7 @@ async fn the_metrics_endpoint_counts_commands_by_kind_and_outcome() {
             r#type: "points.award".into(),
             payload_json: format!(r#"{{"member_id":"{member}","points":5,"promotion_id":"{id}"}}"#),
             correlation_id: String::new(),
+            payload: None,
         };
         ingest.ingest(request(event, "t1", "svc")).await.unwrap();
     }

@@ -49,15 +49,58 @@ fn schema(kind: ExternalKind) -> &'static [(&'static str, &'static str, Field)] 
     }
 }
 
-/// Parses and checks an external event of type `type_name` from its JSON payload.
-pub fn parse(type_name: &str, payload_json: &str) -> Result<ExternalBody, Rejection> {
-    let kind = ExternalKind::from_name(type_name).ok_or_else(|| {
+/// The type named `type_name`.
+fn kind(type_name: &str) -> Result<ExternalKind, Rejection> {
+    ExternalKind::from_name(type_name).ok_or_else(|| {
         let known: Vec<_> = ExternalKind::ALL.iter().map(|k| k.name()).collect();
         Rejection::invalid(
             "type",
             format!("unknown event type {type_name:?}; known: {}", known.join(", ")),
         )
-    })?;
+    })
+}
+
+/// Parses and checks an external event from a protobuf `Struct` (what grpcurl and most
+/// generated clients send for a JSON object). Struct numbers are doubles: a whole number
+/// up to 2^53 becomes that integer; any other number stays fractional and is refused by
+/// the schema as not a whole number.
+pub fn parse_struct(type_name: &str, payload: &prost_types::Struct) -> Result<ExternalBody, Rejection> {
+    let kind = kind(type_name)?;
+    let object = payload
+        .fields
+        .iter()
+        .map(|(name, value)| (name.clone(), struct_value(value)))
+        .collect();
+    from_object(kind, &object)
+}
+
+/// Largest integer a double holds exactly.
+const MAX_EXACT_DOUBLE: f64 = 9_007_199_254_740_992.0;
+
+fn struct_value(value: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && (0.0..=MAX_EXACT_DOUBLE).contains(n) => {
+            Value::from(*n as u64)
+        }
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(list)) => Value::Array(list.values.iter().map(struct_value).collect()),
+        Some(Kind::StructValue(inner)) => Value::Object(
+            inner
+                .fields
+                .iter()
+                .map(|(name, value)| (name.clone(), struct_value(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// Parses and checks an external event of type `type_name` from its JSON payload.
+pub fn parse(type_name: &str, payload_json: &str) -> Result<ExternalBody, Rejection> {
+    let kind = kind(type_name)?;
     if payload_json.len() > MAX_PAYLOAD_BYTES {
         return Err(Rejection::invalid(
             "payload",

@@ -55,7 +55,12 @@ impl IngestService {
 pub fn ingest_command(caller: &Caller, request: &proto::IngestRequest) -> Result<(CommandMeta, Command), Status> {
     let rejected = |r: Rejection| classify_rejection(&r).into_status();
     crate::domain::validate_identity(&request.source, &request.external_id).map_err(rejected)?;
-    let body = external::parse(&request.r#type, &request.payload_json).map_err(rejected)?;
+    let body = match (&request.payload, request.payload_json.is_empty()) {
+        (Some(payload), true) => external::parse_struct(&request.r#type, payload),
+        (None, _) => external::parse(&request.r#type, &request.payload_json),
+        (Some(_), false) => Err(Rejection::invalid("payload", "set payload or payload_json, not both")),
+    }
+    .map_err(rejected)?;
     let meta = CommandMeta {
         tenant: caller.tenant.clone(),
         actor: caller.actor.clone(),
