@@ -1,7 +1,8 @@
 //! Protects the promise that a client generated from `proto/` in another language works:
 //! protoc (Python's grpcio-tools, pinned in tests/python/requirements.txt and installed into
 //! target/python-client on first use) compiles the protos, and the generated Python client
-//! runs the README's session against the real `tally serve`.
+//! runs the README's session against the real `tally serve`, the ingest call (its payload
+//! a Struct built from a dict) included.
 
 mod support;
 
@@ -48,7 +49,7 @@ fn a_python_client_generated_by_protoc_runs_the_readme_session() {
     protoc
         .arg(format!("--python_out={}", generated.path().display()))
         .arg(format!("--grpc_python_out={}", generated.path().display()));
-    run(protoc.args(["tally/v1/ledger.proto", "tally/v1/audit.proto"]));
+    run(protoc.args(["tally/v1/ledger.proto", "tally/v1/audit.proto", "tally/v1/ingest.proto"]));
 
     let data = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))

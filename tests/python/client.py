@@ -10,9 +10,10 @@ sys.path.insert(0, sys.argv[2])
 import grpc  # noqa: E402
 from tally.v1 import audit_pb2 as A, audit_pb2_grpc as AG  # noqa: E402
 from tally.v1 import ledger_pb2 as L, ledger_pb2_grpc as LG  # noqa: E402
+from tally.v1 import ingest_pb2 as I, ingest_pb2_grpc as IG  # noqa: E402
 
 channel = grpc.insecure_channel(sys.argv[1])
-ledger, audit = LG.LedgerStub(channel), AG.AuditStub(channel)
+ledger, audit, ingest = LG.LedgerStub(channel), AG.AuditStub(channel), IG.IngestStub(channel)
 md = [("x-tally-tenant", "casino-1"), ("x-tally-actor", "pos-7")]
 
 
@@ -41,4 +42,10 @@ except grpc.RpcError as error:
     check("conflict reason", error.details().split(":")[0], "IDEMPOTENCY_CONFLICT")
 kinds = [r.event.kind for r in audit.Replay(A.ReplayRequest(), metadata=md) if r.HasField("event")]
 check("replay", kinds, ["account.opened", "points.awarded", "hold.reserved", "hold.committed"])
+event = I.IngestRequest(source="promo-engine", external_id="rw-5521", type="points.award")
+event.payload.update({"member_id": "player-42", "points": 250, "promotion_id": "spring"})
+accepted = ingest.Ingest(event, metadata=md)
+check("ingest", (accepted.outcome, accepted.points, accepted.duplicate), (I.INGEST_OUTCOME_PROCESSED, 250, I.DUPLICATE_NONE))
+again = ingest.Ingest(event, metadata=md)
+check("ingest retry", (again.duplicate, again.receipt_sequence), (I.DUPLICATE_EXTERNAL_ID, accepted.receipt_sequence))
 print("python client: ok")
