@@ -74,8 +74,21 @@ pub async fn serve_slot(
         .add_service(AuditServer::new(audit::AuditService::new(slot.clone())))
         .add_service(IngestServer::new(ingest::IngestService::new(slot.clone())))
         .add_service(OperationsServer::new(operations::OperationsService::new(slot)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off: an answer is one small write that must
+/// leave at once, not wait for the client's delayed acknowledgement.
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot turn Nagle's algorithm off");
+            }
+        })
+    })
 }
 
 /// Follows the slot, then the engine's status, into the health service.
