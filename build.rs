@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tally/v1/ledger.proto",
         "proto/tally/v1/audit.proto",
         "proto/tally/v1/ingest.proto",
+        "proto/tally/v1/links.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -26,6 +26,7 @@ pub struct Config {
     pub ledger: LedgerSection,
     pub engine: EngineSection,
     pub ingest: IngestSection,
+    pub links: LinksSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
 }
@@ -128,6 +129,22 @@ impl Default for IngestSection {
             dedup_window_seconds: p.dedup_window_seconds,
             dead_letters_per_member_max: p.dead_letters_per_member_max,
             dead_letters_max: p.dead_letters_max,
+        }
+    }
+}
+
+/// Links to accounts in other systems.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinksSection {
+    /// The base of the deep links CreateLink answers: `{base_url}/link?linkId=…&token=…`.
+    pub base_url: String,
+}
+
+impl Default for LinksSection {
+    fn default() -> Self {
+        Self {
+            base_url: crate::api::links::DEFAULT_BASE_URL.into(),
         }
     }
 }
@@ -238,6 +255,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub on_corrupt_log: OnCorruptLog,
     pub sweep_interval: Duration,
+    pub links_base_url: String,
     pub engine: EngineConfig,
 }
 
@@ -302,6 +320,11 @@ impl Config {
         if self.engine.sweep_interval_ms == 0 {
             return Err(invalid("engine.sweep_interval_ms", "must be at least 1".into()));
         }
+        let base_url = self.links.base_url.trim();
+        let scheme_ok = base_url.starts_with("https://") || base_url.starts_with("http://");
+        if !scheme_ok || base_url.split_once("://").is_none_or(|(_, rest)| rest.is_empty()) {
+            return Err(invalid("links.base_url", format!("{base_url:?} is not an http(s) URL")));
+        }
         let i = &self.ingest;
         if i.max_attempts == 0 {
             return Err(invalid("ingest.max_attempts", "must be at least 1".into()));
@@ -352,6 +375,7 @@ impl Config {
             metrics_listen,
             on_corrupt_log: self.server.on_corrupt_log,
             sweep_interval: Duration::from_millis(self.engine.sweep_interval_ms),
+            links_base_url: base_url.to_string(),
             engine,
         })
     }

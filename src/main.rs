@@ -354,6 +354,9 @@ struct ServeArgs {
     /// ingest.dead_letters_max: letters in the whole dead-letter queue.
     #[arg(long, env = "TALLY_INGEST_DEAD_LETTERS_MAX")]
     ingest_dead_letters_max: Option<u64>,
+    /// links.base_url: the base of the deep links CreateLink answers ({base_url}/link?linkId=…&token=…).
+    #[arg(long, env = "TALLY_LINKS_BASE_URL")]
+    links_base_url: Option<String>,
     /// metrics.listen: address of the Prometheus endpoint (GET /metrics); "" turns it off.
     #[arg(long, env = "TALLY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -489,6 +492,9 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     if let Some(v) = args.ingest_dead_letters_max {
         c.ingest.dead_letters_max = v;
     }
+    if let Some(v) = &args.links_base_url {
+        c.links.base_url = v.clone();
+    }
     if let Some(v) = &args.metrics_listen {
         c.metrics.listen = v.clone();
     }
@@ -571,6 +577,13 @@ async fn run_server(settings: Settings) -> ExitCode {
         println!("tally metrics on http://{address}/metrics");
     }
     let slot = EngineSlot::recovering();
+    match tally::api::links::LinkSettings::for_data_dir(&data_dir, &settings.links_base_url) {
+        Ok(links) => slot.set_links(links),
+        Err(error) => {
+            eprintln!("tally: the link key: {error}");
+            return ExitCode::from(2);
+        }
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();

@@ -1,7 +1,8 @@
 //! Protects old logs: `snapshots/v1/` holds a log written by format version 1 and the state
 //! it must fold to (`expected.txt`); `snapshots/v2/` one written by version 2, with the
 //! ingest pipeline's events (received, processed, retried, dead-lettered, parked, re-driven,
-//! discarded, a reversal). This test decodes, verifies and folds each on every run, forever;
+//! discarded, a reversal); `snapshots/v3/` one written by version 3, with account links
+//! (created, a wrong token, verified, revoked, expired). This test decodes, verifies and folds each on every run, forever;
 //! a change that breaks one breaks every log already written. A new format version adds a
 //! new directory and keeps these.
 //!
@@ -116,6 +117,23 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
     for (tenant, c) in counters {
         writeln!(out, "pipeline {tenant}: {c:?}").unwrap();
     }
+    let mut links: Vec<_> = state.links.links.iter().collect();
+    links.sort_by_key(|(id, _)| **id);
+    for (id, l) in links {
+        writeln!(
+            out,
+            "link {id} {}/{} -> {}/{} status={:?} failures={} expires_at={} resolved_at={}",
+            l.tenant,
+            l.account,
+            l.external_system,
+            l.external_account_id,
+            l.status,
+            l.failures,
+            l.expires_at_us,
+            l.resolved_at_us
+        )
+        .unwrap();
+    }
     // The index keeps fingerprints; the identities come from the records.
     let keys: std::collections::BTreeSet<_> = records
         .iter()
@@ -176,6 +194,13 @@ fn fold_golden(dir: &Path) -> String {
 fn v1_golden_log_decodes_and_folds_to_its_expected_state() {
     let dir = golden_dir(1);
     let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v1/expected.txt");
+    assert_eq!(fold_golden(&dir), expected);
+}
+
+#[test]
+fn v3_golden_log_decodes_and_folds_to_its_expected_state() {
+    let dir = golden_dir(3);
+    let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v3/expected.txt");
     assert_eq!(fold_golden(&dir), expected);
 }
 
@@ -318,6 +343,7 @@ fn write_golden_for_the_current_version() {
             .await
             .unwrap();
         ingest_workload(&engine, &h).await;
+        link_workload(&engine, &h).await;
     });
     let data_dir = engine.config.data_dir.clone();
     drop(engine);
@@ -427,4 +453,42 @@ async fn ingest_workload(engine: &TestEngine, h: &tally::engine::EngineHandle) {
     ingest("promo", "rev-1", reversal).await;
     // One left in the queue, for the dump.
     ingest("promo", "x-9", award("p9", 5, "autumn")).await;
+}
+
+/// Links, for the golden log of version 3: one verified after a wrong token, then revoked;
+/// one left to expire.
+async fn link_workload(engine: &TestEngine, h: &tally::engine::EngineHandle) {
+    let ops = |key: &str| meta_as("t1", "svc-app", key, "");
+    let token = |n: u8| *blake3::keyed_hash(&[7; 32], &[n; 32]).as_bytes();
+    let create = |account: &str, external: &str, n: u8, ttl_seconds: u32| Command::CreateLink {
+        account: account.into(),
+        external_system: "casino-cms".into(),
+        external_account_id: external.into(),
+        token_hash: token(n),
+        ttl_seconds,
+    };
+    let first = h
+        .submit(ops("link-1"), create("p1", "card-1", 1, 0))
+        .await
+        .unwrap()
+        .records[0]
+        .seq;
+    let wrong = Command::VerifyLink {
+        link_id: first,
+        token_hash: token(9),
+    };
+    h.submit(ops("verify-1-wrong"), wrong).await.unwrap();
+    let right = Command::VerifyLink {
+        link_id: first,
+        token_hash: token(1),
+    };
+    h.submit(ops("verify-1"), right).await.unwrap();
+    let revoke = Command::RevokeLink {
+        link_id: first,
+        reason: "card reissued".into(),
+    };
+    h.submit(ops("revoke-1"), revoke).await.unwrap();
+    h.submit(ops("link-2"), create("p2", "card-2", 2, 60)).await.unwrap();
+    engine.clock.advance(61_000_000);
+    assert!(h.sweep().await.unwrap() >= 1, "the pending link expires");
 }

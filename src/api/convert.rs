@@ -126,7 +126,7 @@ pub fn batch_command(caller: &Caller, command: &proto::BatchCommand) -> Result<(
     }
 }
 
-fn outcome(receipt: &Receipt) -> proto::CommandOutcome {
+pub fn outcome(receipt: &Receipt) -> proto::CommandOutcome {
     let first = receipt.records.first().expect("an accepted command has events");
     let last = receipt.records.last().expect("an accepted command has events");
     proto::CommandOutcome {
@@ -288,6 +288,9 @@ pub fn batch_result(command: &Command, receipt: &Receipt) -> proto::batch_result
         | Command::RetryDue
         | Command::Redrive { .. }
         | Command::RequestRedrive { .. }
+        | Command::CreateLink { .. }
+        | Command::VerifyLink { .. }
+        | Command::RevokeLink { .. }
         | Command::Discard { .. } => unreachable!("a ledger batch holds ledger commands only"),
     }
 }
@@ -526,6 +529,33 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
             received_to_us: r.received_to_us,
             max_count: r.max_letters,
             receipt_sequences: r.receipts.clone(),
+        }),
+        Event::LinkCreated(l) => Payload::Link(proto::LinkEvent {
+            link_id: l.link_id,
+            external_system: l.external_system.clone(),
+            external_account_id: l.external_account_id.clone(),
+            expires_at_us: l.expires_at_us,
+            ..Default::default()
+        }),
+        Event::LinkVerified(l) => Payload::Link(proto::LinkEvent {
+            link_id: l.link_id,
+            ..Default::default()
+        }),
+        Event::LinkVerifyFailed(l) => Payload::Link(proto::LinkEvent {
+            link_id: l.link_id,
+            failures: l.failures,
+            locked: l.locked,
+            ..Default::default()
+        }),
+        Event::LinkRevoked(l) => Payload::Link(proto::LinkEvent {
+            link_id: l.link_id,
+            reason: l.reason.clone(),
+            ..Default::default()
+        }),
+        Event::LinkExpired(l) => Payload::Link(proto::LinkEvent {
+            link_id: l.link_id,
+            expires_at_us: l.expires_at_us,
+            ..Default::default()
         }),
     };
     proto::LedgerEvent {

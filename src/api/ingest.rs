@@ -13,7 +13,6 @@ use crate::domain::state::ReceiptStatus;
 use crate::domain::{Command, CommandMeta, IdempotencyKey, Rejection, INGEST_SCOPE_PREFIX};
 use crate::engine::{EngineHandle, LetterFilter, LetterView, Receipt, ReceiptState, RedriveSelection};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 /// Events in one `IngestBatch`, as many as commands in a ledger batch.
 pub const MAX_BATCH_EVENTS: usize = super::ledger::MAX_BATCH_COMMANDS;
@@ -41,13 +40,7 @@ impl IngestService {
 
     /// Submits one command inside its span, and records how it ended.
     async fn submit(&self, meta: CommandMeta, command: Command) -> Result<Receipt, Status> {
-        let span = trace::command_span(&meta, &command);
-        let result = self.engine()?.submit(meta, command).instrument(span.clone()).await;
-        match &result {
-            Ok(receipt) => trace::record(&span, Ok(receipt)),
-            Err(error) => trace::record_error(&span, error),
-        }
-        result.map_err(to_status)
+        trace::submit(self.engine()?, meta, command).await
     }
 }
 

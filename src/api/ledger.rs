@@ -35,14 +35,7 @@ impl LedgerService {
 
     /// Submits one command inside its span, and records how it ended.
     async fn submit(&self, meta: CommandMeta, command: Command) -> Result<Receipt, Status> {
-        let span = trace::command_span(&meta, &command);
-        let engine = self.engine()?;
-        let result = engine.submit(meta, command).instrument(span.clone()).await;
-        match &result {
-            Ok(receipt) => trace::record(&span, Ok(receipt)),
-            Err(error) => trace::record_error(&span, error),
-        }
-        result.map_err(to_status)
+        trace::submit(self.engine()?, meta, command).await
     }
 
     /// Waits until queries see every command acknowledged before the call arrived.

@@ -1,5 +1,5 @@
-//! The gRPC API: the `tally.v1.Ledger`, `tally.v1.Audit`, `tally.v1.Ingest` and
-//! `tally.v1.Operations` services, standard health and reflection (v1 and v1alpha), and the one mapping from
+//! The gRPC API: the `tally.v1.Ledger`, `tally.v1.Audit`, `tally.v1.Ingest`,
+//! `tally.v1.Links` and `tally.v1.Operations` services, standard health and reflection (v1 and v1alpha), and the one mapping from
 //! errors to status codes.
 //!
 //! Invariant: handlers translate and delegate; every rule lives in the domain, every write
@@ -11,6 +11,7 @@ pub mod convert;
 pub mod external;
 pub mod ingest;
 pub mod ledger;
+pub mod links;
 pub mod operations;
 pub mod proto;
 pub mod slot;
@@ -23,6 +24,7 @@ use crate::engine::{EngineHandle, Status as EngineStatus};
 use proto::audit_server::AuditServer;
 use proto::ingest_server::IngestServer;
 use proto::ledger_server::LedgerServer;
+use proto::links_server::LinksServer;
 use proto::operations_server::OperationsServer;
 use std::future::Future;
 use tokio::net::TcpListener;
@@ -73,6 +75,7 @@ pub async fn serve_slot(
         .add_service(LedgerServer::new(ledger::LedgerService::new(slot.clone())))
         .add_service(AuditServer::new(audit::AuditService::new(slot.clone())))
         .add_service(IngestServer::new(ingest::IngestService::new(slot.clone())))
+        .add_service(LinksServer::new(links::LinksService::new(slot.clone())))
         .add_service(OperationsServer::new(operations::OperationsService::new(slot)))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await

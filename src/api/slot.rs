@@ -30,6 +30,7 @@ pub struct EngineSlot {
 struct Inner {
     engine: OnceLock<EngineHandle>,
     phase: watch::Sender<Phase>,
+    links: OnceLock<super::links::LinkSettings>,
 }
 
 impl EngineSlot {
@@ -39,6 +40,7 @@ impl EngineSlot {
             inner: Arc::new(Inner {
                 engine: OnceLock::new(),
                 phase: watch::Sender::new(Phase::Recovering),
+                links: OnceLock::new(),
             }),
         }
     }
@@ -54,6 +56,25 @@ impl EngineSlot {
     pub fn fill(&self, engine: EngineHandle) {
         assert!(self.inner.engine.set(engine).is_ok(), "the engine slot is filled once");
         self.inner.phase.send_replace(Phase::Ready);
+    }
+
+    /// The links' settings (base URL, token key); set once, before serving. Without them the
+    /// links service takes the defaults on first use (`LinkSettings::for_data_dir`).
+    pub fn set_links(&self, settings: super::links::LinkSettings) {
+        assert!(self.inner.links.set(settings).is_ok(), "link settings are set once");
+    }
+
+    /// The links' settings, the defaults for the engine's data directory if none were set.
+    pub fn links(&self) -> Result<&super::links::LinkSettings, Status> {
+        if let Some(settings) = self.inner.links.get() {
+            return Ok(settings);
+        }
+        let engine = self.engine()?;
+        let settings =
+            super::links::LinkSettings::for_data_dir(&engine.config().data_dir, super::links::DEFAULT_BASE_URL)
+                .map_err(|e| Status::internal(format!("STORAGE_ERROR: cannot read or create the link key: {e}")))?;
+        let _ = self.inner.links.set(settings);
+        Ok(self.inner.links.get().expect("just set"))
     }
 
     /// Recovery failed: calls are answered with `reason` from now on.

@@ -162,6 +162,23 @@ pub fn classify_rejection(rejection: &Rejection) -> Classified {
             r,
             [("receipt_sequence", receipt_seq.to_string())],
         ),
+        LinkNotFound { link_id } => with(Code::NotFound, "LINK_NOT_FOUND", r, [("link_id", link_id.to_string())]),
+        LinkNotPending { link_id, status } => {
+            let reason = match *status {
+                "active" => "LINK_ACTIVE",
+                "locked" => "LINK_LOCKED",
+                "revoked" => "LINK_REVOKED",
+                "expired" => "LINK_EXPIRED",
+                _ => "LINK_NOT_PENDING",
+            };
+            with(Code::FailedPrecondition, reason, r, [("link_id", link_id.to_string())])
+        }
+        LinkConflict { link_id, .. } => with(
+            Code::AlreadyExists,
+            "LINK_CONFLICT",
+            r,
+            [("link_id", link_id.to_string())],
+        ),
     }
 }
 
@@ -204,6 +221,25 @@ impl Classified {
 /// Maps an engine error to a gRPC status.
 pub fn to_status(error: EngineError) -> Status {
     classify(&error).into_status()
+}
+
+/// A wrong link token: PERMISSION_DENIED / LINK_TOKEN_MISMATCH, with the tries left. The
+/// attempt is recorded (it counts towards the lock), so it is not a rejection.
+pub fn link_token_mismatch(link_id: u64, failures_left: u32) -> Status {
+    let message = match failures_left {
+        0 => format!("wrong token for link {link_id}; the link is now locked"),
+        n => format!("wrong token for link {link_id}; {n} tries left before it locks"),
+    };
+    with(
+        Code::PermissionDenied,
+        "LINK_TOKEN_MISMATCH",
+        &message,
+        [
+            ("link_id", link_id.to_string()),
+            ("failures_left", failures_left.to_string()),
+        ],
+    )
+    .into_status()
 }
 
 /// An INVALID_ARGUMENT status for a request field, shaped like a rejection's.

@@ -8,6 +8,23 @@ use crate::engine::{EngineError, Receipt};
 use tracing::field::Empty;
 use tracing::Span;
 
+/// Submits one command inside its span, records how it ended, and maps a failure to its
+/// status: what every service does with a single command.
+pub async fn submit(
+    engine: &crate::engine::EngineHandle,
+    meta: CommandMeta,
+    command: Command,
+) -> Result<Receipt, tonic::Status> {
+    use tracing::Instrument;
+    let span = command_span(&meta, &command);
+    let result = engine.submit(meta, command).instrument(span.clone()).await;
+    match &result {
+        Ok(receipt) => record(&span, Ok(receipt)),
+        Err(error) => record_error(&span, error),
+    }
+    result.map_err(super::status::to_status)
+}
+
 /// The span of one command, before it is decided.
 pub fn command_span(meta: &CommandMeta, command: &Command) -> Span {
     tracing::debug_span!(

@@ -31,9 +31,14 @@ pub struct IdempotencyKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Opens an account; opening an existing one replays the original opening.
-    OpenAccount { account: String },
+    OpenAccount {
+        account: String,
+    },
     /// Credits points to an account.
-    Award { account: String, source: AwardRequest },
+    Award {
+        account: String,
+        source: AwardRequest,
+    },
     /// Places a hold of `amount` points for `ttl_seconds`.
     Reserve {
         account: String,
@@ -41,11 +46,18 @@ pub enum Command {
         ttl_seconds: u32,
     },
     /// Finalizes a hold: all of it (`amount: None`) or part, releasing the rest.
-    Commit { hold_id: u64, amount: Option<u64> },
+    Commit {
+        hold_id: u64,
+        amount: Option<u64>,
+    },
     /// Cancels a hold.
-    Release { hold_id: u64 },
+    Release {
+        hold_id: u64,
+    },
     /// The sweeper's pulse: expires up to `limit` holds whose `expires_at` has passed.
-    ExpireDue { limit: u32 },
+    ExpireDue {
+        limit: u32,
+    },
     /// An external event from a partner system (`docs/INGEST.md`): appended as received,
     /// then processed. Its idempotency identity is `(tenant, external_id, ingest:<source>)`.
     Ingest {
@@ -60,9 +72,33 @@ pub enum Command {
     /// a retry of the request re-drives the same ones); each is then a [`Command::Redrive`].
     RequestRedrive(RedriveRequested),
     /// An operator re-drives one dead letter; it must be the head of its member's sequence.
-    Redrive { receipt_seq: u64 },
+    Redrive {
+        receipt_seq: u64,
+    },
+    /// Links `account` to an account in another system, pending proof: `token_hash` is the
+    /// keyed hash of the one-time token the caller was given (the token never reaches the
+    /// ledger). `ttl_seconds` 0 means the default.
+    CreateLink {
+        account: String,
+        external_system: String,
+        external_account_id: String,
+        token_hash: [u8; 32],
+        ttl_seconds: u32,
+    },
+    /// The proof: the keyed hash of the token shown.
+    VerifyLink {
+        link_id: u64,
+        token_hash: [u8; 32],
+    },
+    RevokeLink {
+        link_id: u64,
+        reason: String,
+    },
     /// An operator removes a dead letter without applying it, saying why.
-    Discard { receipt_seq: u64, reason: String },
+    Discard {
+        receipt_seq: u64,
+        reason: String,
+    },
 }
 
 /// Where awarded points come from.
@@ -106,6 +142,9 @@ impl Command {
             Command::Ingest { .. } => "ingest",
             Command::RetryDue => "retry_due",
             Command::RequestRedrive(_) => "request_redrive",
+            Command::CreateLink { .. } => "create_link",
+            Command::VerifyLink { .. } => "verify_link",
+            Command::RevokeLink { .. } => "revoke_link",
             Command::Redrive { .. } => "redrive",
             Command::Discard { .. } => "discard",
         }
@@ -210,6 +249,31 @@ impl Command {
                 ],
             ),
             Command::Redrive { receipt_seq } => (Shape::Redrive, &[*receipt_seq]),
+            // The token is the server's, drawn anew for each request: a retry is the same
+            // request whatever token it was given.
+            Command::CreateLink {
+                account,
+                external_system,
+                external_account_id,
+                ttl_seconds,
+                ..
+            } => (
+                Shape::CreateLink,
+                &[
+                    text(account),
+                    text(external_system),
+                    text(external_account_id),
+                    *ttl_seconds as u64,
+                ],
+            ),
+            Command::VerifyLink { link_id, token_hash } => (
+                Shape::VerifyLink,
+                &[
+                    *link_id,
+                    u64::from_le_bytes(token_hash[..8].try_into().expect("8 bytes")),
+                ],
+            ),
+            Command::RevokeLink { link_id, reason } => (Shape::RevokeLink, &[*link_id, text(reason)]),
             Command::Discard { receipt_seq, reason } => (Shape::Discard, &[*receipt_seq, text(reason)]),
         };
         let mut print = RequestPrint {
@@ -251,6 +315,9 @@ pub enum Shape {
     Redrive,
     Discard,
     RequestRedrive,
+    CreateLink,
+    VerifyLink,
+    RevokeLink,
 }
 
 impl Shape {
@@ -287,6 +354,9 @@ impl Shape {
             Shape::Ingest => &["source", "external_id", "type", "payload"],
             Shape::RetryDue => &[],
             Shape::Redrive => &["receipt_seq"],
+            Shape::CreateLink => &["account_id", "external_system", "external_account_id", "ttl_seconds"],
+            Shape::VerifyLink => &["link_id", "token"],
+            Shape::RevokeLink => &["link_id", "reason"],
             Shape::RequestRedrive => &[
                 "receipt_sequence",
                 "type",

@@ -7,7 +7,7 @@ use super::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES, MAX_TRACE_ID_BYTES};
 use super::rejection::Rejection;
 use super::state::{Account, NaturalKey, State};
 use super::tier::TierPolicy;
-use super::{account, award, hold, ingest};
+use super::{account, award, hold, ingest, link};
 
 /// The server's rate table for gameplay accrual.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +133,22 @@ pub fn decide(
         Command::Commit { hold_id, amount } => hold::commit(&ctx, *hold_id, *amount),
         Command::Release { hold_id } => hold::release(&ctx, *hold_id),
         Command::ExpireDue { limit } => hold::expire_due(&ctx, *limit),
+        Command::CreateLink {
+            account,
+            external_system,
+            external_account_id,
+            token_hash,
+            ttl_seconds,
+        } => link::create(
+            &ctx,
+            account,
+            external_system,
+            external_account_id,
+            token_hash,
+            *ttl_seconds,
+        ),
+        Command::VerifyLink { link_id, token_hash } => link::verify(&ctx, *link_id, token_hash),
+        Command::RevokeLink { link_id, reason } => link::revoke(&ctx, *link_id, reason),
         Command::Ingest {
             source,
             external_id,

@@ -67,6 +67,11 @@ pub enum Event {
     ExternalDeadLettered(ExternalDeadLettered),
     DeadLetterDiscarded(DeadLetterDiscarded),
     RedriveRequested(RedriveRequested),
+    LinkCreated(LinkCreated),
+    LinkVerified(LinkVerified),
+    LinkVerifyFailed(LinkVerifyFailed),
+    LinkRevoked(LinkRevoked),
+    LinkExpired(LinkExpired),
 }
 
 /// The stable numeric code of an event kind, written in each record header so that readers
@@ -88,10 +93,15 @@ pub enum EventKind {
     ExternalDeadLettered = 12,
     DeadLetterDiscarded = 13,
     RedriveRequested = 14,
+    LinkCreated = 15,
+    LinkVerified = 16,
+    LinkVerifyFailed = 17,
+    LinkRevoked = 18,
+    LinkExpired = 19,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::AccountOpened,
         EventKind::PointsAwarded,
         EventKind::HoldReserved,
@@ -106,6 +116,11 @@ impl EventKind {
         EventKind::ExternalDeadLettered,
         EventKind::DeadLetterDiscarded,
         EventKind::RedriveRequested,
+        EventKind::LinkCreated,
+        EventKind::LinkVerified,
+        EventKind::LinkVerifyFailed,
+        EventKind::LinkRevoked,
+        EventKind::LinkExpired,
     ];
 
     pub fn code(self) -> u16 {
@@ -133,6 +148,11 @@ impl EventKind {
             EventKind::ExternalDeadLettered => "external.dead_lettered",
             EventKind::DeadLetterDiscarded => "dead_letter.discarded",
             EventKind::RedriveRequested => "redrive.requested",
+            EventKind::LinkCreated => "link.created",
+            EventKind::LinkVerified => "link.verified",
+            EventKind::LinkVerifyFailed => "link.verify_failed",
+            EventKind::LinkRevoked => "link.revoked",
+            EventKind::LinkExpired => "link.expired",
         }
     }
 
@@ -164,6 +184,11 @@ impl Event {
             Event::ExternalDeadLettered(_) => EventKind::ExternalDeadLettered,
             Event::DeadLetterDiscarded(_) => EventKind::DeadLetterDiscarded,
             Event::RedriveRequested(_) => EventKind::RedriveRequested,
+            Event::LinkCreated(_) => EventKind::LinkCreated,
+            Event::LinkVerified(_) => EventKind::LinkVerified,
+            Event::LinkVerifyFailed(_) => EventKind::LinkVerifyFailed,
+            Event::LinkRevoked(_) => EventKind::LinkRevoked,
+            Event::LinkExpired(_) => EventKind::LinkExpired,
         }
     }
 
@@ -178,7 +203,12 @@ impl Event {
             | Event::ExternalAttemptFailed(_)
             | Event::ExternalDeadLettered(_)
             | Event::DeadLetterDiscarded(_)
-            | Event::RedriveRequested(_) => None,
+            | Event::RedriveRequested(_)
+            | Event::LinkCreated(_)
+            | Event::LinkVerified(_)
+            | Event::LinkVerifyFailed(_)
+            | Event::LinkRevoked(_)
+            | Event::LinkExpired(_) => None,
             Event::PointsAwarded(e) => Some(&e.effect),
             Event::HoldReserved(e) => Some(&e.effect),
             Event::HoldCommitted(e) => Some(&e.effect),
@@ -502,6 +532,74 @@ pub struct RedriveRequested {
     pub max_letters: u32,
     /// The plan: receipt numbers in the order they are re-driven.
     pub receipts: Vec<u64>,
+}
+
+/// A link between an account and an account in another system, waiting for its proof: the
+/// holder of the one-time token (sent in a deep link) verifies it. The token itself is never
+/// recorded: `token_hash` is its blake3 keyed hash under the server's link key. The link's
+/// id is this record's sequence number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCreated {
+    pub link_id: u64,
+    pub external_system: String,
+    pub external_account_id: String,
+    pub token_hash: [u8; 32],
+    /// As requested (0: the default).
+    pub ttl_seconds: u32,
+    pub expires_at_us: u64,
+}
+
+/// The token was shown: the link is active. `token_hash` is the keyed hash of the token
+/// shown (here the right one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkVerified {
+    pub link_id: u64,
+    pub token_hash: [u8; 32],
+}
+
+/// A wrong token (its keyed hash); after `MAX_LINK_VERIFY_FAILURES` the link is locked for
+/// good.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkVerifyFailed {
+    pub link_id: u64,
+    pub token_hash: [u8; 32],
+    pub failures: u32,
+    pub locked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRevoked {
+    pub link_id: u64,
+    pub reason: String,
+}
+
+/// A link nobody verified before its deadline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkExpired {
+    pub link_id: u64,
+    pub expires_at_us: u64,
+}
+
+/// Where a link stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkStatus {
+    Pending,
+    Active,
+    Locked,
+    Revoked,
+    Expired,
+}
+
+impl LinkStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkStatus::Pending => "pending",
+            LinkStatus::Active => "active",
+            LinkStatus::Locked => "locked",
+            LinkStatus::Revoked => "revoked",
+            LinkStatus::Expired => "expired",
+        }
+    }
 }
 
 /// Where a hold stands.

@@ -4,12 +4,12 @@
 
 use super::award::natural_key;
 use super::command::{AwardRequest, Command};
-use super::event::ExternalBody;
 use super::event::{AwardSource, Effect, Event, Record};
+use super::event::{ExternalBody, LinkStatus};
 use super::limits::MANUAL_REWARDS_PER_STAFF_PER_MINUTE;
 use super::state::{
-    content_fingerprint, external_fingerprint, key_fingerprint, Account, AccountKey, Applied, Hold, HoldStatus,
-    NaturalKey, Receipt, ReceiptStatus, Resolution, Resolved, Reversible, State,
+    content_fingerprint, external_account_fingerprint, external_fingerprint, key_fingerprint, Account, AccountKey,
+    Applied, Hold, HoldStatus, Link, NaturalKey, Receipt, ReceiptStatus, Resolution, Resolved, Reversible, State,
 };
 
 /// Applies `record` to `state`. Records must come in sequence order, gapless.
@@ -161,6 +161,11 @@ pub fn evolve(state: &mut State, record: &Record) {
         | Event::DeadLetterDiscarded(_) => ingest(state, &key, record),
         // A plan only: each letter's re-drive is its own command.
         Event::RedriveRequested(_) => {}
+        Event::LinkCreated(_)
+        | Event::LinkVerified(_)
+        | Event::LinkVerifyFailed(_)
+        | Event::LinkRevoked(_)
+        | Event::LinkExpired(_) => link(state, &key, record),
     }
     remember_identity(state, record);
     state.head_seq = record.seq;
@@ -288,6 +293,85 @@ fn remember_identity(state: &mut State, record: &Record) {
                 last_seq: record.seq,
             },
         );
+    }
+}
+
+/// Folds the links' events (see `link.rs` for what decides them).
+fn link(state: &mut State, key: &AccountKey, record: &Record) {
+    let links = &mut state.links;
+    let resolve = |link: &mut Link, status: LinkStatus| {
+        assert_eq!(
+            link.status,
+            LinkStatus::Pending,
+            "seq {}: a link resolves once",
+            record.seq
+        );
+        link.status = status;
+        link.resolved_at_us = record.ts_us;
+    };
+    match &record.event {
+        Event::LinkCreated(created) => {
+            assert_eq!(created.link_id, record.seq, "a link's id is its creation's sequence");
+            links.links.insert(
+                created.link_id,
+                Link {
+                    tenant: key.tenant().to_string(),
+                    account: key.account().to_string(),
+                    external_system: created.external_system.clone(),
+                    external_account_id: created.external_account_id.clone(),
+                    token_hash: created.token_hash,
+                    created_at_us: record.ts_us,
+                    expires_at_us: created.expires_at_us,
+                    status: LinkStatus::Pending,
+                    failures: 0,
+                    resolved_at_us: 0,
+                },
+            );
+            links.expiry.insert((created.expires_at_us, created.link_id));
+        }
+        Event::LinkVerified(verified) => {
+            let link = links.links.get_mut(&verified.link_id).expect("a verified link exists");
+            resolve(link, LinkStatus::Active);
+            assert!(links.expiry.remove(&(link.expires_at_us, verified.link_id)));
+            let identity = external_account_fingerprint(&link.tenant, &link.external_system, &link.external_account_id);
+            let previous = links.active.insert(identity, verified.link_id);
+            assert!(previous.is_none(), "one active link per external account");
+        }
+        Event::LinkVerifyFailed(failed) => {
+            let link = links.links.get_mut(&failed.link_id).expect("a failed link exists");
+            assert_eq!(failed.failures, link.failures + 1, "failures count up by one");
+            link.failures = failed.failures;
+            if failed.locked {
+                resolve(link, LinkStatus::Locked);
+                assert!(links.expiry.remove(&(link.expires_at_us, failed.link_id)));
+            }
+        }
+        Event::LinkRevoked(revoked) => {
+            let link = links.links.get_mut(&revoked.link_id).expect("a revoked link exists");
+            match link.status {
+                LinkStatus::Pending => {
+                    assert!(links.expiry.remove(&(link.expires_at_us, revoked.link_id)));
+                }
+                LinkStatus::Active => {
+                    let identity =
+                        external_account_fingerprint(&link.tenant, &link.external_system, &link.external_account_id);
+                    assert_eq!(links.active.remove(&identity), Some(revoked.link_id));
+                    link.status = LinkStatus::Pending;
+                }
+                other => panic!("seq {}: a {other:?} link is not revoked", record.seq),
+            }
+            resolve(link, LinkStatus::Revoked);
+        }
+        Event::LinkExpired(expired) => {
+            let link = links.links.get_mut(&expired.link_id).expect("an expired link exists");
+            assert!(
+                expired.expires_at_us <= record.ts_us,
+                "a link expires after its deadline"
+            );
+            resolve(link, LinkStatus::Expired);
+            assert!(links.expiry.remove(&(expired.expires_at_us, expired.link_id)));
+        }
+        _ => unreachable!("only the links' events come here"),
     }
 }
 
@@ -539,12 +623,32 @@ pub fn request_of(record: &Record) -> Option<Command> {
             reason: d.reason.clone(),
         },
         Event::RedriveRequested(r) => Command::RequestRedrive(r.clone()),
+        Event::LinkCreated(l) => Command::CreateLink {
+            account,
+            external_system: l.external_system.clone(),
+            external_account_id: l.external_account_id.clone(),
+            token_hash: l.token_hash,
+            ttl_seconds: l.ttl_seconds,
+        },
+        Event::LinkVerified(l) => Command::VerifyLink {
+            link_id: l.link_id,
+            token_hash: l.token_hash,
+        },
+        Event::LinkVerifyFailed(l) => Command::VerifyLink {
+            link_id: l.link_id,
+            token_hash: l.token_hash,
+        },
+        Event::LinkRevoked(l) => Command::RevokeLink {
+            link_id: l.link_id,
+            reason: l.reason.clone(),
+        },
         Event::HoldExpired(_)
         | Event::TierChanged(_)
         | Event::PointsReversed(_)
         | Event::ExternalProcessed(_)
         | Event::ExternalAttemptFailed(_)
-        | Event::ExternalDeadLettered(_) => return None,
+        | Event::ExternalDeadLettered(_)
+        | Event::LinkExpired(_) => return None,
     })
 }
 

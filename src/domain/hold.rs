@@ -149,6 +149,8 @@ pub(super) fn expire_due(ctx: &Ctx<'_>, limit: u32) -> Result<Decision, Rejectio
         ));
         running.insert(key, after);
     }
+    // Pending links past their deadline expire with the same pulse.
+    events.extend(super::link::expire_due(ctx.state, ctx.now_us, EXPIRE_PULSE_MAX_LINKS));
     if events.is_empty() {
         return Ok(Decision::Nothing);
     }

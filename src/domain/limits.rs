@@ -74,6 +74,20 @@ pub const MAX_EXTERNAL_ID_BYTES: usize = 64;
 /// commit (`MAX_GROUP_COMMIT_COMMANDS`), decided in order.
 pub const MAX_REDRIVE_LETTERS: usize = 8191;
 
+/// Wrong tokens before a link locks: a 256-bit token cannot be guessed, so a handful of
+/// failures is a typo or an attack, and an attacker gets no more tries.
+pub const MAX_LINK_VERIFY_FAILURES: u32 = 5;
+
+/// Time to verify a link when the request names none: a deep link sent by e-mail or SMS is
+/// usually opened within the day.
+pub const LINK_TTL_DEFAULT_SECONDS: u32 = 86_400;
+
+/// Longest time to verify a link: a week, after which a forgotten deep link stops working.
+pub const LINK_TTL_MAX_SECONDS: u32 = 7 * 86_400;
+
+/// Links expired per expiry pulse, as many as holds.
+pub const EXPIRE_PULSE_MAX_LINKS: u32 = EXPIRE_PULSE_MAX_HOLDS;
+
 /// Shortest reason for discarding a dead letter: the discard is audited, and "x" explains
 /// nothing to the auditor who reads it.
 pub const DISCARD_REASON_MIN_CHARS: usize = 10;

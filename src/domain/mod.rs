@@ -13,6 +13,7 @@ mod evolve;
 mod hold;
 mod ingest;
 pub mod limits;
+mod link;
 pub mod rejection;
 pub mod state;
 pub mod tier;

@@ -75,6 +75,19 @@ pub enum Rejection {
     /// for a retry, or is parked behind another letter).
     #[error("receipt {receipt_seq} cannot be re-driven now: {reason}")]
     NotRedrivable { receipt_seq: u64, reason: String },
+    /// No link with that id in the caller's tenant.
+    #[error("link {link_id} not found")]
+    LinkNotFound { link_id: u64 },
+    /// The link was verified, revoked, locked or expired before.
+    #[error("link {link_id} is {status}")]
+    LinkNotPending { link_id: u64, status: &'static str },
+    /// The external account is actively linked to another account already.
+    #[error("{external_system} account {external_account_id:?} is already linked (link {link_id})")]
+    LinkConflict {
+        external_system: String,
+        external_account_id: String,
+        link_id: u64,
+    },
 }
 
 impl Rejection {
@@ -101,6 +114,9 @@ impl Rejection {
             ReceiptNotFound { .. } => "receipt_not_found",
             AlreadyResolved { .. } => "already_resolved",
             NotRedrivable { .. } => "not_redrivable",
+            LinkNotFound { .. } => "link_not_found",
+            LinkNotPending { .. } => "link_not_pending",
+            LinkConflict { .. } => "link_conflict",
         }
     }
 

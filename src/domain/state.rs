@@ -3,7 +3,7 @@
 //! can always be rebuilt from the log.
 
 use super::command::{IdempotencyKey, RequestPrint};
-use super::event::ExternalBody;
+use super::event::{ExternalBody, LinkStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -184,6 +184,43 @@ pub struct State {
     pub tier_names: Vec<String>,
     /// The ingest pipeline: open receipts, retries, the dead-letter queue.
     pub ingest: IngestState,
+    /// Links to accounts in other systems.
+    pub links: LinkState,
+}
+
+/// Every link, the active one of each external account, and the pending ones by deadline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkState {
+    pub links: HashMap<u64, Link>,
+    /// [`external_account_fingerprint`] → the link that is active for it.
+    pub active: HashMap<Fingerprint, u64>,
+    /// Pending links by `(expires_at_us, link_id)`, for the expiry pulse.
+    pub expiry: BTreeSet<(u64, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub tenant: String,
+    pub account: String,
+    pub external_system: String,
+    pub external_account_id: String,
+    pub token_hash: [u8; 32],
+    pub created_at_us: u64,
+    pub expires_at_us: u64,
+    pub status: LinkStatus,
+    pub failures: u32,
+    /// When it was verified, revoked, locked or expired (0 while pending).
+    pub resolved_at_us: u64,
+}
+
+/// The identity of an account in another system, in a tenant: one active link each.
+pub fn external_account_fingerprint(tenant: &str, system: &str, account: &str) -> Fingerprint {
+    fingerprint(&[
+        b"external-account",
+        tenant.as_bytes(),
+        system.as_bytes(),
+        account.as_bytes(),
+    ])
 }
 
 /// The ingest pipeline's state (`docs/INGEST.md`), folded from its events like the rest.

@@ -36,7 +36,7 @@ pub const DEAD_LETTER_DEPTH: &str = "tally_dead_letter_depth";
 pub const INGEST_RETRYING: &str = "tally_ingest_retrying";
 
 /// Command kinds, in the order of [`kind_index`].
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 14] = [
     "open_account",
     "award",
     "reserve",
@@ -48,6 +48,9 @@ pub const KINDS: [&str; 11] = [
     "redrive",
     "discard",
     "request_redrive",
+    "create_link",
+    "verify_link",
+    "revoke_link",
 ];
 /// Pipeline events, in the order of [`pipeline_index`].
 pub const PIPELINE_EVENTS: [&str; 6] = [
@@ -115,6 +118,9 @@ pub(crate) fn kind_index(command: &Command) -> usize {
         Command::Redrive { .. } => 8,
         Command::Discard { .. } => 9,
         Command::RequestRedrive { .. } => 10,
+        Command::CreateLink { .. } => 11,
+        Command::VerifyLink { .. } => 12,
+        Command::RevokeLink { .. } => 13,
     }
 }
 

@@ -160,6 +160,14 @@ pub(crate) enum Query {
         selection: RedriveSelection,
         max: usize,
     },
+    Link {
+        tenant: String,
+        link_id: u64,
+    },
+    LinksOf {
+        tenant: String,
+        account: String,
+    },
 }
 
 pub(crate) enum Answer {
@@ -169,6 +177,8 @@ pub(crate) enum Answer {
     Receipt(Option<ReceiptState>),
     PipelineStats(PipelineStats),
     RedrivePlan(Vec<u64>),
+    Link(Option<crate::domain::state::Link>),
+    Links(Vec<(u64, crate::domain::state::Link)>),
 }
 
 pub(crate) enum Msg {
@@ -622,7 +632,35 @@ impl EngineHandle {
         }
     }
 
-    /// One expiry pulse; returns how many holds it expired.
+    /// A link as the ledger has it now, if it is the tenant's.
+    pub async fn link(&self, tenant: &str, link_id: u64) -> Result<Option<crate::domain::state::Link>, EngineError> {
+        let query = Query::Link {
+            tenant: tenant.into(),
+            link_id,
+        };
+        match self.read(query).await? {
+            Answer::Link(link) => Ok(link),
+            _ => unreachable!("a link query is answered with a link"),
+        }
+    }
+
+    /// An account's links, newest first.
+    pub async fn links_of(
+        &self,
+        tenant: &str,
+        account: &str,
+    ) -> Result<Vec<(u64, crate::domain::state::Link)>, EngineError> {
+        let query = Query::LinksOf {
+            tenant: tenant.into(),
+            account: account.into(),
+        };
+        match self.read(query).await? {
+            Answer::Links(links) => Ok(links),
+            _ => unreachable!("a links query is answered with links"),
+        }
+    }
+
+    /// One expiry pulse (holds and links); returns how many it expired.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let meta = CommandMeta {
             tenant: "system".into(),

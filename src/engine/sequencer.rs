@@ -198,5 +198,19 @@ fn answer(state: &State, query: Query) -> Answer {
         Query::RedrivePlan { tenant, selection, max } => {
             Answer::RedrivePlan(super::pipeline::redrive_plan(state, &tenant, &selection, max))
         }
+        Query::Link { tenant, link_id } => {
+            Answer::Link(state.links.links.get(&link_id).filter(|l| l.tenant == tenant).cloned())
+        }
+        Query::LinksOf { tenant, account } => {
+            let mut links: Vec<_> = state
+                .links
+                .links
+                .iter()
+                .filter(|(_, l)| l.tenant == tenant && l.account == account)
+                .map(|(&id, l)| (id, l.clone()))
+                .collect();
+            links.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+            Answer::Links(links)
+        }
     }
 }

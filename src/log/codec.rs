@@ -281,6 +281,11 @@ fn encode_payload(buf: &mut Vec<u8>, event: &Event) {
         Event::ExternalDeadLettered(e) => rmp_serde::encode::write(buf, e),
         Event::DeadLetterDiscarded(e) => rmp_serde::encode::write(buf, e),
         Event::RedriveRequested(e) => rmp_serde::encode::write(buf, e),
+        Event::LinkCreated(e) => rmp_serde::encode::write(buf, e),
+        Event::LinkVerified(e) => rmp_serde::encode::write(buf, e),
+        Event::LinkVerifyFailed(e) => rmp_serde::encode::write(buf, e),
+        Event::LinkRevoked(e) => rmp_serde::encode::write(buf, e),
+        Event::LinkExpired(e) => rmp_serde::encode::write(buf, e),
     };
     result.expect("encoding plain structs into a Vec cannot fail");
 }
@@ -303,6 +308,11 @@ fn decode_payload(kind: u16, payload: &[u8]) -> Result<Event, String> {
         EventKind::ExternalDeadLettered => Event::ExternalDeadLettered(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::DeadLetterDiscarded => Event::DeadLetterDiscarded(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::RedriveRequested => Event::RedriveRequested(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::LinkCreated => Event::LinkCreated(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::LinkVerified => Event::LinkVerified(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::LinkVerifyFailed => Event::LinkVerifyFailed(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::LinkRevoked => Event::LinkRevoked(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::LinkExpired => Event::LinkExpired(rmp_serde::from_slice(payload).map_err(err)?),
     })
 }
 

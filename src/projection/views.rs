@@ -150,6 +150,25 @@ impl HistoryView {
             Event::ExternalDeadLettered(d) => (format!("receipt {} dead-lettered: {}", d.receipt_seq, d.cause), 0),
             Event::DeadLetterDiscarded(d) => (format!("receipt {} discarded: {}", d.receipt_seq, d.reason), 0),
             Event::RedriveRequested(r) => (format!("re-drive of receipts {:?}", r.receipts), 0),
+            Event::LinkCreated(l) => (
+                format!(
+                    "link {} to {}/{} created",
+                    l.link_id, l.external_system, l.external_account_id
+                ),
+                0,
+            ),
+            Event::LinkVerified(l) => (format!("link {} verified", l.link_id), 0),
+            Event::LinkVerifyFailed(l) => (
+                format!(
+                    "link {}: wrong token ({} failures{})",
+                    l.link_id,
+                    l.failures,
+                    if l.locked { ", locked" } else { "" }
+                ),
+                0,
+            ),
+            Event::LinkRevoked(l) => (format!("link {} revoked: {}", l.link_id, l.reason), 0),
+            Event::LinkExpired(l) => (format!("link {} expired unverified", l.link_id), 0),
         };
         let envelope = &record.envelope;
         Some(HistoryView {

@@ -41,6 +41,11 @@ pub fn to_json_line(record: &Record) -> String {
         Event::ExternalDeadLettered(body) => serde_json::to_value(body),
         Event::DeadLetterDiscarded(body) => serde_json::to_value(body),
         Event::RedriveRequested(body) => serde_json::to_value(body),
+        Event::LinkCreated(body) => serde_json::to_value(body),
+        Event::LinkVerified(body) => serde_json::to_value(body),
+        Event::LinkVerifyFailed(body) => serde_json::to_value(body),
+        Event::LinkRevoked(body) => serde_json::to_value(body),
+        Event::LinkExpired(body) => serde_json::to_value(body),
     }
     .expect("event bodies are plain data");
     let line = Line {
