@@ -1,6 +1,7 @@
 //! Protects the ledger's rules: `decide` and `evolve` for every command, every rejection,
 //! idempotency (keys, scopes, natural identities), expiry by record time, tiers, accrual
-//! math, and that folding the records again gives the same state.
+//! math, the comp refusals a review must see (recorded, key left free), and that folding
+//! the records again gives the same state.
 
 mod support;
 
@@ -623,6 +624,68 @@ fn comps_are_rate_limited_per_staff_member_in_log_time() {
     // A minute after the first comp, staff-1 may comp again.
     h.now_us = T0 + MANUAL_REWARD_WINDOW_US + 1;
     h.ok(&meta("c-later"), comp("staff-1", 99, "regular comp reason"));
+}
+
+/// Refusals a comp review must see (over the maximum, over the rate, another staff
+/// member's name) are recorded, with the actor and the reason, without binding the
+/// caller's key; malformed comps and unidentified callers are refused without a record.
+#[test]
+fn refused_comps_that_matter_are_recorded_and_leave_the_key_free() {
+    let mut h = funded(0);
+    let recorded = |h: &Harness, from: usize| -> Vec<(String, String, String)> {
+        h.records[from..]
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::CompRefused(c) => {
+                    assert!(r.envelope.idempotency_key.is_empty(), "a refusal binds no key");
+                    Some((r.envelope.actor.clone(), c.refusal.clone(), c.staff_id.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let start = h.records.len();
+    h.refused(
+        &meta("big"),
+        comp("staff-1", MANUAL_REWARD_MAX_POINTS + 1, "table game goodwill"),
+    );
+    h.refused(&meta("spoof"), comp("staff-2", 10, "table game goodwill"));
+    h.refused(&meta("short"), comp("staff-1", 10, "nice"));
+    h.refused(
+        &meta_as("t1", "anonymous", "anon", ""),
+        comp("anonymous", 10, "table game goodwill"),
+    );
+    assert_eq!(
+        recorded(&h, start),
+        [
+            (
+                "staff-1".to_string(),
+                "manual_reward_too_large".to_string(),
+                "staff-1".to_string()
+            ),
+            (
+                "staff-1".to_string(),
+                "permission_denied".to_string(),
+                "staff-2".to_string()
+            ),
+        ]
+    );
+    // The 11th comp in a minute is refused and recorded; the same key works a minute later.
+    for n in 0..MANUAL_REWARDS_PER_STAFF_PER_MINUTE {
+        h.ok(
+            &meta(&format!("c{n}")),
+            comp("staff-1", 1 + n as u64, "regular comp reason"),
+        );
+    }
+    let start = h.records.len();
+    h.refused(&meta("c-over"), comp("staff-1", 99, "regular comp reason"));
+    assert_eq!(recorded(&h, start).len(), 1);
+    assert_eq!(h.records[start].event.kind().name(), "comp.refused");
+    h.now_us += MANUAL_REWARD_WINDOW_US + 1;
+    let later = h.ok(&meta("c-over"), comp("staff-1", 99, "regular comp reason"));
+    assert!(matches!(later[0].event, Event::PointsAwarded(_)), "the key stayed free");
+    // Refusals change no balance and fold like everything else.
+    assert_eq!(h.refold(), h.state);
 }
 
 #[test]

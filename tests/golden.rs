@@ -2,7 +2,8 @@
 //! it must fold to (`expected.txt`); `snapshots/v2/` one written by version 2, with the
 //! ingest pipeline's events (received, processed, retried, dead-lettered, parked, re-driven,
 //! discarded, a reversal); `snapshots/v3/` one written by version 3, with account links
-//! (created, a wrong token, verified, revoked, expired). This test decodes, verifies and folds each on every run, forever;
+//! (created, a wrong token, verified, revoked, expired); `snapshots/v4/` one written by
+//! version 4, with a refused comp recorded for review. This test decodes, verifies and folds each on every run, forever;
 //! a change that breaks one breaks every log already written. A new format version adds a
 //! new directory and keeps these.
 //!
@@ -198,6 +199,13 @@ fn v1_golden_log_decodes_and_folds_to_its_expected_state() {
 }
 
 #[test]
+fn v4_golden_log_decodes_and_folds_to_its_expected_state() {
+    let dir = golden_dir(4);
+    let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v4/expected.txt");
+    assert_eq!(fold_golden(&dir), expected);
+}
+
+#[test]
 fn v3_golden_log_decodes_and_folds_to_its_expected_state() {
     let dir = golden_dir(3);
     let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v3/expected.txt");
@@ -344,6 +352,17 @@ fn write_golden_for_the_current_version() {
             .unwrap();
         ingest_workload(&engine, &h).await;
         link_workload(&engine, &h).await;
+        // A comp over the maximum: refused, and recorded for review without its key.
+        let too_large = Command::Award {
+            account: "p3".into(),
+            source: AwardRequest::Manual {
+                staff_id: "staff-1".into(),
+                points: 50_000,
+                reason: "high roller goodwill".into(),
+                external_reward_id: String::new(),
+            },
+        };
+        assert!(h.submit(meta("comp-big"), too_large).await.is_err());
     });
     let data_dir = engine.config.data_dir.clone();
     drop(engine);

@@ -557,6 +557,14 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
             expires_at_us: l.expires_at_us,
             ..Default::default()
         }),
+        Event::CompRefused(c) => Payload::CompRefused(proto::CompRefusedEvent {
+            staff_id: c.staff_id.clone(),
+            points: c.points,
+            reason: c.reason.clone(),
+            external_reward_id: c.external_reward_id.clone(),
+            refusal: c.refusal.clone(),
+            message: c.message.clone(),
+        }),
     };
     proto::LedgerEvent {
         sequence: record.seq,

@@ -4,7 +4,7 @@ use super::command::{AwardRequest, Command};
 use super::decide::{
     account, check_natural, tier_change, validate_id, validate_text, Balances, Ctx, Decision, Emitted,
 };
-use super::event::{AwardSource, Event, ManualSource, PointsAwarded, PromotionSource, RatingSlipSource};
+use super::event::{AwardSource, CompRefused, Event, ManualSource, PointsAwarded, PromotionSource, RatingSlipSource};
 use super::limits::*;
 use super::rejection::Rejection;
 use super::state::{NaturalKey, NaturalKind};
@@ -159,6 +159,47 @@ fn validate_source(ctx: &Ctx<'_>, source: &AwardRequest) -> Result<(u64, AwardSo
             ))
         }
     }
+}
+
+/// A refused comp that a comp review must see (over the maximum, over the rate, not the
+/// caller's to give) is recorded; any other refusal is only answered.
+pub(super) fn refusal(
+    ctx: &Ctx<'_>,
+    account_id: &str,
+    source: &AwardRequest,
+    rejection: Rejection,
+) -> Result<Decision, Rejection> {
+    let AwardRequest::Manual {
+        staff_id,
+        points,
+        reason,
+        external_reward_id,
+    } = source
+    else {
+        return Err(rejection);
+    };
+    let matters = matches!(
+        rejection,
+        Rejection::ManualRewardTooLarge { .. }
+            | Rejection::ManualRewardRateLimited { .. }
+            | Rejection::PermissionDenied(_)
+    );
+    // The record names the account as given: it must be an id the log can hold.
+    if !matters || validate_id("account_id", account_id, MAX_ID_BYTES).is_err() {
+        return Err(rejection);
+    }
+    let event = Event::CompRefused(CompRefused {
+        staff_id: staff_id.clone(),
+        points: *points,
+        reason: reason.chars().take(REASON_MAX_CHARS).collect(),
+        external_reward_id: external_reward_id.clone(),
+        refusal: rejection.name().to_string(),
+        message: rejection.to_string(),
+    });
+    Ok(Decision::Refuse {
+        events: vec![emit(ctx, account_id, event)],
+        rejection,
+    })
 }
 
 /// The staff id of a comp is the authenticated caller, never another name.

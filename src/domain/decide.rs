@@ -89,6 +89,9 @@ pub enum Decision {
     Replay { first_seq: u64, last_seq: u64 },
     /// Nothing to do (an expiry pulse with no hold due).
     Nothing,
+    /// Refuse the command, and record the refusal with these events (a comp a review must
+    /// see). The events carry no idempotency key: the caller's key stays free.
+    Refuse { events: Vec<Emitted>, rejection: Rejection },
 }
 
 /// What a command handler sees.
@@ -124,7 +127,9 @@ pub fn decide(
     };
     match command {
         Command::OpenAccount { account } => account::open(&ctx, account),
-        Command::Award { account, source } => award::award(&ctx, account, source),
+        Command::Award { account, source } => {
+            award::award(&ctx, account, source).or_else(|rejection| award::refusal(&ctx, account, source, rejection))
+        }
         Command::Reserve {
             account,
             amount,

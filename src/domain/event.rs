@@ -72,6 +72,7 @@ pub enum Event {
     LinkVerifyFailed(LinkVerifyFailed),
     LinkRevoked(LinkRevoked),
     LinkExpired(LinkExpired),
+    CompRefused(CompRefused),
 }
 
 /// The stable numeric code of an event kind, written in each record header so that readers
@@ -98,10 +99,11 @@ pub enum EventKind {
     LinkVerifyFailed = 17,
     LinkRevoked = 18,
     LinkExpired = 19,
+    CompRefused = 20,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::AccountOpened,
         EventKind::PointsAwarded,
         EventKind::HoldReserved,
@@ -121,6 +123,7 @@ impl EventKind {
         EventKind::LinkVerifyFailed,
         EventKind::LinkRevoked,
         EventKind::LinkExpired,
+        EventKind::CompRefused,
     ];
 
     pub fn code(self) -> u16 {
@@ -153,6 +156,7 @@ impl EventKind {
             EventKind::LinkVerifyFailed => "link.verify_failed",
             EventKind::LinkRevoked => "link.revoked",
             EventKind::LinkExpired => "link.expired",
+            EventKind::CompRefused => "comp.refused",
         }
     }
 
@@ -189,6 +193,7 @@ impl Event {
             Event::LinkVerifyFailed(_) => EventKind::LinkVerifyFailed,
             Event::LinkRevoked(_) => EventKind::LinkRevoked,
             Event::LinkExpired(_) => EventKind::LinkExpired,
+            Event::CompRefused(_) => EventKind::CompRefused,
         }
     }
 
@@ -208,7 +213,8 @@ impl Event {
             | Event::LinkVerified(_)
             | Event::LinkVerifyFailed(_)
             | Event::LinkRevoked(_)
-            | Event::LinkExpired(_) => None,
+            | Event::LinkExpired(_)
+            | Event::CompRefused(_) => None,
             Event::PointsAwarded(e) => Some(&e.effect),
             Event::HoldReserved(e) => Some(&e.effect),
             Event::HoldCommitted(e) => Some(&e.effect),
@@ -578,6 +584,22 @@ pub struct LinkRevoked {
 pub struct LinkExpired {
     pub link_id: u64,
     pub expires_at_us: u64,
+}
+
+/// A manual reward (comp) the ledger refused for a reason a comp review must see: over the
+/// per-operation maximum, over the staff member's rate, or not the caller's to give. The
+/// record's actor is the staff member who tried; the caller still hears the refusal, and
+/// its idempotency key stays free (the record carries none). Malformed requests are
+/// refused without a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompRefused {
+    pub staff_id: String,
+    pub points: u64,
+    pub reason: String,
+    pub external_reward_id: String,
+    /// The rejection's stable name (`manual_reward_rate_limited`, …).
+    pub refusal: String,
+    pub message: String,
 }
 
 /// Where a link stands.

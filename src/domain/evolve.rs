@@ -166,6 +166,10 @@ pub fn evolve(state: &mut State, record: &Record) {
         | Event::LinkVerifyFailed(_)
         | Event::LinkRevoked(_)
         | Event::LinkExpired(_) => link(state, &key, record),
+        // A record for the comp review; the ledger is unchanged.
+        Event::CompRefused(_) => {
+            assert!(record.envelope.idempotency_key.is_empty(), "a refusal binds no key");
+        }
     }
     remember_identity(state, record);
     state.head_seq = record.seq;
@@ -648,7 +652,8 @@ pub fn request_of(record: &Record) -> Option<Command> {
         | Event::ExternalProcessed(_)
         | Event::ExternalAttemptFailed(_)
         | Event::ExternalDeadLettered(_)
-        | Event::LinkExpired(_) => return None,
+        | Event::LinkExpired(_)
+        | Event::CompRefused(_) => return None,
     })
 }
 

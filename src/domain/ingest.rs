@@ -441,6 +441,8 @@ fn apply(ctx: &Ctx<'_>, receipt: &Receipt) -> Attempt {
             events: Vec::new(),
             points: 0,
         },
+        // Ingest maps to no manual reward, the only command that records a refusal.
+        Ok(Decision::Refuse { rejection, .. }) => classify(rejection),
         Err(rejection) => classify(rejection),
     }
 }

@@ -123,8 +123,22 @@ impl Sequencer {
             Ok(Decision::Append(emitted)) => emitted,
             Ok(Decision::Replay { first_seq, last_seq }) => return Outcome::Replayed { first_seq, last_seq },
             Ok(Decision::Nothing) => return Outcome::Nothing,
+            Ok(Decision::Refuse { events, rejection }) => {
+                // Recorded without the caller's key, which stays free for a later try.
+                let unkeyed = CommandMeta {
+                    idempotency: None,
+                    ..meta.clone()
+                };
+                self.stage(&unkeyed, events, now_us);
+                return Outcome::Rejected(rejection);
+            }
             Err(rejection) => return Outcome::Rejected(rejection),
         };
+        Outcome::Appended(self.stage(meta, emitted, now_us))
+    }
+
+    /// Stamps, stages and folds a command's events.
+    fn stage(&mut self, meta: &CommandMeta, emitted: Vec<crate::domain::Emitted>, now_us: u64) -> Vec<Record> {
         let mut records = Vec::with_capacity(emitted.len());
         for e in emitted {
             let envelope = Envelope {
@@ -149,7 +163,7 @@ impl Sequencer {
             evolve(&mut self.state, &record);
             records.push(record);
         }
-        Outcome::Appended(records)
+        records
     }
 }
 

@@ -286,6 +286,7 @@ fn encode_payload(buf: &mut Vec<u8>, event: &Event) {
         Event::LinkVerifyFailed(e) => rmp_serde::encode::write(buf, e),
         Event::LinkRevoked(e) => rmp_serde::encode::write(buf, e),
         Event::LinkExpired(e) => rmp_serde::encode::write(buf, e),
+        Event::CompRefused(e) => rmp_serde::encode::write(buf, e),
     };
     result.expect("encoding plain structs into a Vec cannot fail");
 }
@@ -313,6 +314,7 @@ fn decode_payload(kind: u16, payload: &[u8]) -> Result<Event, String> {
         EventKind::LinkVerifyFailed => Event::LinkVerifyFailed(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::LinkRevoked => Event::LinkRevoked(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::LinkExpired => Event::LinkExpired(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::CompRefused => Event::CompRefused(rmp_serde::from_slice(payload).map_err(err)?),
     })
 }
 

@@ -169,6 +169,7 @@ impl HistoryView {
             ),
             Event::LinkRevoked(l) => (format!("link {} revoked: {}", l.link_id, l.reason), 0),
             Event::LinkExpired(l) => (format!("link {} expired unverified", l.link_id), 0),
+            Event::CompRefused(c) => (format!("comp refused ({}): {}", c.refusal, c.reason), c.points),
         };
         let envelope = &record.envelope;
         Some(HistoryView {

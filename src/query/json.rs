@@ -46,6 +46,7 @@ pub fn to_json_line(record: &Record) -> String {
         Event::LinkVerifyFailed(body) => serde_json::to_value(body),
         Event::LinkRevoked(body) => serde_json::to_value(body),
         Event::LinkExpired(body) => serde_json::to_value(body),
+        Event::CompRefused(body) => serde_json::to_value(body),
     }
     .expect("event bodies are plain data");
     let line = Line {

@@ -50,10 +50,27 @@ impl Default for Harness {
 }
 
 impl Harness {
-    /// Decides and, if accepted, appends and folds the events. Returns the decision.
+    /// Decides and, if accepted, appends and folds the events. Returns the decision. A
+    /// recorded refusal appends its events without the key, as the sequencer does, and is
+    /// returned as the rejection.
     pub fn run(&mut self, meta: &CommandMeta, command: Command) -> Result<Decision, Rejection> {
         let decision = decide(&self.policy, &self.state, meta, &command, self.now_us)?;
+        if let Decision::Refuse { events, rejection } = decision {
+            let unkeyed = CommandMeta {
+                idempotency: None,
+                ..meta.clone()
+            };
+            self.append(&unkeyed, &events);
+            return Err(rejection);
+        }
         if let Decision::Append(emitted) = &decision {
+            self.append(meta, emitted);
+        }
+        Ok(decision)
+    }
+
+    fn append(&mut self, meta: &CommandMeta, emitted: &[tally::domain::Emitted]) {
+        {
             for e in emitted {
                 let record = Record {
                     seq: self.state.head_seq + 1,
@@ -74,7 +91,6 @@ impl Harness {
                 self.records.push(record);
             }
         }
-        Ok(decision)
     }
 
     /// Runs a command that must be accepted; returns its records.
