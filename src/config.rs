@@ -27,6 +27,7 @@ pub struct Config {
     pub engine: EngineSection,
     pub ingest: IngestSection,
     pub links: LinksSection,
+    pub limits: LimitsSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
 }
@@ -149,6 +150,16 @@ impl Default for LinksSection {
     }
 }
 
+/// Rate limits per tenant on mutating calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Mutating commands one tenant may send a second; 0 turns the limits off.
+    pub tenant_commands_per_second: u64,
+    /// Commands a tenant may send at once after a quiet spell; 0 means one second's worth.
+    pub tenant_burst: u64,
+}
+
 /// The Prometheus endpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -256,6 +267,8 @@ pub struct Settings {
     pub on_corrupt_log: OnCorruptLog,
     pub sweep_interval: Duration,
     pub links_base_url: String,
+    /// Per-tenant limits on mutating calls, if on.
+    pub tenant_limit: Option<crate::api::limits::RateLimit>,
     pub engine: EngineConfig,
 }
 
@@ -376,6 +389,16 @@ impl Config {
             on_corrupt_log: self.server.on_corrupt_log,
             sweep_interval: Duration::from_millis(self.engine.sweep_interval_ms),
             links_base_url: base_url.to_string(),
+            tenant_limit: match self.limits.tenant_commands_per_second {
+                0 => None,
+                per_second => Some(crate::api::limits::RateLimit {
+                    per_second,
+                    burst: match self.limits.tenant_burst {
+                        0 => per_second,
+                        burst => burst,
+                    },
+                }),
+            },
             engine,
         })
     }

@@ -357,6 +357,12 @@ struct ServeArgs {
     /// links.base_url: the base of the deep links CreateLink answers ({base_url}/link?linkId=…&token=…).
     #[arg(long, env = "TALLY_LINKS_BASE_URL")]
     links_base_url: Option<String>,
+    /// limits.tenant_commands_per_second: mutating commands one tenant may send a second (0: no limit).
+    #[arg(long, env = "TALLY_TENANT_COMMANDS_PER_SECOND")]
+    tenant_commands_per_second: Option<u64>,
+    /// limits.tenant_burst: commands a tenant may send at once after a quiet spell (0: one second's worth).
+    #[arg(long, env = "TALLY_TENANT_BURST")]
+    tenant_burst: Option<u64>,
     /// metrics.listen: address of the Prometheus endpoint (GET /metrics); "" turns it off.
     #[arg(long, env = "TALLY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -495,6 +501,12 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     if let Some(v) = &args.links_base_url {
         c.links.base_url = v.clone();
     }
+    if let Some(v) = args.tenant_commands_per_second {
+        c.limits.tenant_commands_per_second = v;
+    }
+    if let Some(v) = args.tenant_burst {
+        c.limits.tenant_burst = v;
+    }
     if let Some(v) = &args.metrics_listen {
         c.metrics.listen = v.clone();
     }
@@ -583,6 +595,9 @@ async fn run_server(settings: Settings) -> ExitCode {
             eprintln!("tally: the link key: {error}");
             return ExitCode::from(2);
         }
+    }
+    if let Some(limit) = settings.tenant_limit {
+        slot.set_limits(tally::api::limits::TenantLimiter::new(limit, Arc::new(SystemClock)));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use support::{request, Rng, TestEngine, TestServer, T0};
+use support::{request, Rng, TestEngine, TestServer};
 use tally::api::external;
 use tally::api::proto::ingest_client::IngestClient;
 use tally::api::proto::{self, Duplicate, IngestOutcome, LetterState, RedriveOutcome};
@@ -1345,6 +1345,5 @@ async fn the_ingest_service_end_to_end() {
         .unwrap()
         .into_inner();
     assert_eq!(other.received, 0);
-    let _ = T0;
     server.stop().await;
 }

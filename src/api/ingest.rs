@@ -233,6 +233,7 @@ fn redrive_result(receipt_seq: u64, result: Result<Receipt, Rejection>) -> proto
 impl Ingest for IngestService {
     async fn ingest(&self, request: Request<proto::IngestRequest>) -> Result<Response<proto::IngestResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = ingest_command(&caller, request.get_ref())?;
         let receipt = self.submit(meta, command).await?;
         Ok(Response::new(ingest_response(&request.get_ref().external_id, &receipt)))
@@ -244,6 +245,7 @@ impl Ingest for IngestService {
     ) -> Result<Response<proto::IngestBatchResponse>, Status> {
         use proto::ingest_result::Result as R;
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, request.get_ref().events.len())?;
         let events = &request.get_ref().events;
         if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
             return Err(invalid(
@@ -352,6 +354,7 @@ impl Ingest for IngestService {
         request: Request<proto::RedriveRequest>,
     ) -> Result<Response<proto::RedriveResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = operator_meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id)?;
         let max = match r.max_count {
@@ -422,6 +425,7 @@ impl Ingest for IngestService {
         request: Request<proto::DiscardRequest>,
     ) -> Result<Response<proto::DiscardResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = operator_meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id)?;
         let command = Command::Discard {

@@ -51,6 +51,7 @@ impl Ledger for LedgerService {
         request: Request<proto::OpenAccountRequest>,
     ) -> Result<Response<proto::OpenAccountResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::open_account(&caller, request.get_ref());
         let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::open_account_response(&receipt)))
@@ -58,6 +59,7 @@ impl Ledger for LedgerService {
 
     async fn award(&self, request: Request<proto::AwardRequest>) -> Result<Response<proto::AwardResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::award(&caller, request.get_ref())?;
         let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::award_response(&receipt)))
@@ -68,6 +70,7 @@ impl Ledger for LedgerService {
         request: Request<proto::ReserveRequest>,
     ) -> Result<Response<proto::ReserveResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::reserve(&caller, request.get_ref());
         let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::reserve_response(&receipt)))
@@ -75,6 +78,7 @@ impl Ledger for LedgerService {
 
     async fn commit(&self, request: Request<proto::CommitRequest>) -> Result<Response<proto::CommitResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::commit(&caller, request.get_ref());
         let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::commit_response(&receipt)))
@@ -85,6 +89,7 @@ impl Ledger for LedgerService {
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::release(&caller, request.get_ref());
         let receipt = self.submit(meta, command).await?;
         Ok(Response::new(convert::release_response(&receipt)))
@@ -96,6 +101,7 @@ impl Ledger for LedgerService {
     ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
         use proto::batch_result::Result as R;
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, request.get_ref().commands.len())?;
         let commands = &request.get_ref().commands;
         if commands.is_empty() || commands.len() > MAX_BATCH_COMMANDS {
             return Err(invalid(

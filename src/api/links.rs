@@ -169,6 +169,7 @@ impl Links for LinksService {
         request: Request<proto::CreateLinkRequest>,
     ) -> Result<Response<proto::CreateLinkResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let settings = self.slot.links()?;
         let token = random_bytes().map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?;
@@ -204,6 +205,7 @@ impl Links for LinksService {
         request: Request<proto::VerifyLinkRequest>,
     ) -> Result<Response<proto::LinkResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         // A malformed token is refused and not counted: it cannot be anyone's token.
         let token = parse_hex(&r.token).ok_or_else(|| invalid("token", "must be 64 hex characters"))?;
@@ -230,6 +232,7 @@ impl Links for LinksService {
         request: Request<proto::RevokeLinkRequest>,
     ) -> Result<Response<proto::LinkResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id);
         let command = Command::RevokeLink {

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod external;
 pub mod ingest;
 pub mod ledger;
+pub mod limits;
 pub mod links;
 pub mod operations;
 pub mod proto;

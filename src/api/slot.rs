@@ -31,6 +31,7 @@ struct Inner {
     engine: OnceLock<EngineHandle>,
     phase: watch::Sender<Phase>,
     links: OnceLock<super::links::LinkSettings>,
+    limiter: OnceLock<super::limits::TenantLimiter>,
 }
 
 impl EngineSlot {
@@ -41,6 +42,7 @@ impl EngineSlot {
                 engine: OnceLock::new(),
                 phase: watch::Sender::new(Phase::Recovering),
                 links: OnceLock::new(),
+                limiter: OnceLock::new(),
             }),
         }
     }
@@ -75,6 +77,20 @@ impl EngineSlot {
                 .map_err(|e| Status::internal(format!("STORAGE_ERROR: cannot read or create the link key: {e}")))?;
         let _ = self.inner.links.set(settings);
         Ok(self.inner.links.get().expect("just set"))
+    }
+
+    /// Per-tenant rate limits on mutating calls; set once, before serving (none: no limits).
+    pub fn set_limits(&self, limiter: super::limits::TenantLimiter) {
+        assert!(self.inner.limiter.set(limiter).is_ok(), "rate limits are set once");
+    }
+
+    /// Lets `commands` mutating commands of `tenant` through, or refuses them with
+    /// RESOURCE_EXHAUSTED and when to retry.
+    pub fn admit(&self, tenant: &str, commands: usize) -> Result<(), Status> {
+        match self.inner.limiter.get() {
+            Some(limiter) => limiter.admit(tenant, commands as u64),
+            None => Ok(()),
+        }
     }
 
     /// Recovery failed: calls are answered with `reason` from now on.

@@ -20,7 +20,7 @@ pub const BATCH_COMMANDS: &str = "tally_group_commit_commands";
 pub const BATCH_RECORDS: &str = "tally_group_commit_records";
 /// Seconds one group commit spends writing and syncing the log.
 pub const COMMIT_SECONDS: &str = "tally_group_commit_seconds";
-/// Seconds from the start of a batch's decisions to the answers going out.
+/// Seconds from the start of a batch's decisions until its answers go out.
 pub const BATCH_SECONDS: &str = "tally_group_commit_batch_seconds";
 /// Expiry pulses the sweeper submitted.
 pub const SWEEPER_PULSES_TOTAL: &str = "tally_sweeper_pulses_total";
@@ -92,7 +92,7 @@ pub fn describe() {
     describe_histogram!(
         BATCH_SECONDS,
         Unit::Seconds,
-        "Decide, write, sync and answer time per group commit"
+        "Decide, write and sync time per group commit, until the answers go out"
     );
     describe_counter!(SWEEPER_PULSES_TOTAL, "Expiry pulses submitted by the sweeper");
     describe_counter!(SWEEPER_EXPIRED_TOTAL, "Holds expired by the sweeper's pulses");

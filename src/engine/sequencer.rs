@@ -80,6 +80,13 @@ impl Sequencer {
                 self.committed.send_replace(head.seq);
                 self.projector.notify();
             }
+            // Counted before anyone hears back: a caller that scrapes the metrics after its
+            // answer sees its own command in them.
+            let records = self.state.head_seq - first_seq;
+            let ingest = &self.state.ingest;
+            self.metrics.pipeline_depth(ingest.dead_letters, ingest.retry_due.len());
+            self.metrics
+                .flush(commands, records, commit_seconds, started.elapsed().as_secs_f64());
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 // A caller that gave up (dropped its receiver) still had its command applied.
                 let _ = job.reply.send(outcome);
@@ -87,11 +94,6 @@ impl Sequencer {
             for read in reads.drain(..) {
                 let _ = read.reply.send(answer(&self.state, read.query));
             }
-            let records = self.state.head_seq - first_seq;
-            let ingest = &self.state.ingest;
-            self.metrics.pipeline_depth(ingest.dead_letters, ingest.retry_due.len());
-            self.metrics
-                .flush(commands, records, commit_seconds, started.elapsed().as_secs_f64());
         }
         self.status.send_replace(Status::Stopped);
         tracing::info!(head = self.state.head_seq, "sequencer stopped");

@@ -190,13 +190,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_configured(|_, _| {}).await
+    }
+
+    /// A server whose slot `configure` sets up first (rate limits, link settings).
+    pub async fn start_configured(configure: impl FnOnce(&tally::api::EngineSlot, &TestEngine)) -> Self {
         let engine = TestEngine::start();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = engine.handle();
+        let slot = tally::api::EngineSlot::ready(engine.handle());
+        configure(&slot, &engine);
         let task = tokio::spawn(async move {
-            tally::api::serve(handle, listener, async {
+            tally::api::serve_slot(slot, listener, async {
                 let _ = rx.await;
             })
             .await
