@@ -15,7 +15,8 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// commit; a job whose pulses all found work is followed by another at once.
 pub const RETRY_PULSES_PER_JOB: usize = 256;
 
-/// Pulses every `interval` until the engine stops; a pulse that expired a full batch is
+/// Pulses every `interval` until the engine stops; a pulse that expired a full batch (of
+/// holds; links come with it) is
 /// followed by another at once.
 pub fn spawn(engine: EngineHandle, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -40,7 +41,7 @@ pub fn spawn(engine: EngineHandle, interval: Duration) -> tokio::task::JoinHandl
                     ::metrics::counter!(super::metrics::SWEEPER_EXPIRED_TOTAL).increment(expired as u64);
                 }
                 match swept {
-                    Ok(expired) if expired == EXPIRE_PULSE_MAX_HOLDS as usize => continue,
+                    Ok(expired) if expired >= EXPIRE_PULSE_MAX_HOLDS as usize => continue,
                     Ok(0) => break,
                     Ok(expired) => {
                         tracing::debug!(expired, "expired holds");
