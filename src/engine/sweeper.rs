@@ -15,9 +15,8 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// commit; a job whose pulses all found work is followed by another at once.
 pub const RETRY_PULSES_PER_JOB: usize = 256;
 
-/// Pulses every `interval` until the engine stops; a pulse that expired a full batch (of
-/// holds; links come with it) is
-/// followed by another at once.
+/// Pulses every `interval` until the engine stops; a pulse that expired a full batch of
+/// holds (links expire with it) is followed by another at once.
 pub fn spawn(engine: EngineHandle, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
