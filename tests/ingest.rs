@@ -127,6 +127,26 @@ fn points_of(body: &ExternalBody) -> u64 {
     }
 }
 
+/// Spends `points` of `member` through a hold and its commit.
+async fn spend(h: &EngineHandle, member: &str, points: u64) {
+    let reserve = Command::Reserve {
+        account: member.into(),
+        amount: points,
+        ttl_seconds: 60,
+    };
+    let hold = h
+        .submit(operator(&format!("spend-{member}-{points}")), reserve)
+        .await
+        .unwrap()
+        .records[0]
+        .seq;
+    let commit = Command::Commit {
+        hold_id: hold,
+        amount: None,
+    };
+    h.submit(operator(&format!("commit-{hold}")), commit).await.unwrap();
+}
+
 async fn posted(h: &EngineHandle, member: &str) -> Option<u64> {
     h.account(TENANT, member).await.unwrap().map(|a| a.posted)
 }
@@ -474,6 +494,7 @@ async fn random_stream(seed: u64) {
     // clock steps, retry pulses and restarts in between.
     let mut sent = 0;
     let mut content_duplicates = 0;
+    let mut ids = std::collections::HashSet::new();
     while sent < stream.len() {
         let mut event = stream[sent].clone();
         if rng.chance(15) && sent > 0 {
@@ -485,6 +506,7 @@ async fn random_stream(seed: u64) {
         } else {
             sent += 1;
         }
+        ids.insert((event.source.to_string(), event.id.clone()));
         let receipt = ingest(&te.handle(), event.source, &event.id, event.body.clone())
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: {} refused: {e}", event.id));
@@ -526,8 +548,8 @@ async fn random_stream(seed: u64) {
     }
     assert_eq!(
         received.len(),
-        unique.len(),
-        "seed {seed}: one receipt per distinct event"
+        ids.len(),
+        "seed {seed}: one receipt per distinct id sent"
     );
     let letters = h.dead_letters(TENANT, LetterFilter::default(), 100_000).await.unwrap();
     for (id, &receipt_seq) in &received {
@@ -617,8 +639,8 @@ async fn random_stream(seed: u64) {
     let stats = h.pipeline_stats(TENANT).await.unwrap();
     assert_eq!(stats.dead_letter_depth, 0);
     assert_eq!(stats.retrying, 0);
-    assert_eq!(stats.counters.received, unique.len() as u64);
-    assert_eq!(stats.counters.processed, unique.len() as u64);
+    assert_eq!(stats.counters.received, ids.len() as u64);
+    assert_eq!(stats.counters.processed, ids.len() as u64);
     assert_eq!(stats.counters.redriven, plan.len() as u64);
     // Live and rebuilt projections agree with the pipeline's events in the log.
     let digests = te.digests().await;
@@ -732,28 +754,7 @@ async fn reversals_follow_their_policy() {
     ingest(&h, "crm", "en1", enroll("m1")).await.unwrap();
     ingest(&h, "promo", "a1", award("m1", 400, "spring")).await.unwrap();
     // Spend 300 of it.
-    let hold = h
-        .submit(
-            operator("r1"),
-            Command::Reserve {
-                account: "m1".into(),
-                amount: 300,
-                ttl_seconds: 60,
-            },
-        )
-        .await
-        .unwrap()
-        .records[0]
-        .seq;
-    h.submit(
-        operator("c1"),
-        Command::Commit {
-            hold_id: hold,
-            amount: None,
-        },
-    )
-    .await
-    .unwrap();
+    spend(&h, "m1", 300).await;
     let strict = ingest(&h, "promo", "x1", reverse("m1", "a1", ReversePolicy::AllOrNothing))
         .await
         .unwrap();
@@ -1069,11 +1070,25 @@ async fn the_same_content_from_a_source_is_a_duplicate_within_the_window() {
         Err(Rejection::IdempotencyConflict { field: "payload", .. }) => {}
         other => panic!("{other:?}"),
     }
-    // Same content under another id, within the window: the first one's result.
+    // Same content under another id, within the window: recorded, applied as before
+    // (nothing), naming the first.
     te.clock.advance(3599 * SECOND);
     let copy = ingest(&h, "promo", "a1-resent", award("m1", 10, "p")).await.unwrap();
-    assert!(copy.replayed);
-    assert_eq!(copy.records[0].seq, original.records[0].seq);
+    assert!(!copy.replayed);
+    let Event::ExternalReceived(received) = &copy.records[0].event else {
+        panic!()
+    };
+    assert_eq!(received.duplicate_of, original.records[0].seq);
+    assert!(matches!(&copy.records[1].event, Event::ExternalProcessed(p) if p.already_applied && p.points == 0));
+    assert_eq!(copy.records.len(), 2, "nothing applied");
+    // Its id stays a duplicate after the window, so a file sent again applies nothing twice.
+    te.clock.advance(2 * SECOND);
+    assert!(
+        ingest(&h, "promo", "a1-resent", award("m1", 10, "p"))
+            .await
+            .unwrap()
+            .replayed
+    );
     // From another source it is another event.
     assert!(
         !ingest(&h, "promo-2", "a1", award("m1", 10, "p"))
@@ -1081,8 +1096,7 @@ async fn the_same_content_from_a_source_is_a_duplicate_within_the_window() {
             .unwrap()
             .replayed
     );
-    // After the window, the same content is a new event.
-    te.clock.advance(2 * SECOND);
+    // After the window (measured from the original), the same content is a new event.
     let later = ingest(&h, "promo", "a1-next-day", award("m1", 10, "p")).await.unwrap();
     assert!(!later.replayed);
     assert_eq!(posted(&h, "m1").await, Some(30));
@@ -1346,4 +1360,81 @@ async fn the_ingest_service_end_to_end() {
         .into_inner();
     assert_eq!(other.received, 0);
     server.stop().await;
+}
+
+/// The review's findings, each pinned: a partner's scope cannot be taken by other commands;
+/// award identities of different sources never collide; an older event is never parked
+/// behind a younger dead letter.
+#[tokio::test]
+async fn identities_and_order_hold_at_the_edges() {
+    let te = engine_with(IngestPolicy {
+        max_attempts: 3,
+        ..IngestPolicy::default()
+    });
+    let h = te.handle();
+    // A ledger command may not use a partner's scope (it would block that event id).
+    let mut taken = operator("x");
+    taken.idempotency.as_mut().unwrap().scope = "ingest:casino".into();
+    let refused = h
+        .submit(taken, Command::OpenAccount { account: "m1".into() })
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("idempotency_scope"), "{refused}");
+    // An ingest must be keyed by its own identity.
+    let wrong = h
+        .submit(
+            operator("not-the-id"),
+            Command::Ingest {
+                source: "casino".into(),
+                external_id: "e1".into(),
+                body: enroll("m1"),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("invalid idempotency_"), "{wrong}");
+
+    // ("pos:1", "a") and ("pos", "1:a") are two awards, both credited.
+    ingest(&h, "crm", "e1", enroll("m1")).await.unwrap();
+    let first = ingest(&h, "pos:1", "a", award("m1", 10, "p")).await.unwrap();
+    let second = ingest(&h, "pos", "1:a", award("m1", 10, "p")).await.unwrap();
+    for receipt in [&first, &second] {
+        assert!(
+            matches!(&receipt.records[1].event, Event::ExternalProcessed(p) if !p.already_applied && p.points == 10)
+        );
+    }
+    assert_eq!(posted(&h, "m1").await, Some(20));
+
+    // A (older) waits for its original; R (younger) fails for good and heads the queue.
+    // A's retries go on (a younger letter does not hold it back), and when they run out A
+    // goes ahead of R, in order of receipt.
+    let a = ingest(
+        &h,
+        "promo",
+        "rev-a",
+        reverse("m1", "missing", ReversePolicy::CapToAvailable),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome(&a), "retrying");
+    spend(&h, "m1", 15).await;
+    let r = ingest(&h, "pos", "rev-r", reverse("m1", "1:a", ReversePolicy::AllOrNothing))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&r), "dead_lettered", "5 available, 10 to take back");
+    for _ in 0..2 {
+        te.clock.advance(3600 * SECOND);
+        assert_eq!(h.retry_due(8).await.unwrap(), 1);
+    }
+    let page = h.dead_letters(TENANT, LetterFilter::default(), 10).await.unwrap();
+    let order: Vec<_> = page
+        .letters
+        .iter()
+        .map(|l| (l.receipt.external_id.as_str(), l.position))
+        .collect();
+    assert_eq!(order, [("rev-a", 0), ("rev-r", 1)], "letters in order of receipt");
+    let ReceiptState::Open(view) = h.receipt(TENANT, a.records[0].seq).await.unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!(view.receipt.attempts, 3, "A was attempted, not parked");
 }

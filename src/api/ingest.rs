@@ -73,7 +73,7 @@ pub fn ingest_command(caller: &Caller, request: &proto::IngestRequest) -> Result
 }
 
 /// The answer to an ingest, from the records of the command that received the event.
-pub fn ingest_response(external_id: &str, receipt: &Receipt) -> proto::IngestResponse {
+pub fn ingest_response(receipt: &Receipt) -> proto::IngestResponse {
     use proto::{Duplicate, IngestOutcome};
     let first = receipt.records.first().expect("an ingest appends its receipt");
     let Event::ExternalReceived(received) = &first.event else {
@@ -83,11 +83,12 @@ pub fn ingest_response(external_id: &str, receipt: &Receipt) -> proto::IngestRes
         receipt_sequence: first.seq,
         external_id: received.external_id.clone(),
         checksum: crate::query::json::hex(&received.checksum),
-        duplicate: match (receipt.replayed, received.external_id == external_id) {
-            (false, _) => Duplicate::None,
-            (true, true) => Duplicate::ExternalId,
-            (true, false) => Duplicate::Content,
+        duplicate: match (receipt.replayed, received.duplicate_of) {
+            (true, _) => Duplicate::ExternalId,
+            (false, 0) => Duplicate::None,
+            (false, _) => Duplicate::Content,
         } as i32,
+        duplicate_of: received.duplicate_of,
         events: receipt.records.iter().map(convert::ledger_event).collect(),
         ..Default::default()
     };
@@ -175,6 +176,10 @@ fn filter(
     })
 }
 
+/// Longest key of a re-drive: each letter's command is keyed `<key>/<receipt>`, and a
+/// receipt number has up to 20 digits.
+const MAX_REDRIVE_KEY_BYTES: usize = crate::domain::limits::MAX_ID_BYTES - 21;
+
 fn operator_meta(caller: &Caller, key: &str, scope: &str, correlation_id: &str) -> Result<CommandMeta, Status> {
     if key.is_empty() {
         return Err(invalid("idempotency_key", "is required"));
@@ -236,7 +241,7 @@ impl Ingest for IngestService {
         self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = ingest_command(&caller, request.get_ref())?;
         let receipt = self.submit(meta, command).await?;
-        Ok(Response::new(ingest_response(&request.get_ref().external_id, &receipt)))
+        Ok(Response::new(ingest_response(&receipt)))
     }
 
     async fn ingest_batch(
@@ -273,7 +278,7 @@ impl Ingest for IngestService {
         for ((position, outcome), span) in positions.into_iter().zip(outcomes).zip(spans) {
             trace::record(&span, outcome.as_ref());
             results[position] = Some(match outcome {
-                Ok(receipt) => R::Accepted(ingest_response(&events[position].external_id, &receipt)),
+                Ok(receipt) => R::Accepted(ingest_response(&receipt)),
                 Err(rejection) => R::Error(classify_rejection(&rejection).into_batch_error()),
             });
         }
@@ -357,6 +362,12 @@ impl Ingest for IngestService {
         self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = operator_meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id)?;
+        if r.idempotency_key.len() > MAX_REDRIVE_KEY_BYTES {
+            return Err(invalid(
+                "idempotency_key",
+                format!("a re-drive's key is at most {MAX_REDRIVE_KEY_BYTES} bytes (each letter's is <key>/<receipt>)"),
+            ));
+        }
         let max = match r.max_count {
             0 => DEFAULT_REDRIVE_COUNT,
             n if n > MAX_REDRIVE_COUNT => {

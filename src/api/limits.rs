@@ -48,12 +48,20 @@ impl TenantLimiter {
         if per_second == 0 {
             return Ok(());
         }
-        let capacity = burst.max(1) * MICRO;
-        let cost = commands.clamp(1, burst.max(1)) * MICRO;
+        let capacity = burst.max(1).saturating_mul(MICRO);
+        let cost = commands.clamp(1, burst.max(1)).saturating_mul(MICRO);
         let now = self.clock.now_us();
         let mut buckets = self.buckets.lock().expect("rate limit lock");
         if buckets.len() >= MAX_TRACKED_TENANTS && !buckets.contains_key(tenant) {
-            buckets.retain(|_, (tokens, _)| *tokens < capacity);
+            // Buckets that have refilled by now are the same as no bucket: drop them. If
+            // every tenant is still busy, start over rather than grow: the bound is on
+            // memory, and a reset only forgives one second's worth.
+            buckets.retain(|_, (tokens, last)| {
+                tokens.saturating_add(now.saturating_sub(*last).saturating_mul(per_second)) < capacity
+            });
+            if buckets.len() >= MAX_TRACKED_TENANTS {
+                buckets.clear();
+            }
         }
         let (tokens, last) = buckets.entry(tenant.to_string()).or_insert((capacity, now));
         let refill = now.saturating_sub(*last).saturating_mul(per_second);

@@ -203,6 +203,18 @@ fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection>
             if !key.scope.is_empty() {
                 validate_id("idempotency_scope", &key.scope, MAX_ID_BYTES)?;
             }
+            // External events own their scopes: no other command may take (and so block)
+            // a partner's event id.
+            let ingest_scope = key.scope.starts_with(super::ingest::INGEST_SCOPE_PREFIX);
+            if ingest_scope != matches!(command, Command::Ingest { .. }) {
+                return Err(Rejection::invalid(
+                    "idempotency_scope",
+                    format!(
+                        "the scope prefix {:?} belongs to external events: an ingest uses it, no other command may",
+                        super::ingest::INGEST_SCOPE_PREFIX
+                    ),
+                ));
+            }
         }
         None if matches!(command, Command::ExpireDue { .. } | Command::RetryDue) => {}
         None => return Err(Rejection::invalid("idempotency_key", "is required")),

@@ -471,6 +471,11 @@ pub struct ExternalReceived {
     pub external_id: String,
     pub body: ExternalBody,
     pub checksum: [u8; 32],
+    /// The receipt whose content this repeats within the dedup window (0: none). Such an
+    /// event is recorded, so that its own id is a duplicate for ever after, and processed
+    /// at once as applied before. Absent (0) in records written before it existed.
+    #[serde(default)]
+    pub duplicate_of: u64,
 }
 
 /// A received event was applied. `ledger_first_seq..=ledger_last_seq` are the ledger

@@ -396,8 +396,11 @@ fn ingest(state: &mut State, key: &AccountKey, record: &Record) {
                 received.body.checksum(),
                 "the checksum is the body's"
             );
-            let content = content_fingerprint(tenant, &received.source, &received.checksum);
-            pipeline.contents.insert(content, (record.seq, record.ts_us));
+            // A duplicate leaves the window where its original started it.
+            if received.duplicate_of == 0 {
+                let content = content_fingerprint(tenant, &received.source, &received.checksum);
+                pipeline.contents.insert(content, (record.seq, record.ts_us));
+            }
             pipeline.open.insert(
                 record.seq,
                 Receipt {
@@ -478,11 +481,15 @@ fn ingest(state: &mut State, key: &AccountKey, record: &Record) {
                 }
                 ReceiptStatus::Retrying { retry_at_us } => {
                     assert!(pipeline.retry_due.remove(&(retry_at_us, dead.receipt_seq)));
-                    letters.push_back(dead.receipt_seq);
+                    // In order of receipt: an older event whose retries ran out after a
+                    // younger one's goes ahead of it.
+                    let at = letters.partition_point(|&seq| seq < dead.receipt_seq);
+                    letters.insert(at, dead.receipt_seq);
                     pipeline.dead_letters += 1;
                     counters.dead_lettered += 1;
                 }
                 ReceiptStatus::Received => {
+                    assert!(letters.back().is_none_or(|&last| last < dead.receipt_seq));
                     letters.push_back(dead.receipt_seq);
                     pipeline.dead_letters += 1;
                     counters.dead_lettered += 1;

@@ -95,15 +95,31 @@ pub(super) fn ingest(
 ) -> Result<Decision, Rejection> {
     validate_identity(source, external_id)?;
     validate_body(body)?;
+    let identity = ctx.meta.idempotency.as_ref();
+    let expected_scope = format!("{INGEST_SCOPE_PREFIX}{source}");
+    if identity.is_none_or(|k| k.key != external_id || k.scope != expected_scope) {
+        return Err(Rejection::invalid(
+            "idempotency_key",
+            "an external event's identity is its external id in the scope ingest:<source>",
+        ));
+    }
     let tenant = &ctx.meta.tenant;
     let ingest = &ctx.state.ingest;
     let checksum = body.checksum();
-    if let Some(&(first_seq, received_at_us)) = ingest.contents.get(&content_fingerprint(tenant, source, &checksum)) {
-        let window_us = ctx.policy.ingest.dedup_window_seconds.saturating_mul(1_000_000);
-        if ctx.now_us.saturating_sub(received_at_us) < window_us {
-            let last_seq = ctx.state.idempotency.applied(first_seq).last_seq;
-            return Ok(Decision::Replay { first_seq, last_seq });
-        }
+    let window_us = ctx.policy.ingest.dedup_window_seconds.saturating_mul(1_000_000);
+    let duplicate_of = match ingest.contents.get(&content_fingerprint(tenant, source, &checksum)) {
+        Some(&(first_seq, received_at_us)) if ctx.now_us.saturating_sub(received_at_us) < window_us => first_seq,
+        _ => 0,
+    };
+    if duplicate_of != 0 {
+        return Ok(content_duplicate(
+            ctx,
+            source,
+            external_id,
+            body,
+            checksum,
+            duplicate_of,
+        ));
     }
     let member = AccountKey::new(tenant, body.member_id());
     let queued = ingest.sequences.get(&member).map_or(0, |letters| letters.len() as u64);
@@ -141,6 +157,7 @@ pub(super) fn ingest(
             external_id: external_id.to_string(),
             body: body.clone(),
             checksum,
+            duplicate_of: 0,
         }),
     )];
     match parks {
@@ -148,6 +165,42 @@ pub(super) fn ingest(
         false => attempt(ctx, &receipt, receipt_seq, Attempting::First, &mut events),
     }
     Ok(Decision::Append(events))
+}
+
+/// The same content again under another id within the window: recorded as received (so
+/// that this id is answered as a duplicate for ever after, even past the window) and
+/// processed at once as applied before, with nothing applied.
+fn content_duplicate(
+    ctx: &Ctx<'_>,
+    source: &str,
+    external_id: &str,
+    body: &ExternalBody,
+    checksum: [u8; 32],
+    duplicate_of: u64,
+) -> Decision {
+    let receipt_seq = ctx.state.head_seq + 1;
+    let received = Event::ExternalReceived(ExternalReceived {
+        source: source.to_string(),
+        external_id: external_id.to_string(),
+        body: body.clone(),
+        checksum,
+        duplicate_of,
+    });
+    let processed = Event::ExternalProcessed(ExternalProcessed {
+        receipt_seq,
+        attempt: 1,
+        ledger_first_seq: 0,
+        ledger_last_seq: 0,
+        points: 0,
+        already_applied: true,
+        redriven: false,
+    });
+    let emit = |event| Emitted {
+        tenant: ctx.meta.tenant.clone(),
+        account: body.member_id().to_string(),
+        event,
+    };
+    Decision::Append(vec![emit(received), emit(processed)])
 }
 
 /// One more attempt at the earliest retry that is due, or nothing.
@@ -162,8 +215,14 @@ pub(super) fn retry_due(ctx: &Ctx<'_>) -> Result<Decision, Rejection> {
     let receipt = ingest.open.get(&receipt_seq).expect("a due retry is an open receipt");
     let member = AccountKey::new(&receipt.tenant, receipt.body.member_id());
     let mut events = Vec::new();
-    // A dead letter that appeared since the first attempt: do not overtake it.
-    if ingest.sequences.contains_key(&member) && receipt.body.kind() != ExternalKind::MemberEnrolled {
+    // A dead letter received before this event appeared since its first attempt: do not
+    // overtake it. Younger letters do not hold an older event back.
+    let older_letter = ingest
+        .sequences
+        .get(&member)
+        .and_then(|letters| letters.front())
+        .is_some_and(|&head| head < receipt_seq);
+    if older_letter && receipt.body.kind() != ExternalKind::MemberEnrolled {
         events.push(park(ctx, receipt, receipt_seq, &member));
     } else {
         attempt(ctx, receipt, receipt_seq, Attempting::Retry, &mut events);
@@ -395,7 +454,7 @@ fn apply(ctx: &Ctx<'_>, receipt: &Receipt) -> Attempt {
             &AwardRequest::Promotion {
                 points: *points,
                 promotion_id: promotion_id.clone(),
-                external_reward_id: format!("{}:{}", receipt.source, receipt.external_id),
+                external_reward_id: reward_id(&receipt.source, &receipt.external_id),
             },
         ),
         ExternalBody::RatingSlipCompleted {
@@ -445,6 +504,13 @@ fn apply(ctx: &Ctx<'_>, receipt: &Receipt) -> Attempt {
         Ok(Decision::Refuse { rejection, .. }) => classify(rejection),
         Err(rejection) => classify(rejection),
     }
+}
+
+/// The external reward id of an ingested award: the source's length, the source and the
+/// external id (`5:pos-1:a`), so that no two (source, id) pairs make the same id even
+/// though both may hold `:`. At most 2 + 1 + 60 + 1 + 64 = 128 bytes.
+pub(super) fn reward_id(source: &str, external_id: &str) -> String {
+    format!("{}:{source}:{external_id}", source.len())
 }
 
 /// Transient failures are those a later event can cure.

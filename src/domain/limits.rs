@@ -62,10 +62,10 @@ pub const MAX_HOUSE_EDGE_BPS: u32 = 10_000;
 /// log, so a backlog of expiries never stalls other commands for long.
 pub const EXPIRE_PULSE_MAX_HOLDS: u32 = 1024;
 
-/// Longest source name of an external event. With [`MAX_EXTERNAL_ID_BYTES`] and a `:` it
-/// makes the external reward id of an ingested award (`source:external_id`) fit
-/// [`MAX_ID_BYTES`].
-pub const MAX_SOURCE_BYTES: usize = 63;
+/// Longest source name of an external event. With [`MAX_EXTERNAL_ID_BYTES`], the source's
+/// length and two `:` it makes the external reward id of an ingested award
+/// (`len:source:external_id`) fit [`MAX_ID_BYTES`].
+pub const MAX_SOURCE_BYTES: usize = 60;
 
 /// Longest external event id: a UUID or a partner's ticket number fits with room to spare.
 pub const MAX_EXTERNAL_ID_BYTES: usize = 64;
