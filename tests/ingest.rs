@@ -1438,3 +1438,43 @@ async fn identities_and_order_hold_at_the_edges() {
     };
     assert_eq!(view.receipt.attempts, 3, "A was attempted, not parked");
 }
+
+/// When the head of a member's sequence is done (discarded here), the letter behind it is
+/// the head: no longer shown as parked, and re-drivable on its own.
+#[tokio::test]
+async fn the_letter_behind_a_discarded_head_heads_the_sequence() {
+    let te = engine_with(IngestPolicy {
+        max_attempts: 1,
+        ..IngestPolicy::default()
+    });
+    let h = te.handle();
+    let head = ingest(&h, "p", "a1", award("m1", 1, "x1")).await.unwrap().records[0].seq;
+    let behind = ingest(&h, "p", "a2", award("m1", 2, "x2")).await.unwrap().records[0].seq;
+    let discard = Command::Discard {
+        receipt_seq: head,
+        reason: "duplicate sent by the partner".into(),
+    };
+    h.submit(operator("d"), discard).await.unwrap();
+    let ReceiptState::Open(view) = h.receipt(TENANT, behind).await.unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!(view.position, 0);
+    assert_eq!(
+        view.receipt.status,
+        tally::domain::state::ReceiptStatus::DeadLettered { parked_behind: 0 }
+    );
+    assert!(
+        view.receipt.cause.contains("heads the sequence now"),
+        "{}",
+        view.receipt.cause
+    );
+    h.submit(operator("open"), Command::OpenAccount { account: "m1".into() })
+        .await
+        .unwrap();
+    let redriven = h
+        .submit(operator("r"), Command::Redrive { receipt_seq: behind })
+        .await
+        .unwrap();
+    assert!(matches!(redriven.records[0].event, Event::ExternalProcessed(_)));
+    assert_eq!(posted(&h, "m1").await, Some(2));
+}

@@ -562,10 +562,21 @@ fn leave_queue(
                 .expect("a letter is in its member's sequence");
             assert!(!processed || at == 0, "letters are applied from the head");
             letters.remove(at);
+            let next_head = letters.front().copied().filter(|_| at == 0);
             if letters.is_empty() {
                 pipeline.sequences.remove(key);
             }
             pipeline.dead_letters -= 1;
+            // The letter that waited behind this one heads the sequence now: no longer
+            // parked, and re-drivable.
+            if let Some(head) = next_head.and_then(|seq| pipeline.open.get_mut(&seq)) {
+                if let ReceiptStatus::DeadLettered { parked_behind } = head.status {
+                    if parked_behind != 0 {
+                        head.status = ReceiptStatus::DeadLettered { parked_behind: 0 };
+                        head.cause = format!("{}; that letter is done, this one heads the sequence now", head.cause);
+                    }
+                }
+            }
         }
     }
 }
