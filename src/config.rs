@@ -116,7 +116,7 @@ pub struct IngestSection {
     pub dedup_window_seconds: u64,
     /// Letters one member may have in the dead-letter queue.
     pub dead_letters_per_member_max: u64,
-    /// Letters in the whole dead-letter queue.
+    /// Letters in one tenant's dead-letter queue.
     pub dead_letters_max: u64,
 }
 

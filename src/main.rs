@@ -351,7 +351,7 @@ struct ServeArgs {
     /// ingest.dead_letters_per_member_max: letters one member may have in the dead-letter queue.
     #[arg(long, env = "TALLY_INGEST_DEAD_LETTERS_PER_MEMBER_MAX")]
     ingest_dead_letters_per_member_max: Option<u64>,
-    /// ingest.dead_letters_max: letters in the whole dead-letter queue.
+    /// ingest.dead_letters_max: letters in one tenant's dead-letter queue.
     #[arg(long, env = "TALLY_INGEST_DEAD_LETTERS_MAX")]
     ingest_dead_letters_max: Option<u64>,
     /// links.base_url: the base of the deep links CreateLink answers ({base_url}/link?linkId=…&token=…).

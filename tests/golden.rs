@@ -116,7 +116,23 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
     let mut counters: Vec<_> = pipeline.counters.iter().collect();
     counters.sort_by(|a, b| a.0.cmp(b.0));
     for (tenant, c) in counters {
-        writeln!(out, "pipeline {tenant}: {c:?}").unwrap();
+        // Spelled out, not Debug: a field added to the counters must not change old dumps.
+        writeln!(
+            out,
+            "pipeline {tenant}: IngestCounters {{ received: {}, processed: {}, retried: {}, dead_lettered: {}, redriven: {}, discarded: {} }}",
+            c.received, c.processed, c.retried, c.dead_lettered, c.redriven, c.discarded
+        )
+        .unwrap();
+        assert_eq!(
+            c.depth,
+            pipeline
+                .sequences
+                .iter()
+                .filter(|(m, _)| m.tenant() == tenant.as_str())
+                .map(|(_, l)| l.len() as u64)
+                .sum::<u64>(),
+            "a tenant's depth is its letters"
+        );
     }
     let mut links: Vec<_> = state.links.links.iter().collect();
     links.sort_by_key(|(id, _)| **id);

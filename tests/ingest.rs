@@ -954,9 +954,18 @@ async fn the_queue_bounds_refuse_new_events_and_drop_nothing() {
         "dead_lettered"
     );
     match ingest(&h, "p", "c1", enroll("m3")).await {
-        Err(Rejection::DeadLetterQueueFull { scope, bound: 3 }) => assert_eq!(scope, "all members"),
+        Err(Rejection::DeadLetterQueueFull { scope, bound: 3 }) => assert_eq!(scope, "all members of the tenant"),
         other => panic!("{other:?}"),
     }
+    // Another tenant is not held back by this one's queue.
+    let mut other = ingest_meta("p", "t2-e1");
+    other.tenant = "t2".into();
+    let command = Command::Ingest {
+        source: "p".into(),
+        external_id: "t2-e1".into(),
+        body: enroll("m3"),
+    };
+    assert!(h.submit(other, command).await.is_ok());
     // Nothing was dropped: every letter is still there.
     let page = h.dead_letters(TENANT, LetterFilter::default(), 100).await.unwrap();
     assert_eq!(page.depth, 3);

@@ -50,7 +50,8 @@ pub struct IngestPolicy {
     /// Letters one member may have in the queue (its dead letter and the events parked
     /// behind it); at the bound, new events for the member are refused.
     pub dead_letters_per_member_max: u64,
-    /// Letters in the whole queue; at the bound, all new external events are refused.
+    /// Letters in a tenant's queue; at the bound, all the tenant's new external events are
+    /// refused (other tenants' are not).
     pub dead_letters_max: u64,
 }
 

@@ -487,12 +487,14 @@ fn ingest(state: &mut State, key: &AccountKey, record: &Record) {
                     letters.insert(at, dead.receipt_seq);
                     pipeline.dead_letters += 1;
                     counters.dead_lettered += 1;
+                    counters.depth += 1;
                 }
                 ReceiptStatus::Received => {
                     assert!(letters.back().is_none_or(|&last| last < dead.receipt_seq));
                     letters.push_back(dead.receipt_seq);
                     pipeline.dead_letters += 1;
                     counters.dead_lettered += 1;
+                    counters.depth += 1;
                 }
             }
             if dead.parked_behind != 0 {
@@ -567,6 +569,11 @@ fn leave_queue(
                 pipeline.sequences.remove(key);
             }
             pipeline.dead_letters -= 1;
+            let counters = pipeline
+                .counters
+                .get_mut(key.tenant())
+                .expect("a letter's tenant is counted");
+            counters.depth -= 1;
             // The letter that waited behind this one heads the sequence now: no longer
             // parked, and re-drivable.
             if let Some(head) = next_head.and_then(|seq| pipeline.open.get_mut(&seq)) {

@@ -125,9 +125,10 @@ pub(super) fn ingest(
     let queued = ingest.sequences.get(&member).map_or(0, |letters| letters.len() as u64);
     let parks = queued > 0 && body.kind() != ExternalKind::MemberEnrolled;
     let policy = &ctx.policy.ingest;
-    if ingest.dead_letters >= policy.dead_letters_max {
+    // Per tenant: one program's troubles must not stop another's events.
+    if ingest.counters.get(tenant.as_str()).map_or(0, |c| c.depth) >= policy.dead_letters_max {
         return Err(Rejection::DeadLetterQueueFull {
-            scope: "all members".into(),
+            scope: "all members of the tenant".into(),
             bound: policy.dead_letters_max,
         });
     }

@@ -315,6 +315,8 @@ pub struct IngestCounters {
     /// Re-drive attempts by operators.
     pub redriven: u64,
     pub discarded: u64,
+    /// Letters in the tenant's dead-letter queue now.
+    pub depth: u64,
 }
 
 /// The identity of content dedup: the same checksum from the same source in a tenant.

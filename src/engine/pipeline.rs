@@ -104,13 +104,7 @@ pub(crate) fn dead_letters(state: &State, tenant: &str, filter: &LetterFilter, l
 }
 
 fn depth(state: &State, tenant: &str) -> u64 {
-    state
-        .ingest
-        .sequences
-        .iter()
-        .filter(|(member, _)| member.tenant() == tenant)
-        .map(|(_, letters)| letters.len() as u64)
-        .sum()
+    state.ingest.counters.get(tenant).map_or(0, |c| c.depth)
 }
 
 /// Where receipt `receipt_seq` of `tenant` stands, if it is one.
