@@ -12,12 +12,12 @@
 
 mod common;
 
-use common::{generate, median, sled_insert_rates, timed, Keys};
+use common::{generate, median, producers_rate, seconds, sled_insert_rates, timed, Keys};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tally::domain::{AwardRequest, Command, CommandMeta, IdempotencyKey};
 use tally::engine::{Engine, EngineConfig, SystemClock};
 use tally::log::Durability;
@@ -26,15 +26,6 @@ const RUNS: usize = 3;
 const ACCOUNTS: u64 = common::ACCOUNTS;
 /// The first award number of the next run.
 static NEXT_RUN: AtomicU64 = AtomicU64::new(0);
-
-fn seconds() -> Duration {
-    Duration::from_secs_f64(
-        std::env::var("TALLY_BENCH_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3.0),
-    )
-}
 
 /// Writes of `block_bytes`, each followed by fdatasync, cycling through a preallocated file
 /// of `file_bytes`: writes per second.
@@ -199,28 +190,8 @@ fn awards_per_second_in(
         }
         // Numbers never repeat within a process, so that a run on a reused log awards anew
         // instead of replaying the run before it.
-        let next = Arc::new(AtomicU64::new(NEXT_RUN.fetch_add(1 << 40, Ordering::Relaxed)));
-        let done = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + seconds();
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..producers)
-            .map(|_| {
-                let (handle, next, done) = (handle.clone(), next.clone(), done.clone());
-                tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let first = next.fetch_add(per_submit, Ordering::Relaxed);
-                        let batch = (first..first + per_submit).map(award).collect();
-                        let results = handle.submit_batch(batch).await.unwrap();
-                        assert!(results.iter().all(|r| r.is_ok()));
-                        done.fetch_add(per_submit, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+        let first = NEXT_RUN.fetch_add(1 << 40, Ordering::Relaxed);
+        producers_rate(&handle, producers, per_submit, first, award).await
     });
     drop(runtime);
     let handle = engine.handle();

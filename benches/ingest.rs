@@ -11,10 +11,9 @@
 
 mod common;
 
-use common::{median, timed};
-use std::sync::atomic::{AtomicU64, Ordering};
+use common::{median, producers_rate, timed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tally::domain::event::ExternalBody;
 use tally::domain::{AwardRequest, Command, CommandMeta, IdempotencyKey};
 use tally::engine::{Engine, EngineConfig, EngineHandle, ManualClock};
@@ -26,14 +25,6 @@ const PER_SUBMIT: u64 = 512;
 const PRODUCERS: u64 = 8;
 /// Events in the retry storm.
 const STORM: u64 = 100_000;
-
-fn seconds() -> Duration {
-    let s = std::env::var("TALLY_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    Duration::from_secs(s)
-}
 
 fn meta(key: String, scope: &str) -> CommandMeta {
     CommandMeta {
@@ -106,28 +97,7 @@ fn rate(make: fn(u64) -> (CommandMeta, Command)) -> f64 {
     let rate = runtime.block_on(async {
         let handle = engine.handle();
         open_members(&handle).await;
-        let next = Arc::new(AtomicU64::new(0));
-        let done = Arc::new(AtomicU64::new(0));
-        let deadline = Instant::now() + seconds();
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..PRODUCERS)
-            .map(|_| {
-                let (handle, next, done) = (handle.clone(), next.clone(), done.clone());
-                tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let first = next.fetch_add(PER_SUBMIT, Ordering::Relaxed);
-                        let batch = (first..first + PER_SUBMIT).map(make).collect();
-                        let results = handle.submit_batch(batch).await.unwrap();
-                        assert!(results.iter().all(|r| r.is_ok()));
-                        done.fetch_add(PER_SUBMIT, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+        producers_rate(&handle, PRODUCERS, PER_SUBMIT, 0, make).await
     });
     drop(runtime);
     engine.shutdown();

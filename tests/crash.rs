@@ -62,11 +62,9 @@ fn award(n: u64) -> AwardRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path());
-    let mut client = connect(&server).await;
+/// Opens the accounts the loads award to.
+async fn open_accounts(server: &Server) {
+    let mut client = connect(server).await;
     for a in 0..ACCOUNTS {
         let open = OpenAccountRequest {
             account_id: format!("p{a}"),
@@ -75,22 +73,36 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         };
         client.open_account(request(open, "t1", "load")).await.unwrap();
     }
-    let next = Arc::new(AtomicU64::new(0));
-    let mut acknowledged: HashMap<u64, u64> = HashMap::new();
-    for cycle in 0..CYCLES {
-        let acked = Arc::new(AtomicU64::new(0));
-        let enough = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
-        for _ in 0..CLIENTS {
-            let mut client = connect(&server).await;
+}
+
+/// One cycle of load: each of `clients` sends numbered requests (`send`, answering the
+/// sequence number it got) until `ACKS_BEFORE_KILL` are answered in all, then the server is
+/// killed with SIGKILL. Returns the answered numbers with their sequence numbers, and the
+/// numbers whose answer was lost.
+async fn load_then_kill<C, F, Fut>(
+    server: &mut Server,
+    next: &Arc<AtomicU64>,
+    clients: Vec<C>,
+    send: F,
+) -> (HashMap<u64, u64>, Vec<u64>)
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, u64) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, tonic::Status>> + Send,
+{
+    let acked = Arc::new(AtomicU64::new(0));
+    let enough = Arc::new(Notify::new());
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
             let (next, acked, enough) = (next.clone(), acked.clone(), enough.clone());
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let (mut ok, mut lost) = (HashMap::new(), Vec::new());
                 loop {
                     let n = next.fetch_add(1, Ordering::SeqCst);
-                    match client.award(request(award(n), "t1", "load")).await {
-                        Ok(response) => {
-                            ok.insert(n, response.into_inner().outcome.unwrap().sequence);
+                    match send(client.clone(), n).await {
+                        Ok(sequence) => {
+                            ok.insert(n, sequence);
                             if acked.fetch_add(1, Ordering::SeqCst) + 1 == ACKS_BEFORE_KILL {
                                 enough.notify_one();
                             }
@@ -101,17 +113,39 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                         }
                     }
                 }
-            }));
+            })
+        })
+        .collect();
+    enough.notified().await;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
+    let (mut answered, mut unanswered) = (HashMap::new(), Vec::new());
+    for task in tasks {
+        let (ok, lost) = task.await.unwrap();
+        answered.extend(ok);
+        unanswered.extend(lost);
+    }
+    (answered, unanswered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    open_accounts(&server).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut acknowledged: HashMap<u64, u64> = HashMap::new();
+    for cycle in 0..CYCLES {
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            clients.push(connect(&server).await);
         }
-        enough.notified().await;
-        server.child.kill().expect("SIGKILL");
-        server.child.wait().unwrap();
-        let mut unanswered = Vec::new();
-        for task in tasks {
-            let (ok, lost) = task.await.unwrap();
-            acknowledged.extend(ok);
-            unanswered.extend(lost);
-        }
+        let (answered, unanswered) = load_then_kill(&mut server, &next, clients, |mut client, n| async move {
+            let response = client.award(request(award(n), "t1", "load")).await?;
+            Ok(response.into_inner().outcome.unwrap().sequence)
+        })
+        .await;
+        acknowledged.extend(answered);
         assert!(acknowledged.len() as u64 >= ACKS_BEFORE_KILL * (cycle as u64 + 1));
         server = start(dir.path());
         let mut client = connect(&server).await;
@@ -203,54 +237,24 @@ async fn kill_9_under_ingest_load_receives_each_event_once_and_applies_it_once()
     use tally::api::proto::ingest_client::IngestClient;
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path());
-    let mut client = connect(&server).await;
-    for a in 0..ACCOUNTS {
-        let open = OpenAccountRequest {
-            account_id: format!("p{a}"),
-            idempotency_key: format!("open-{a}"),
-            ..Default::default()
-        };
-        client.open_account(request(open, "t1", "load")).await.unwrap();
-    }
+    open_accounts(&server).await;
     let next = Arc::new(AtomicU64::new(0));
     let mut acknowledged: HashMap<u64, u64> = HashMap::new();
     for cycle in 0..CYCLES - 1 {
-        let acked = Arc::new(AtomicU64::new(0));
-        let enough = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
+        let mut clients = Vec::new();
         for _ in 0..CLIENTS {
-            let mut client = IngestClient::connect(format!("http://{}", server.address))
-                .await
-                .unwrap();
-            let (next, acked, enough) = (next.clone(), acked.clone(), enough.clone());
-            tasks.push(tokio::spawn(async move {
-                let (mut ok, mut lost) = (HashMap::new(), Vec::new());
-                loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    match client.ingest(request(external(n), "t1", "partner")).await {
-                        Ok(response) => {
-                            ok.insert(n, response.into_inner().receipt_sequence);
-                            if acked.fetch_add(1, Ordering::SeqCst) + 1 == ACKS_BEFORE_KILL {
-                                enough.notify_one();
-                            }
-                        }
-                        Err(_) => {
-                            lost.push(n);
-                            return (ok, lost);
-                        }
-                    }
-                }
-            }));
+            clients.push(
+                IngestClient::connect(format!("http://{}", server.address))
+                    .await
+                    .unwrap(),
+            );
         }
-        enough.notified().await;
-        server.child.kill().expect("SIGKILL");
-        server.child.wait().unwrap();
-        let mut unanswered = Vec::new();
-        for task in tasks {
-            let (ok, lost) = task.await.unwrap();
-            acknowledged.extend(ok);
-            unanswered.extend(lost);
-        }
+        let (answered, unanswered) = load_then_kill(&mut server, &next, clients, |mut client, n| async move {
+            let response = client.ingest(request(external(n), "t1", "partner")).await?;
+            Ok(response.into_inner().receipt_sequence)
+        })
+        .await;
+        acknowledged.extend(answered);
         server = start(dir.path());
         let mut client = IngestClient::connect(format!("http://{}", server.address))
             .await

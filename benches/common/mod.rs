@@ -117,3 +117,49 @@ pub fn sled_insert_rates(rows: u64) -> (f64, f64) {
     });
     (rows as f64 / one_by_one, (rows / 4096 * 4096) as f64 / in_batches)
 }
+
+/// Length of each measured run: `TALLY_BENCH_SECONDS` (default 3).
+pub fn seconds() -> std::time::Duration {
+    std::time::Duration::from_secs_f64(
+        std::env::var("TALLY_BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
+    )
+}
+
+/// Commands per second from `producers` concurrent tasks, each submitting `per_submit`
+/// commands made by `make` (numbered from `first`, never twice) and waiting for the answer
+/// before the next, for [`seconds`]. Every command must be accepted.
+pub async fn producers_rate(
+    handle: &tally::engine::EngineHandle,
+    producers: u64,
+    per_submit: u64,
+    first: u64,
+    make: fn(u64) -> (tally::domain::CommandMeta, tally::domain::Command),
+) -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let next = Arc::new(AtomicU64::new(first));
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + seconds();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..producers)
+        .map(|_| {
+            let (handle, next, done) = (handle.clone(), next.clone(), done.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let from = next.fetch_add(per_submit, Ordering::Relaxed);
+                    let batch = (from..from + per_submit).map(make).collect();
+                    let results = handle.submit_batch(batch).await.unwrap();
+                    assert!(results.iter().all(|r| r.is_ok()), "every command is accepted");
+                    done.fetch_add(per_submit, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}

@@ -485,14 +485,12 @@ fn ingest(state: &mut State, key: &AccountKey, record: &Record) {
                     // younger one's goes ahead of it.
                     let at = letters.partition_point(|&seq| seq < dead.receipt_seq);
                     letters.insert(at, dead.receipt_seq);
-                    pipeline.dead_letters += 1;
                     counters.dead_lettered += 1;
                     counters.depth += 1;
                 }
                 ReceiptStatus::Received => {
                     assert!(letters.back().is_none_or(|&last| last < dead.receipt_seq));
                     letters.push_back(dead.receipt_seq);
-                    pipeline.dead_letters += 1;
                     counters.dead_lettered += 1;
                     counters.depth += 1;
                 }
@@ -568,7 +566,6 @@ fn leave_queue(
             if letters.is_empty() {
                 pipeline.sequences.remove(key);
             }
-            pipeline.dead_letters -= 1;
             let counters = pipeline
                 .counters
                 .get_mut(key.tenant())

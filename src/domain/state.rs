@@ -234,8 +234,6 @@ pub struct IngestState {
     /// Each member's dead letters in order of receipt: the first is the head, the others
     /// are parked behind it so that none is applied before it.
     pub sequences: HashMap<AccountKey, VecDeque<u64>>,
-    /// Letters in all sequences.
-    pub dead_letters: u64,
     /// [`content_fingerprint`] → the latest receipt with that content and when it came.
     pub contents: HashMap<Fingerprint, (u64, u64)>,
     /// [`external_fingerprint`] of a processed award or accrual → what a reversal can

@@ -84,7 +84,9 @@ impl Sequencer {
             // answer sees its own command in them.
             let records = self.state.head_seq - first_seq;
             let ingest = &self.state.ingest;
-            self.metrics.pipeline_depth(ingest.dead_letters, ingest.retry_due.len());
+            // Tenants are programs, a handful: summing their depths is cheap.
+            let depth = ingest.counters.values().map(|c| c.depth).sum();
+            self.metrics.pipeline_depth(depth, ingest.retry_due.len());
             self.metrics
                 .flush(commands, records, commit_seconds, started.elapsed().as_secs_f64());
             for (job, outcome) in batch.drain(..).zip(outcomes) {
