@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tally/v1/audit.proto",
         "proto/tally/v1/ingest.proto",
         "proto/tally/v1/links.proto",
+        "proto/tally/v1/identity.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -27,6 +27,7 @@ pub struct Config {
     pub engine: EngineSection,
     pub ingest: IngestSection,
     pub links: LinksSection,
+    pub auth: AuthSection,
     pub limits: LimitsSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
@@ -150,6 +151,37 @@ impl Default for LinksSection {
     }
 }
 
+/// Credentials: the key ring that signs tokens and API keys, and what tokens must say.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// The key ring file (`kid hex-secret` lines, the first signs); "" means
+    /// `<data_dir>/auth.keys`, made with one random key if missing. `TALLY_AUTH_KEYS`
+    /// (`kid:hex,kid:hex`) replaces the file. Never in the log.
+    pub keys_file: String,
+    /// The `iss` of the tokens this server makes and accepts.
+    pub issuer: String,
+    /// The `aud` of the tokens this server makes and accepts.
+    pub audience: String,
+    /// How far a token's times may be off the server's clock.
+    pub clock_skew_seconds: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            keys_file: String::new(),
+            issuer: crate::api::auth::DEFAULT_ISSUER.into(),
+            audience: crate::api::auth::DEFAULT_AUDIENCE.into(),
+            clock_skew_seconds: crate::api::auth::DEFAULT_CLOCK_SKEW_SECONDS,
+        }
+    }
+}
+
+/// The longest clock skew a token may have: beyond 10 minutes an expired token lives on
+/// too long.
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
+
 /// Rate limits per tenant on mutating calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -267,6 +299,11 @@ pub struct Settings {
     pub on_corrupt_log: OnCorruptLog,
     pub sweep_interval: Duration,
     pub links_base_url: String,
+    /// The key ring file, issuer, audience and clock skew of tokens.
+    pub auth_keys_file: PathBuf,
+    pub auth_issuer: String,
+    pub auth_audience: String,
+    pub auth_clock_skew_seconds: u64,
     /// Per-tenant limits on mutating calls, if on.
     pub tenant_limit: Option<crate::api::limits::RateLimit>,
     pub engine: EngineConfig,
@@ -338,6 +375,18 @@ impl Config {
         if !scheme_ok || base_url.split_once("://").is_none_or(|(_, rest)| rest.is_empty()) {
             return Err(invalid("links.base_url", format!("{base_url:?} is not an http(s) URL")));
         }
+        if self.auth.issuer.trim().is_empty() || self.auth.audience.trim().is_empty() {
+            return Err(invalid(
+                "auth.issuer",
+                "the issuer and audience must not be empty".into(),
+            ));
+        }
+        if self.auth.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+            return Err(invalid(
+                "auth.clock_skew_seconds",
+                format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
+            ));
+        }
         let i = &self.ingest;
         if i.max_attempts == 0 {
             return Err(invalid("ingest.max_attempts", "must be at least 1".into()));
@@ -389,6 +438,13 @@ impl Config {
             on_corrupt_log: self.server.on_corrupt_log,
             sweep_interval: Duration::from_millis(self.engine.sweep_interval_ms),
             links_base_url: base_url.to_string(),
+            auth_keys_file: match self.auth.keys_file.trim() {
+                "" => crate::api::auth::default_keys_file(&self.storage.data_dir),
+                file => PathBuf::from(file),
+            },
+            auth_issuer: self.auth.issuer.clone(),
+            auth_audience: self.auth.audience.clone(),
+            auth_clock_skew_seconds: self.auth.clock_skew_seconds,
             tenant_limit: match self.limits.tenant_commands_per_second {
                 0 => None,
                 per_second => Some(crate::api::limits::RateLimit {

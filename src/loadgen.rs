@@ -38,7 +38,8 @@ pub enum Distribution {
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub target: String,
-    pub tenant: String,
+    /// A bearer token for a service of the tenant the load runs in.
+    pub token: String,
     pub clients: usize,
     pub duration: Duration,
     pub warmup: Duration,
@@ -158,15 +159,9 @@ fn account_id(n: u64) -> String {
     format!("bench-{n}")
 }
 
-fn with_tenant<T>(message: T, tenant: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-tally-tenant", tenant.parse().expect("tenants are ASCII"));
-    request
-        .metadata_mut()
-        .insert("x-tally-actor", "tally-bench".parse().expect("ASCII"));
-    request
+/// A request with the run's credential (checked when the run starts).
+fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    crate::operator::bearer(message, token).expect("the token was checked at the start of the run")
 }
 
 /// Opens every account (idempotent) and funds it, in batches.
@@ -189,7 +184,7 @@ async fn prepare(config: &BenchConfig, client: &mut LedgerClient<Channel>, run: 
             });
         }
         client
-            .submit_batch(with_tenant(proto::SubmitBatchRequest { commands }, &config.tenant))
+            .submit_batch(authorized(proto::SubmitBatchRequest { commands }, &config.token))
             .await?;
     }
     Ok(())
@@ -260,6 +255,7 @@ impl Client {
 
 /// Runs the load and reports what the measured window saw.
 pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error::Error>> {
+    crate::operator::bearer((), &config.token)?;
     let endpoint = tonic::transport::Endpoint::from_shared(config.target.clone())?;
     let run = format!(
         "r{}",
@@ -360,26 +356,26 @@ fn failure(status: &tonic::Status) -> Failure {
 /// One unary RPC; returns commands done and failures.
 async fn unary(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<Failure>) {
     use proto::batch_command::Command as C;
-    let tenant = &config.tenant;
+    let token = &config.token;
     if config.workload == Workload::Mixed && client.rng.next() % 100 >= 95 {
         let account = account_id(picker.pick(&mut client.rng));
         let result = client
             .ledger
-            .get_account(with_tenant(proto::GetAccountRequest { account_id: account }, tenant))
+            .get_account(authorized(proto::GetAccountRequest { account_id: account }, token))
             .await;
         return (1, result.err().as_ref().map(failure).into_iter().collect());
     }
     let command = client.next_command(config, picker);
     let result = match command {
-        C::Award(r) => client.ledger.award(with_tenant(r, tenant)).await.map(|_| None),
+        C::Award(r) => client.ledger.award(authorized(r, token)).await.map(|_| None),
         C::Reserve(r) => client
             .ledger
-            .reserve(with_tenant(r, tenant))
+            .reserve(authorized(r, token))
             .await
             .map(|r| r.into_inner().hold.map(|h| h.hold_id)),
-        C::Commit(r) => client.ledger.commit(with_tenant(r, tenant)).await.map(|_| None),
-        C::Release(r) => client.ledger.release(with_tenant(r, tenant)).await.map(|_| None),
-        C::OpenAccount(r) => client.ledger.open_account(with_tenant(r, tenant)).await.map(|_| None),
+        C::Commit(r) => client.ledger.commit(authorized(r, token)).await.map(|_| None),
+        C::Release(r) => client.ledger.release(authorized(r, token)).await.map(|_| None),
+        C::OpenAccount(r) => client.ledger.open_account(authorized(r, token)).await.map(|_| None),
     };
     match result {
         Ok(hold) => {
@@ -398,7 +394,7 @@ async fn batch(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u
             command: Some(client.next_command(config, picker)),
         })
         .collect();
-    let request = with_tenant(proto::SubmitBatchRequest { commands }, &config.tenant);
+    let request = authorized(proto::SubmitBatchRequest { commands }, &config.token);
     match client.ledger.submit_batch(request).await {
         Ok(response) => {
             let mut errors = Vec::new();

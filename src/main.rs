@@ -1,7 +1,7 @@
 //! `tally`: the ledger server and its offline tools.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the ledger server (gRPC) on a data directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a data directory's log offline: every record's hash and the whole chain.
     /// Exits 0 if sound, 2 on corruption (naming the bad sequence number), 3 if the log
     /// does not contain the digest given with --expect.
@@ -79,6 +79,18 @@ enum Cmd {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Operator tokens, made offline with the server's key ring.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// API keys of a running server, for services that sign their calls (admin).
+    Keys {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Who changed what, when and why (reads the log only; safe beside a running server).
     Audit {
         data_dir: PathBuf,
@@ -98,11 +110,132 @@ struct TargetArgs {
     /// The server, as a URL.
     #[arg(long, global = true, env = "TALLY_TARGET", default_value = "http://127.0.0.1:50051")]
     target: String,
+    #[command(flatten)]
+    credential: CredentialArgs,
+}
+
+/// The credential of a client command: a token, or an operator token made from the key
+/// ring (which only whoever can read the server's key file can do).
+#[derive(clap::Args, Clone)]
+struct CredentialArgs {
+    /// A bearer token (`tally token issue`, or a session's); its tenant and subject are the
+    /// caller's.
+    #[arg(long, global = true, env = "TALLY_TOKEN")]
+    token: Option<String>,
+    /// Without --token: make a short operator token with the key ring in this file (or
+    /// TALLY_AUTH_KEYS).
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_AUTH_KEYS_FILE",
+        default_value = "tally-data/auth.keys"
+    )]
+    keys: PathBuf,
+    /// Without --token: the tenant of the operator token.
     #[arg(long, global = true, env = "TALLY_TENANT", default_value = "default")]
     tenant: String,
-    /// Recorded as the actor of re-drives and discards.
+    /// Without --token: the subject of the operator token, recorded as the actor.
     #[arg(long, global = true, env = "TALLY_ACTOR", default_value = "operator")]
     actor: String,
+}
+
+/// How long an operator token a client command makes for itself lives: the run of one
+/// command, with room for a slow one.
+const CLIENT_TOKEN_TTL_SECONDS: u64 = 3_600;
+
+impl CredentialArgs {
+    /// The token to send: the one given, or an operator token with `roles`.
+    fn token(&self, roles: &[tally::domain::access::Role]) -> Result<String, String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let settings = auth_settings(&self.keys)?;
+        Ok(tally::api::auth::operator_token(
+            &settings,
+            &self.tenant,
+            &self.actor,
+            roles,
+            unix_seconds(),
+            CLIENT_TOKEN_TTL_SECONDS,
+        ))
+    }
+}
+
+/// The key ring for making tokens: `TALLY_AUTH_KEYS`, else the file (never made here: a
+/// new ring would sign tokens the server does not know). Issuer and audience from
+/// `TALLY_AUTH_ISSUER` / `TALLY_AUTH_AUDIENCE` when the server is told others.
+fn auth_settings(keys: &Path) -> Result<tally::api::auth::AuthSettings, String> {
+    use tally::api::auth::{AuthSettings, KeyRing, DEFAULT_AUDIENCE, DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_ISSUER};
+    let ring = match std::env::var("TALLY_AUTH_KEYS") {
+        Ok(text) if !text.trim().is_empty() => KeyRing::parse(&text).map_err(|e| format!("TALLY_AUTH_KEYS: {e}"))?,
+        _ => {
+            let text = std::fs::read_to_string(keys).map_err(|e| {
+                format!(
+                    "no credential: pass --token (or TALLY_TOKEN), or --keys with the server's key ring ({}: {e})",
+                    keys.display()
+                )
+            })?;
+            KeyRing::parse(&text).map_err(|e| format!("{}: {e}", keys.display()))?
+        }
+    };
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    Ok(AuthSettings {
+        keys: ring,
+        issuer: env("TALLY_AUTH_ISSUER", DEFAULT_ISSUER),
+        audience: env("TALLY_AUTH_AUDIENCE", DEFAULT_AUDIENCE),
+        clock_skew_seconds: DEFAULT_CLOCK_SKEW_SECONDS,
+    })
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an operator token (a JWT signed with the key ring's first key). Not a session:
+    /// it cannot be logged out, so keep it short; rotating the key voids it.
+    Issue {
+        #[arg(long)]
+        tenant: String,
+        /// Who the token is for; recorded as the actor of what it does.
+        #[arg(long)]
+        subject: String,
+        /// member, staff, service, auditor or admin; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// At most 86400.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        /// The server's key ring file.
+        #[arg(long, env = "TALLY_AUTH_KEYS_FILE", default_value = "tally-data/auth.keys")]
+        keys: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make an API key; prints its id and secret (shown once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// service, auditor or admin.
+        #[arg(long, default_value = "service")]
+        role: String,
+        /// A retry with the same key answers the same API key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// The tenant's API keys (ids, names, roles, fingerprints; never secrets).
+    List,
+    /// Refuse calls signed with this key from now on.
+    Revoke {
+        key_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 /// Letters by filter; each part is optional.
@@ -234,9 +367,10 @@ struct BenchArgs {
     /// The server, as a URL.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
-    /// The tenant the load runs in (its accounts are bench-0, bench-1, …).
-    #[arg(long, default_value = "bench")]
-    tenant: String,
+    /// Without --token, the load runs as a service of --tenant (its accounts are
+    /// bench-0, bench-1, …).
+    #[command(flatten)]
+    credential: CredentialArgs,
     /// Concurrent clients, each with its own connection, one request in flight each.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -357,6 +491,18 @@ struct ServeArgs {
     /// links.base_url: the base of the deep links CreateLink answers ({base_url}/link?linkId=…&token=…).
     #[arg(long, env = "TALLY_LINKS_BASE_URL")]
     links_base_url: Option<String>,
+    /// auth.keys_file: the key ring that signs tokens and API keys ("": <data_dir>/auth.keys).
+    #[arg(long, env = "TALLY_AUTH_KEYS_FILE")]
+    auth_keys_file: Option<String>,
+    /// auth.issuer: the iss of tokens this server makes and accepts.
+    #[arg(long, env = "TALLY_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// auth.audience: the aud of tokens this server makes and accepts.
+    #[arg(long, env = "TALLY_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
+    /// auth.clock_skew_seconds: how far a token's times may be off the server's clock.
+    #[arg(long, env = "TALLY_AUTH_CLOCK_SKEW_SECONDS")]
+    auth_clock_skew_seconds: Option<u64>,
     /// limits.tenant_commands_per_second: mutating commands one tenant may send a second (0: no limit).
     #[arg(long, env = "TALLY_TENANT_COMMANDS_PER_SECOND")]
     tenant_commands_per_second: Option<u64>,
@@ -386,7 +532,7 @@ enum DurabilityArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Serve(args) = cli.command {
-        return serve(args, cli.log_format);
+        return serve(*args, cli.log_format);
     }
     let filter = std::env::var("TALLY_LOG").unwrap_or_else(|_| "info".into());
     init_logs(cli.log_format.unwrap_or(LogFormat::Human), &filter);
@@ -397,6 +543,17 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench(args),
         Cmd::Ingest { file, target } => client::ingest(&file, target),
         Cmd::Dlq { target, command } => client::dlq(target, command),
+        Cmd::Token {
+            command:
+                TokenCommand::Issue {
+                    tenant,
+                    subject,
+                    roles,
+                    ttl_seconds,
+                    keys,
+                },
+        } => issue_token(&tenant, &subject, &roles, ttl_seconds, &keys),
+        Cmd::Keys { target, command } => client::keys(target, command),
         Cmd::Rebuild {
             data_dir,
             projection,
@@ -501,6 +658,18 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     if let Some(v) = &args.links_base_url {
         c.links.base_url = v.clone();
     }
+    if let Some(v) = &args.auth_keys_file {
+        c.auth.keys_file = v.clone();
+    }
+    if let Some(v) = &args.auth_issuer {
+        c.auth.issuer = v.clone();
+    }
+    if let Some(v) = &args.auth_audience {
+        c.auth.audience = v.clone();
+    }
+    if let Some(v) = args.auth_clock_skew_seconds {
+        c.auth.clock_skew_seconds = v;
+    }
     if let Some(v) = args.tenant_commands_per_second {
         c.limits.tenant_commands_per_second = v;
     }
@@ -596,6 +765,18 @@ async fn run_server(settings: Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    match tally::api::auth::AuthSettings::load(
+        &settings.auth_keys_file,
+        &settings.auth_issuer,
+        &settings.auth_audience,
+        settings.auth_clock_skew_seconds,
+    ) {
+        Ok(auth) => slot.set_auth(auth),
+        Err(error) => {
+            eprintln!("tally: the auth keys: {error}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(limit) = settings.tenant_limit {
         slot.set_limits(tally::api::limits::TenantLimiter::new(limit, Arc::new(SystemClock)));
     }
@@ -652,15 +833,60 @@ async fn run_server(settings: Settings) -> ExitCode {
     }
 }
 
+fn issue_token(tenant: &str, subject: &str, roles: &[String], ttl_seconds: u64, keys: &Path) -> ExitCode {
+    use tally::api::auth::OPERATOR_TOKEN_TTL_MAX_SECONDS;
+    use tally::domain::access::Role;
+    let mut parsed = Vec::new();
+    for name in roles {
+        match Role::parse(name) {
+            Some(role) => parsed.push(role),
+            None => {
+                eprintln!("tally token issue: unknown role {name:?} (member, staff, service, auditor, admin)");
+                return ExitCode::from(64);
+            }
+        }
+    }
+    if ttl_seconds == 0 || ttl_seconds > OPERATOR_TOKEN_TTL_MAX_SECONDS {
+        eprintln!("tally token issue: --ttl-seconds must be 1 to {OPERATOR_TOKEN_TTL_MAX_SECONDS}");
+        return ExitCode::from(64);
+    }
+    let valid = |s: &str| {
+        !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@/".contains(c))
+    };
+    if !valid(tenant) || !valid(subject) {
+        eprintln!("tally token issue: --tenant and --subject are 1 to 128 ASCII letters, digits or -_.:@/");
+        return ExitCode::from(64);
+    }
+    match auth_settings(keys) {
+        Ok(settings) => {
+            let token =
+                tally::api::auth::operator_token(&settings, tenant, subject, &parsed, unix_seconds(), ttl_seconds);
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tally token issue: {error}");
+            ExitCode::from(66)
+        }
+    }
+}
+
 fn bench(args: BenchArgs) -> ExitCode {
     use tally::loadgen::{BenchConfig, Distribution, Mode, Workload};
     if args.clients == 0 || args.accounts == 0 || args.batch_size == 0 || args.batch_size > 4096 {
         eprintln!("tally bench: --clients and --accounts must be at least 1, --batch-size 1 to 4096");
         return ExitCode::from(64);
     }
+    let token = match args.credential.token(&[tally::domain::access::Role::Service]) {
+        Ok(token) => token,
+        Err(error) => {
+            eprintln!("tally bench: {error}");
+            return ExitCode::from(66);
+        }
+    };
     let config = BenchConfig {
         target: args.target,
-        tenant: args.tenant,
+        token,
         clients: args.clients,
         duration: Duration::from_secs(args.seconds.max(1)),
         warmup: Duration::from_secs(args.warmup_seconds),
@@ -1124,18 +1350,24 @@ mod offline {
 
 /// `tally ingest` and `tally dlq`: clients of a running server.
 mod client {
-    use super::{DlqCommand, LetterFilterArgs, TargetArgs};
+    use super::{DlqCommand, KeysCommand, LetterFilterArgs, TargetArgs};
     use std::path::Path;
     use std::process::ExitCode;
     use tally::api::proto;
+    use tally::domain::access::Role;
     use tally::operator::{self, Target};
     use tally::query::time;
 
-    fn target(args: TargetArgs) -> Target {
-        Target {
-            url: args.target,
-            tenant: args.tenant,
-            actor: args.actor,
+    fn target(args: TargetArgs, role: Role) -> Result<Target, ExitCode> {
+        match args.credential.token(&[role]) {
+            Ok(token) => Ok(Target {
+                url: args.target,
+                token,
+            }),
+            Err(error) => {
+                eprintln!("tally: {error}");
+                Err(ExitCode::from(66))
+            }
         }
     }
 
@@ -1154,7 +1386,11 @@ mod client {
                 return ExitCode::from(66);
             }
         };
-        match runtime().block_on(operator::ingest_lines(&target(args), input)) {
+        let target = match target(args, Role::Service) {
+            Ok(target) => target,
+            Err(code) => return code,
+        };
+        match runtime().block_on(operator::ingest_lines(&target, input)) {
             Ok(report) => {
                 for (line, why) in &report.rejected {
                     eprintln!("line {line}: {why}");
@@ -1184,8 +1420,95 @@ mod client {
         format!("dlq-{}", uuid::Uuid::now_v7())
     }
 
+    pub fn keys(args: TargetArgs, command: KeysCommand) -> ExitCode {
+        let target = match target(args, Role::Admin) {
+            Ok(target) => target,
+            Err(code) => return code,
+        };
+        match runtime().block_on(keys_run(target, command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tally keys: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    async fn keys_run(target: Target, command: KeysCommand) -> Result<(), String> {
+        use proto::identity_client::IdentityClient;
+        let channel = tonic::transport::Endpoint::from_shared(target.url.clone())
+            .map_err(|e| format!("{}: not a server URL: {e}", target.url))?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", target.url))?;
+        let mut client = IdentityClient::new(channel);
+        let failed = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+        let show = |k: &proto::ApiKeyInfo| {
+            format!(
+                "{}  {:<8} {:<24} fingerprint {}  created {} by {}{}",
+                k.key_id,
+                k.role,
+                k.name,
+                k.fingerprint,
+                time::format_rfc3339(k.created_at_us),
+                k.created_by,
+                if k.revoked {
+                    format!("  REVOKED {}", time::format_rfc3339(k.revoked_at_us))
+                } else {
+                    String::new()
+                }
+            )
+        };
+        match command {
+            KeysCommand::Create {
+                name,
+                role,
+                idempotency_key,
+            } => {
+                let request = proto::CreateApiKeyRequest {
+                    name,
+                    role,
+                    idempotency_key: idempotency_key.unwrap_or_else(|| format!("key-{}", uuid::Uuid::now_v7())),
+                };
+                let answer = client
+                    .create_api_key(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                let key = answer.key.unwrap_or_default();
+                println!("{}", show(&key));
+                println!("key id: {}", key.key_id);
+                println!("secret: {}", answer.secret);
+                eprintln!("the secret is shown once; sign calls with it (docs/AUTH.md)");
+            }
+            KeysCommand::List => {
+                let answer = client
+                    .list_api_keys(target.request(proto::ListApiKeysRequest {})?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                for key in &answer.keys {
+                    println!("{}", show(key));
+                }
+            }
+            KeysCommand::Revoke { key_id, reason } => {
+                let key = client
+                    .revoke_api_key(target.request(proto::RevokeApiKeyRequest { key_id, reason })?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!("{}", show(&key));
+            }
+        }
+        Ok(())
+    }
+
     pub fn dlq(args: TargetArgs, command: DlqCommand) -> ExitCode {
-        match runtime().block_on(run(target(args), command)) {
+        let target = match target(args, Role::Admin) {
+            Ok(target) => target,
+            Err(code) => return code,
+        };
+        match runtime().block_on(run(target, command)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tally dlq: {e}");

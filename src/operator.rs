@@ -3,7 +3,6 @@
 //! failure: events are identified by source and external id, so a second run applies
 //! nothing twice.
 
-use crate::api::caller::{ACTOR_HEADER, TENANT_HEADER};
 use crate::api::proto::ingest_client::IngestClient;
 use crate::api::proto::{self, ingest_result::Result as IngestResultKind, IngestOutcome};
 use serde::Deserialize;
@@ -19,12 +18,12 @@ pub const INGEST_BATCH_EVENTS: usize = 512;
 /// long each time from 100 ms: about 50 s in all, longer than a restart of the server.
 pub const INGEST_BATCH_ATTEMPTS: u32 = 10;
 
-/// Who the tool acts as.
+/// The server the tool talks to, and its credential (a bearer token: the tenant and the
+/// actor are the token's).
 #[derive(Clone, Debug)]
 pub struct Target {
     pub url: String,
-    pub tenant: String,
-    pub actor: String,
+    pub token: String,
 }
 
 impl Target {
@@ -38,17 +37,20 @@ impl Target {
         Ok(IngestClient::new(channel))
     }
 
-    /// A request carrying the tool's tenant and actor.
+    /// A request carrying the tool's credential.
     pub fn request<T>(&self, message: T) -> Result<Request<T>, String> {
-        let mut request = Request::new(message);
-        for (name, value) in [(TENANT_HEADER, &self.tenant), (ACTOR_HEADER, &self.actor)] {
-            let value = value
-                .parse()
-                .map_err(|_| format!("{name} {value:?} is not valid request metadata"))?;
-            request.metadata_mut().insert(name, value);
-        }
-        Ok(request)
+        bearer(message, &self.token)
     }
+}
+
+/// A request with `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> Result<Request<T>, String> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token is not valid request metadata".to_string())?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
 }
 
 /// One line of an ingest file: an external event with its envelope. Unknown keys are

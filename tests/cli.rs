@@ -121,6 +121,7 @@ fn client(address: &str, args: &[&str]) -> (i32, String, String) {
             "--actor",
             "ops-1",
         ])
+        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
         .output()
         .unwrap();
     (
@@ -147,6 +148,7 @@ fn ingest_and_dlq_work_against_a_running_server() {
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
         .env("TALLY_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()

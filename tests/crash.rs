@@ -34,6 +34,7 @@ fn start(data_dir: &Path) -> Server {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(["--segment-mib", "1", "--metrics-listen", ""])
+        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
         .env("TALLY_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

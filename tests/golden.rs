@@ -3,7 +3,9 @@
 //! ingest pipeline's events (received, processed, retried, dead-lettered, parked, re-driven,
 //! discarded, a reversal); `snapshots/v3/` one written by version 3, with account links
 //! (created, a wrong token, verified, revoked, expired); `snapshots/v4/` one written by
-//! version 4, with a refused comp recorded for review. This test decodes, verifies and folds each on every run, forever;
+//! version 4, with a refused comp recorded for review; `snapshots/v5/` one written by
+//! version 5, with sessions (started, refreshed, ended) and API keys (created, revoked), and
+//! a comp refused at the door for want of permission. This test decodes, verifies and folds each on every run, forever;
 //! a change that breaks one breaks every log already written. A new format version adds a
 //! new directory and keeps these.
 //!
@@ -151,6 +153,27 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
         )
         .unwrap();
     }
+    let mut sessions: Vec<_> = state.credentials.sessions.iter().collect();
+    sessions.sort_by(|a, b| a.0.cmp(b.0));
+    for (id, s) in sessions {
+        writeln!(
+            out,
+            "session {id} {}/{} role={} started={} expires={} ended={:?}",
+            s.tenant, s.subject, s.role, s.started_at_us, s.expires_at_us, s.ended_at_us
+        )
+        .unwrap();
+    }
+    let mut keys: Vec<_> = state.credentials.api_keys.iter().collect();
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    for (id, k) in keys {
+        let fingerprint: String = k.fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(
+            out,
+            "api_key {id} {} name={:?} role={} kid={} fingerprint={fingerprint} created={} by={} revoked={:?}",
+            k.tenant, k.name, k.role, k.signing_kid, k.created_at_us, k.created_by, k.revoked_at_us
+        )
+        .unwrap();
+    }
     // The index keeps fingerprints; the identities come from the records.
     let keys: std::collections::BTreeSet<_> = records
         .iter()
@@ -211,6 +234,13 @@ fn fold_golden(dir: &Path) -> String {
 fn v1_golden_log_decodes_and_folds_to_its_expected_state() {
     let dir = golden_dir(1);
     let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v1/expected.txt");
+    assert_eq!(fold_golden(&dir), expected);
+}
+
+#[test]
+fn v5_golden_log_decodes_and_folds_to_its_expected_state() {
+    let dir = golden_dir(5);
+    let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v5/expected.txt");
     assert_eq!(fold_golden(&dir), expected);
 }
 
@@ -379,6 +409,7 @@ fn write_golden_for_the_current_version() {
             },
         };
         assert!(h.submit(meta("comp-big"), too_large).await.is_err());
+        credential_workload(&engine, &h).await;
     });
     let data_dir = engine.config.data_dir.clone();
     drop(engine);
@@ -526,4 +557,64 @@ async fn link_workload(engine: &TestEngine, h: &tally::engine::EngineHandle) {
     h.submit(ops("link-2"), create("p2", "card-2", 2, 60)).await.unwrap();
     engine.clock.advance(61_000_000);
     assert!(h.sweep().await.unwrap() >= 1, "the pending link expires");
+}
+
+/// Sessions and API keys, for the golden log of version 5: a session refreshed, one logged
+/// out, one left to expire (and forgotten when a later one starts); a key made and revoked;
+/// a comp refused at the door because the caller may not give comps.
+async fn credential_workload(engine: &TestEngine, h: &tally::engine::EngineHandle) {
+    let service = |key: &str| meta_as("t1", "sso-svc", key, "");
+    let unkeyed = |actor: &str| tally::domain::CommandMeta {
+        idempotency: None,
+        ..meta_as("t1", actor, "-", "")
+    };
+    let start = |id: &str, subject: &str, role: &str, ttl_seconds: u32| Command::StartSession {
+        session_id: id.into(),
+        subject: subject.into(),
+        role: role.into(),
+        ttl_seconds,
+    };
+    h.submit(service("s-1"), start("s-1", "p1", "member", 0)).await.unwrap();
+    let refresh = Command::RefreshSession {
+        session_id: "s-1".into(),
+        ttl_seconds: 7200,
+    };
+    h.submit(service("s-1-refresh"), refresh).await.unwrap();
+    h.submit(service("s-2"), start("s-2", "staff-1", "staff", 60))
+        .await
+        .unwrap();
+    let logout = Command::EndSession {
+        session_id: "s-1".into(),
+        reason: "logout".into(),
+    };
+    h.submit(unkeyed("p1"), logout).await.unwrap();
+    engine.clock.advance(61_000_000);
+    h.submit(service("s-3"), start("s-3", "audit-1", "auditor", 0))
+        .await
+        .unwrap();
+    let admin = |key: &str| meta_as("t1", "admin-1", key, "");
+    let create = Command::CreateApiKey {
+        key_id: "key-1".into(),
+        name: "promo engine".into(),
+        role: "service".into(),
+        signing_kid: "k1".into(),
+        fingerprint: *blake3::hash(b"tk_secret").as_bytes(),
+    };
+    h.submit(admin("key-1"), create).await.unwrap();
+    let revoke = Command::RevokeApiKey {
+        key_id: "key-1".into(),
+        reason: "rotated".into(),
+    };
+    h.submit(unkeyed("admin-1"), revoke).await.unwrap();
+    let denied = Command::RecordCompDenied {
+        account: "p1".into(),
+        source: AwardRequest::Manual {
+            staff_id: "p1".into(),
+            points: 100,
+            reason: "self-service comp".into(),
+            external_reward_id: String::new(),
+        },
+        message: "p1 may not give comps: needs permission loyalty:award".into(),
+    };
+    assert!(h.submit(unkeyed("p1"), denied).await.is_err());
 }

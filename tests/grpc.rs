@@ -330,6 +330,7 @@ async fn each_error_has_its_code_and_reason() {
             points,
             reason: "service recovery comp".into(),
             external_reward_id: String::new(),
+            staff_id: String::new(),
         })),
         ..Default::default()
     };
@@ -370,7 +371,7 @@ async fn each_error_has_its_code_and_reason() {
             "svc",
         ))
         .await;
-    assert_eq!(bad_tenant.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(bad_tenant.unwrap_err().code(), Code::Unauthenticated);
     server.stop().await;
 }
 

@@ -12,7 +12,7 @@ use tally::loadgen::{run, BenchConfig, Distribution, Mode, Workload};
 fn config(address: std::net::SocketAddr, mode: Mode, workload: Workload) -> BenchConfig {
     BenchConfig {
         target: format!("http://{address}"),
-        tenant: "bench".into(),
+        token: support::token("bench", "tally-bench", &["service"]),
         clients: 4,
         duration: Duration::from_millis(700),
         warmup: Duration::ZERO,

@@ -29,6 +29,7 @@ fn serve(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> (Child, Stri
         .args(["serve", "--listen", "127.0.0.1:0", "--segment-mib", "1", "--data-dir"])
         .arg(data_dir)
         .args(extra)
+        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -308,6 +309,7 @@ async fn a_corrupt_log_keeps_the_port_open_not_serving_and_answers_data_loss() {
 async fn health_is_not_serving_until_recovery_puts_the_engine_in() {
     use tally::api::EngineSlot;
     let slot = EngineSlot::recovering();
+    slot.set_auth(support::test_auth());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

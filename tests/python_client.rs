@@ -1,8 +1,9 @@
 //! Protects the promise that a client generated from `proto/` in another language works:
 //! protoc (Python's grpcio-tools, pinned in tests/python/requirements.txt and installed into
 //! target/python-client on first use) compiles the protos, and the generated Python client
-//! runs the README's session against the real `tally serve`, the ingest call (its payload
-//! a Struct built from a dict) included.
+//! runs the README's session against the real `tally serve`: with tokens from `tally token
+//! issue`, the ingest call (its payload a Struct built from a dict) signed in Python with an
+//! API key from `tally keys create`, a replayed signature refused.
 
 mod support;
 
@@ -64,16 +65,63 @@ fn a_python_client_generated_by_protoc_runs_the_readme_session() {
         ])
         .arg("--data-dir")
         .arg(data.path())
+        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
         .env("TALLY_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let address = support::wait_until_serving(server.stdout.take().unwrap());
+    let tally = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let token = |role: &str| {
+        let issued = tally(&[
+            "token",
+            "issue",
+            "--tenant",
+            "casino-1",
+            "--subject",
+            "pos-7",
+            "--role",
+            role,
+        ]);
+        issued.trim().to_string()
+    };
+    let created = tally(&[
+        "keys",
+        "create",
+        "--name",
+        "promo-engine",
+        "--target",
+        &format!("http://{address}"),
+        "--tenant",
+        "casino-1",
+        "--actor",
+        "admin-1",
+    ]);
+    let field = |name: &str| {
+        created
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {created}"))
+            .to_string()
+    };
     let client = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py"))
         .arg(&address)
         .arg(generated.path())
+        .args([token("service"), token("auditor"), field("key id: "), field("secret: ")])
         .output()
         .unwrap();
     server.kill().unwrap();

@@ -81,7 +81,7 @@ impl Audit for AuditService {
 
     async fn replay(&self, request: Request<proto::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
         use proto::replay_response::Item;
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let (window, filter, max_events) = convert::replay_spec(&caller, request.get_ref())?;
         let events_per_second = request.get_ref().events_per_second;
         let reader = self.engine()?.reader().clone();
@@ -139,7 +139,7 @@ impl Audit for AuditService {
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         use proto::subscribe_response::Item;
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let filter = convert::filter(&caller, request.filter.as_ref())?;
         let every = match request.checkpoint_every {
@@ -202,7 +202,7 @@ impl Audit for AuditService {
         &self,
         request: Request<proto::ListByCorrelationRequest>,
     ) -> Result<Response<proto::AuditEntries>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let size = page_size(r.page_size)?;
         let after = match r.page_token.as_str() {
@@ -224,7 +224,7 @@ impl Audit for AuditService {
         &self,
         request: Request<proto::ListByActorRequest>,
     ) -> Result<Response<proto::AuditEntries>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let size = page_size(r.page_size)?;
         let after = match r.page_token.split_once(':') {
@@ -251,7 +251,7 @@ impl Audit for AuditService {
         &self,
         request: Request<proto::GetByIdempotencyKeyRequest>,
     ) -> Result<Response<proto::AuditEntries>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let r = request.get_ref();
         self.consistent().await?;
         let projections = self.engine()?.projections();
@@ -283,7 +283,7 @@ impl Audit for AuditService {
         &self,
         request: Request<proto::GetAccountAsOfRequest>,
     ) -> Result<Response<proto::AccountAsOf>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let head = self.engine()?.committed_seq();
         let sequence = match (r.sequence, r.time_us) {

@@ -1,45 +1,31 @@
-//! Who is calling. Until credentials exist, the caller names its tenant and actor in
-//! request metadata; every command records the actor, and every command and query is
-//! confined to the tenant.
+//! Who is calling: the [`Principal`] the door (`auth.rs`) authenticated, as the handlers
+//! use it. The tenant of every command and query is the credential's; the actor recorded
+//! in every event is its subject.
 
-use crate::domain::{limits::MAX_ID_BYTES, limits::MAX_TENANT_BYTES, ANONYMOUS_ACTOR};
-use tonic::{metadata::MetadataMap, Status};
-
-/// Metadata key naming the caller's tenant.
-pub const TENANT_HEADER: &str = "x-tally-tenant";
-/// Metadata key naming the caller (a staff id, a service name).
-pub const ACTOR_HEADER: &str = "x-tally-actor";
-/// The tenant of callers that name none.
-pub const DEFAULT_TENANT: &str = "default";
+use super::auth::Principal;
+use tonic::{Request, Status};
 
 /// The caller of one RPC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub tenant: String,
     pub actor: String,
+    pub principal: Principal,
 }
 
 impl Caller {
-    pub fn from_metadata(metadata: &MetadataMap) -> Result<Caller, Status> {
+    /// The caller the door let in. A handler reached without one is a wiring bug, refused
+    /// rather than served anonymously.
+    pub fn of<T>(request: &Request<T>) -> Result<Caller, Status> {
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| super::auth::unauthenticated("CREDENTIAL_MISSING", "the call was not authenticated"))?;
         Ok(Caller {
-            tenant: header(metadata, TENANT_HEADER, DEFAULT_TENANT, MAX_TENANT_BYTES)?,
-            actor: header(metadata, ACTOR_HEADER, ANONYMOUS_ACTOR, MAX_ID_BYTES)?,
+            tenant: principal.tenant.clone(),
+            actor: principal.subject.clone(),
+            principal,
         })
     }
-}
-
-fn header(metadata: &MetadataMap, name: &str, default: &str, max: usize) -> Result<String, Status> {
-    let Some(value) = metadata.get(name) else {
-        return Ok(default.to_string());
-    };
-    let text = value
-        .to_str()
-        .map_err(|_| Status::invalid_argument(format!("INVALID_ARGUMENT: metadata {name} is not ASCII")))?;
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:@/".contains(c);
-    if text.is_empty() || text.len() > max || !text.chars().all(allowed) {
-        return Err(Status::invalid_argument(format!(
-            "INVALID_ARGUMENT: metadata {name} must be 1 to {max} ASCII letters, digits or -_.:@/"
-        )));
-    }
-    Ok(text.to_string())
 }

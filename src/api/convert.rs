@@ -63,7 +63,12 @@ pub fn award(caller: &Caller, request: &proto::AwardRequest) -> Result<(CommandM
             house_edge_bps: slip.house_edge_bps,
         },
         Some(Source::Manual(manual)) => AwardRequest::Manual {
-            staff_id: caller.actor.clone(),
+            // A named staff member other than the caller is refused (and recorded) by the
+            // ledger's comp rules.
+            staff_id: match manual.staff_id.as_str() {
+                "" => caller.actor.clone(),
+                named => named.to_string(),
+            },
             points: manual.points,
             reason: manual.reason.clone(),
             external_reward_id: manual.external_reward_id.clone(),
@@ -291,7 +296,13 @@ pub fn batch_result(command: &Command, receipt: &Receipt) -> proto::batch_result
         | Command::CreateLink { .. }
         | Command::VerifyLink { .. }
         | Command::RevokeLink { .. }
-        | Command::Discard { .. } => unreachable!("a ledger batch holds ledger commands only"),
+        | Command::Discard { .. }
+        | Command::StartSession { .. }
+        | Command::RefreshSession { .. }
+        | Command::EndSession { .. }
+        | Command::CreateApiKey { .. }
+        | Command::RevokeApiKey { .. }
+        | Command::RecordCompDenied { .. } => unreachable!("a ledger batch holds ledger commands only"),
     }
 }
 
@@ -564,6 +575,35 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
             external_reward_id: c.external_reward_id.clone(),
             refusal: c.refusal.clone(),
             message: c.message.clone(),
+        }),
+        Event::SessionStarted(s) => Payload::Credential(proto::CredentialEvent {
+            session_id: s.session_id.clone(),
+            subject: s.subject.clone(),
+            role: s.role.clone(),
+            expires_at_us: s.expires_at_us,
+            ..Default::default()
+        }),
+        Event::SessionRefreshed(s) => Payload::Credential(proto::CredentialEvent {
+            session_id: s.session_id.clone(),
+            expires_at_us: s.expires_at_us,
+            ..Default::default()
+        }),
+        Event::SessionEnded(s) => Payload::Credential(proto::CredentialEvent {
+            session_id: s.session_id.clone(),
+            reason: s.reason.clone(),
+            ..Default::default()
+        }),
+        Event::ApiKeyCreated(k) => Payload::Credential(proto::CredentialEvent {
+            key_id: k.key_id.clone(),
+            name: k.name.clone(),
+            role: k.role.clone(),
+            fingerprint: crate::query::json::hex(&k.fingerprint),
+            ..Default::default()
+        }),
+        Event::ApiKeyRevoked(k) => Payload::Credential(proto::CredentialEvent {
+            key_id: k.key_id.clone(),
+            reason: k.reason.clone(),
+            ..Default::default()
         }),
     };
     proto::LedgerEvent {

@@ -237,7 +237,7 @@ fn redrive_result(receipt_seq: u64, result: Result<Receipt, Rejection>) -> proto
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn ingest(&self, request: Request<proto::IngestRequest>) -> Result<Response<proto::IngestResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = ingest_command(&caller, request.get_ref())?;
         let receipt = self.submit(meta, command).await?;
@@ -249,7 +249,7 @@ impl Ingest for IngestService {
         request: Request<proto::IngestBatchRequest>,
     ) -> Result<Response<proto::IngestBatchResponse>, Status> {
         use proto::ingest_result::Result as R;
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, request.get_ref().events.len())?;
         let events = &request.get_ref().events;
         if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
@@ -295,7 +295,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<proto::ListDeadLettersRequest>,
     ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let limit = match r.limit {
             0 => DEFAULT_LETTERS,
@@ -324,7 +324,7 @@ impl Ingest for IngestService {
         request: Request<proto::GetExternalEventRequest>,
     ) -> Result<Response<proto::ExternalEventStatus>, Status> {
         use proto::LetterState;
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let receipt_seq = request.get_ref().receipt_sequence;
         let state = self
             .engine()?
@@ -358,7 +358,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<proto::RedriveRequest>,
     ) -> Result<Response<proto::RedriveResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = operator_meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id)?;
@@ -435,7 +435,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<proto::DiscardRequest>,
     ) -> Result<Response<proto::DiscardResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = operator_meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id)?;
@@ -454,7 +454,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<proto::GetPipelineStatsRequest>,
     ) -> Result<Response<proto::PipelineStats>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let stats = self.engine()?.pipeline_stats(&caller.tenant).await.map_err(to_status)?;
         let c = &stats.counters;
         Ok(Response::new(proto::PipelineStats {

@@ -38,6 +38,67 @@ impl LedgerService {
         trace::submit(self.engine()?, meta, command).await
     }
 
+    /// Whether the caller may submit `command`: `Ok(None)` if so; a manual reward by a
+    /// caller without `loyalty:award` becomes the command that records the refusal for the
+    /// comp review (`Ok(Some(..))`, answered PERMISSION_DENIED by the ledger); anything
+    /// else not allowed is refused here.
+    async fn authorize(&self, caller: &Caller, command: &Command) -> Result<Option<Command>, Status> {
+        use crate::domain::access::Permission::*;
+        use crate::domain::AwardRequest;
+        let p = &caller.principal;
+        match command {
+            Command::OpenAccount { .. } => p.require(AccountsOpen)?,
+            Command::Award {
+                account,
+                source: source @ AwardRequest::Manual { .. },
+            } => {
+                if !p.has(LoyaltyAward) {
+                    return Ok(Some(Command::RecordCompDenied {
+                        account: account.clone(),
+                        source: source.clone(),
+                        message: format!(
+                            "{} may not give comps: needs permission {}",
+                            p.subject,
+                            LoyaltyAward.name()
+                        ),
+                    }));
+                }
+            }
+            Command::Award { .. } => p.require(LoyaltyAccrue)?,
+            Command::Reserve { account, .. } => p.require_account(PointsHold, PointsHoldOwn, account)?,
+            Command::Commit { hold_id, .. } | Command::Release { hold_id } => {
+                if !p.has(PointsHold) {
+                    let account = self.hold_account(caller, *hold_id).await?;
+                    p.require_account(PointsHold, PointsHoldOwn, &account)?;
+                }
+            }
+            _ => unreachable!("the ledger service submits ledger commands only"),
+        }
+        Ok(None)
+    }
+
+    /// The account of a hold in the caller's tenant (NOT_FOUND otherwise).
+    async fn hold_account(&self, caller: &Caller, hold_id: u64) -> Result<String, Status> {
+        let view = self.engine()?.hold(hold_id).await.map_err(to_status)?;
+        view.filter(|h| h.tenant == caller.tenant)
+            .map(|h| h.account_id)
+            .ok_or_else(|| classify_rejection(&crate::domain::Rejection::HoldNotFound { hold_id }).into_status())
+    }
+
+    /// Authorizes and submits one command of the ledger.
+    async fn submit_authorized(&self, caller: &Caller, meta: CommandMeta, command: Command) -> Result<Receipt, Status> {
+        match self.authorize(caller, &command).await? {
+            None => self.submit(meta, command).await,
+            Some(refusal) => {
+                let meta = CommandMeta {
+                    idempotency: None,
+                    ..meta
+                };
+                self.submit(meta, refusal).await
+            }
+        }
+    }
+
     /// Waits until queries see every command acknowledged before the call arrived.
     async fn consistent(&self) -> Result<(), Status> {
         self.engine()?.wait_for_projections().await.map_err(to_status)
@@ -50,18 +111,18 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::OpenAccountRequest>,
     ) -> Result<Response<proto::OpenAccountResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::open_account(&caller, request.get_ref());
-        let receipt = self.submit(meta, command).await?;
+        let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::open_account_response(&receipt)))
     }
 
     async fn award(&self, request: Request<proto::AwardRequest>) -> Result<Response<proto::AwardResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::award(&caller, request.get_ref())?;
-        let receipt = self.submit(meta, command).await?;
+        let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::award_response(&receipt)))
     }
 
@@ -69,18 +130,18 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::ReserveRequest>,
     ) -> Result<Response<proto::ReserveResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::reserve(&caller, request.get_ref());
-        let receipt = self.submit(meta, command).await?;
+        let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::reserve_response(&receipt)))
     }
 
     async fn commit(&self, request: Request<proto::CommitRequest>) -> Result<Response<proto::CommitResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::commit(&caller, request.get_ref());
-        let receipt = self.submit(meta, command).await?;
+        let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::commit_response(&receipt)))
     }
 
@@ -88,10 +149,10 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::release(&caller, request.get_ref());
-        let receipt = self.submit(meta, command).await?;
+        let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::release_response(&receipt)))
     }
 
@@ -100,7 +161,7 @@ impl Ledger for LedgerService {
         request: Request<proto::SubmitBatchRequest>,
     ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
         use proto::batch_result::Result as R;
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, request.get_ref().commands.len())?;
         let commands = &request.get_ref().commands;
         if commands.is_empty() || commands.len() > MAX_BATCH_COMMANDS {
@@ -118,7 +179,22 @@ impl Ledger for LedgerService {
         let mut accepted = Vec::new();
         let mut positions = Vec::new();
         for (position, command) in commands.iter().enumerate() {
-            match convert::batch_command(&caller, command) {
+            let converted = convert::batch_command(&caller, command);
+            let authorized = match converted {
+                Ok((meta, command)) => match self.authorize(&caller, &command).await {
+                    Ok(None) => Ok((meta, command)),
+                    Ok(Some(refusal)) => Ok((
+                        CommandMeta {
+                            idempotency: None,
+                            ..meta
+                        },
+                        refusal,
+                    )),
+                    Err(status) => Err(status),
+                },
+                Err(status) => Err(status),
+            };
+            match authorized {
                 Ok(pair) => {
                     positions.push(position);
                     accepted.push(pair);
@@ -162,10 +238,15 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::GetAccountRequest>,
     ) -> Result<Response<proto::GetAccountResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let account_id = &request.get_ref().account_id;
         // From the sequencer: current, and consistent with every acknowledged command,
         // however far the sled projections lag.
+        caller.principal.require_account(
+            crate::domain::access::Permission::AccountsRead,
+            crate::domain::access::Permission::AccountsReadOwn,
+            account_id,
+        )?;
         let view = self
             .engine()?
             .account(&caller.tenant, account_id)
@@ -181,12 +262,17 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::GetHoldRequest>,
     ) -> Result<Response<proto::GetHoldResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let hold_id = request.get_ref().hold_id;
         let view = self.engine()?.hold(hold_id).await.map_err(to_status)?;
         let view = view
             .filter(|h| h.tenant == caller.tenant)
             .ok_or_else(|| classify_rejection(&crate::domain::Rejection::HoldNotFound { hold_id }).into_status())?;
+        caller.principal.require_account(
+            crate::domain::access::Permission::AccountsRead,
+            crate::domain::access::Permission::AccountsReadOwn,
+            &view.account_id,
+        )?;
         Ok(Response::new(proto::GetHoldResponse {
             hold: Some(convert::hold(&view)),
         }))
@@ -196,8 +282,13 @@ impl Ledger for LedgerService {
         &self,
         request: Request<proto::ListHistoryRequest>,
     ) -> Result<Response<proto::ListHistoryResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let request = request.get_ref();
+        caller.principal.require_account(
+            crate::domain::access::Permission::AccountsRead,
+            crate::domain::access::Permission::AccountsReadOwn,
+            &request.account_id,
+        )?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n > MAX_PAGE_SIZE => return Err(invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}"))),

@@ -10,12 +10,13 @@ use super::proto::{self, links_server::Links};
 use super::slot::EngineSlot;
 use super::status::{classify_rejection, invalid, link_token_mismatch, to_status};
 use super::trace;
+use crate::domain::access::Permission::{LinksRead, LinksReadOwn, LinksWrite, LinksWriteOwn};
 use crate::domain::event::{Event, LinkStatus};
 use crate::domain::limits::MAX_LINK_VERIFY_FAILURES;
 use crate::domain::state::Link;
 use crate::domain::{Command, CommandMeta, Rejection};
 use crate::engine::{EngineHandle, Receipt};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use tonic::{Request, Response, Status};
 
@@ -45,7 +46,7 @@ impl LinkSettings {
     /// The key from `TALLY_LINK_KEY`, else from `<data_dir>/link.key` (made if missing).
     pub fn for_data_dir(data_dir: &Path, base_url: &str) -> std::io::Result<LinkSettings> {
         let key = match std::env::var(LINK_KEY_VARIABLE) {
-            Ok(hex) => parse_hex(&hex)
+            Ok(hex) => crate::query::json::unhex32(&hex)
                 .ok_or_else(|| std::io::Error::other(format!("{LINK_KEY_VARIABLE} must be 64 hex characters")))?,
             Err(_) => key_file(&data_dir.join("link.key"))?,
         };
@@ -67,7 +68,7 @@ fn key_file(path: &Path) -> std::io::Result<[u8; 32]> {
             .map_err(|_| std::io::Error::other(format!("{} must hold exactly 32 bytes", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             use std::os::unix::fs::OpenOptionsExt;
-            let key = random_bytes()?;
+            let key = super::auth::random_bytes()?;
             std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -80,24 +81,6 @@ fn key_file(path: &Path) -> std::io::Result<[u8; 32]> {
         }
         Err(e) => Err(e),
     }
-}
-
-/// 32 bytes from the operating system's generator.
-fn random_bytes() -> std::io::Result<[u8; 32]> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 fn state(status: LinkStatus) -> proto::LinkState {
@@ -154,6 +137,17 @@ impl LinksService {
         trace::submit(self.engine()?, meta, command).await
     }
 
+    /// A caller without `links:write` may verify or revoke the links of its own account only.
+    async fn may_change(&self, caller: &Caller, link_id: u64) -> Result<(), Status> {
+        if caller.principal.has(LinksWrite) {
+            return Ok(());
+        }
+        let link = self.link(&caller.tenant, link_id).await?;
+        caller
+            .principal
+            .require_account(LinksWrite, LinksWriteOwn, &link.account_id)
+    }
+
     /// The link as the ledger has it now, in the caller's tenant.
     async fn link(&self, tenant: &str, link_id: u64) -> Result<proto::Link, Status> {
         let found = self.engine()?.link(tenant, link_id).await.map_err(to_status)?;
@@ -168,11 +162,15 @@ impl Links for LinksService {
         &self,
         request: Request<proto::CreateLinkRequest>,
     ) -> Result<Response<proto::CreateLinkResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
+        caller
+            .principal
+            .require_account(LinksWrite, LinksWriteOwn, &r.account_id)?;
         let settings = self.slot.links()?;
-        let token = random_bytes().map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?;
+        let token =
+            super::auth::random_bytes().map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?;
         let meta = meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id);
         let command = Command::CreateLink {
             account: r.account_id.clone(),
@@ -204,11 +202,13 @@ impl Links for LinksService {
         &self,
         request: Request<proto::VerifyLinkRequest>,
     ) -> Result<Response<proto::LinkResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         // A malformed token is refused and not counted: it cannot be anyone's token.
-        let token = parse_hex(&r.token).ok_or_else(|| invalid("token", "must be 64 hex characters"))?;
+        let token =
+            crate::query::json::unhex32(&r.token).ok_or_else(|| invalid("token", "must be 64 hex characters"))?;
+        self.may_change(&caller, r.link_id).await?;
         let meta = meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id);
         let command = Command::VerifyLink {
             link_id: r.link_id,
@@ -231,9 +231,10 @@ impl Links for LinksService {
         &self,
         request: Request<proto::RevokeLinkRequest>,
     ) -> Result<Response<proto::LinkResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
+        self.may_change(&caller, r.link_id).await?;
         let meta = meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id);
         let command = Command::RevokeLink {
             link_id: r.link_id,
@@ -250,7 +251,10 @@ impl Links for LinksService {
         &self,
         request: Request<proto::ListLinksRequest>,
     ) -> Result<Response<proto::ListLinksResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
+        caller
+            .principal
+            .require_account(LinksRead, LinksReadOwn, &request.get_ref().account_id)?;
         let links = self
             .engine()?
             .links_of(&caller.tenant, &request.get_ref().account_id)

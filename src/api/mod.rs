@@ -1,14 +1,17 @@
 //! The gRPC API: the `tally.v1.Ledger`, `tally.v1.Audit`, `tally.v1.Ingest`,
-//! `tally.v1.Links` and `tally.v1.Operations` services, standard health and reflection (v1 and v1alpha), and the one mapping from
+//! `tally.v1.Links`, `tally.v1.Identity` and `tally.v1.Operations` services behind the
+//! door that authenticates and authorizes every call (`auth.rs`), standard health and reflection (v1 and v1alpha), and the one mapping from
 //! errors to status codes.
 //!
 //! Invariant: handlers translate and delegate; every rule lives in the domain, every write
 //! goes through the engine.
 
 pub mod audit;
+pub mod auth;
 pub mod caller;
 pub mod convert;
 pub mod external;
+pub mod identity;
 pub mod ingest;
 pub mod ledger;
 pub mod limits;
@@ -23,6 +26,7 @@ pub use slot::{EngineSlot, Phase};
 
 use crate::engine::{EngineHandle, Status as EngineStatus};
 use proto::audit_server::AuditServer;
+use proto::identity_server::IdentityServer;
 use proto::ingest_server::IngestServer;
 use proto::ledger_server::LedgerServer;
 use proto::links_server::LinksServer;
@@ -70,6 +74,7 @@ pub async fn serve_slot(
         .build_v1alpha()
         .expect("the embedded descriptors are valid");
     tonic::transport::Server::builder()
+        .layer(auth::AuthLayer::new(slot.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -77,6 +82,7 @@ pub async fn serve_slot(
         .add_service(AuditServer::new(audit::AuditService::new(slot.clone())))
         .add_service(IngestServer::new(ingest::IngestService::new(slot.clone())))
         .add_service(LinksServer::new(links::LinksService::new(slot.clone())))
+        .add_service(IdentityServer::new(identity::IdentityService::new(slot.clone())))
         .add_service(OperationsServer::new(operations::OperationsService::new(slot)))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await

@@ -51,7 +51,7 @@ impl Operations for OperationsService {
         &self,
         request: Request<proto::StartReplayToFileRequest>,
     ) -> Result<Response<proto::Operation>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let replay = r.replay.clone().unwrap_or_default();
         let (window, filter, max_events) = convert::replay_spec(&caller, &replay)?;

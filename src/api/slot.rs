@@ -32,6 +32,7 @@ struct Inner {
     phase: watch::Sender<Phase>,
     links: OnceLock<super::links::LinkSettings>,
     limiter: OnceLock<super::limits::TenantLimiter>,
+    auth: OnceLock<super::auth::AuthSettings>,
 }
 
 impl EngineSlot {
@@ -43,6 +44,7 @@ impl EngineSlot {
                 phase: watch::Sender::new(Phase::Recovering),
                 links: OnceLock::new(),
                 limiter: OnceLock::new(),
+                auth: OnceLock::new(),
             }),
         }
     }
@@ -77,6 +79,24 @@ impl EngineSlot {
                 .map_err(|e| Status::internal(format!("STORAGE_ERROR: cannot read or create the link key: {e}")))?;
         let _ = self.inner.links.set(settings);
         Ok(self.inner.links.get().expect("just set"))
+    }
+
+    /// The keys and rules of tokens; set once, before serving. Without them the door takes
+    /// the defaults on first use (`AuthSettings::for_data_dir`).
+    pub fn set_auth(&self, settings: super::auth::AuthSettings) {
+        assert!(self.inner.auth.set(settings).is_ok(), "auth settings are set once");
+    }
+
+    /// The auth settings, the defaults for the engine's data directory if none were set.
+    pub fn auth(&self) -> Result<&super::auth::AuthSettings, Status> {
+        if let Some(settings) = self.inner.auth.get() {
+            return Ok(settings);
+        }
+        let engine = self.engine()?;
+        let settings = super::auth::AuthSettings::for_data_dir(&engine.config().data_dir)
+            .map_err(|e| Status::internal(format!("STORAGE_ERROR: cannot read or create the auth keys: {e}")))?;
+        let _ = self.inner.auth.set(settings);
+        Ok(self.inner.auth.get().expect("just set"))
     }
 
     /// Per-tenant rate limits on mutating calls; set once, before serving (none: no limits).

@@ -179,6 +179,23 @@ pub fn classify_rejection(rejection: &Rejection) -> Classified {
             r,
             [("link_id", link_id.to_string())],
         ),
+        SessionNotFound { session_id } => with(
+            Code::NotFound,
+            "SESSION_NOT_FOUND",
+            r,
+            [("session_id", session_id.clone())],
+        ),
+        SessionNotActive { session_id, why } => with(
+            Code::FailedPrecondition,
+            if *why == "expired" {
+                "SESSION_EXPIRED"
+            } else {
+                "SESSION_ENDED"
+            },
+            r,
+            [("session_id", session_id.clone())],
+        ),
+        ApiKeyNotFound { key_id } => with(Code::NotFound, "API_KEY_NOT_FOUND", r, [("key_id", key_id.clone())]),
     }
 }
 

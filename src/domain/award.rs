@@ -202,6 +202,21 @@ pub(super) fn refusal(
     })
 }
 
+/// A comp the API refused because the caller may not give comps: recorded like the
+/// ledger's own comp refusals. Anything else is only answered.
+pub(super) fn denied(
+    ctx: &Ctx<'_>,
+    account_id: &str,
+    source: &AwardRequest,
+    message: &str,
+) -> Result<Decision, Rejection> {
+    let rejection = Rejection::PermissionDenied(message.to_string());
+    if !matches!(source, AwardRequest::Manual { .. }) {
+        return Err(rejection);
+    }
+    refusal(ctx, account_id, source, rejection)
+}
+
 /// The staff id of a comp is the authenticated caller, never another name.
 fn validate_staff(ctx: &Ctx<'_>, staff_id: &str) -> Result<(), Rejection> {
     if staff_id.is_empty() || ctx.meta.actor.is_empty() || ctx.meta.actor == ANONYMOUS_ACTOR {

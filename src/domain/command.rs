@@ -99,6 +99,43 @@ pub enum Command {
         receipt_seq: u64,
         reason: String,
     },
+    /// A trusted service asserts a user: a session for `subject` with `role`. The API draws
+    /// `session_id`. `ttl_seconds` 0 means the default.
+    StartSession {
+        session_id: String,
+        subject: String,
+        role: String,
+        ttl_seconds: u32,
+    },
+    RefreshSession {
+        session_id: String,
+        ttl_seconds: u32,
+    },
+    /// A logout.
+    EndSession {
+        session_id: String,
+        reason: String,
+    },
+    /// An admin makes an API key; the API draws `key_id` and derives the secret from its
+    /// key `signing_kid`; the ledger sees only the secret's `fingerprint`.
+    CreateApiKey {
+        key_id: String,
+        name: String,
+        role: String,
+        signing_kid: String,
+        fingerprint: [u8; 32],
+    },
+    RevokeApiKey {
+        key_id: String,
+        reason: String,
+    },
+    /// A manual reward the API refused because the caller lacks the permission to give
+    /// comps: recorded (`comp.refused`) for the comp review, answered PERMISSION_DENIED.
+    RecordCompDenied {
+        account: String,
+        source: AwardRequest,
+        message: String,
+    },
 }
 
 /// Where awarded points come from.
@@ -147,6 +184,12 @@ impl Command {
             Command::RevokeLink { .. } => "revoke_link",
             Command::Redrive { .. } => "redrive",
             Command::Discard { .. } => "discard",
+            Command::StartSession { .. } => "start_session",
+            Command::RefreshSession { .. } => "refresh_session",
+            Command::EndSession { .. } => "end_session",
+            Command::CreateApiKey { .. } => "create_api_key",
+            Command::RevokeApiKey { .. } => "revoke_api_key",
+            Command::RecordCompDenied { .. } => "record_comp_denied",
         }
     }
 
@@ -275,6 +318,22 @@ impl Command {
             ),
             Command::RevokeLink { link_id, reason } => (Shape::RevokeLink, &[*link_id, text(reason)]),
             Command::Discard { receipt_seq, reason } => (Shape::Discard, &[*receipt_seq, text(reason)]),
+            // The session id and the key id are the server's, drawn anew for each request:
+            // a retry is the same request whatever it was given.
+            Command::StartSession {
+                subject,
+                role,
+                ttl_seconds,
+                ..
+            } => (Shape::StartSession, &[text(subject), text(role), *ttl_seconds as u64]),
+            Command::RefreshSession {
+                session_id,
+                ttl_seconds,
+            } => (Shape::RefreshSession, &[text(session_id), *ttl_seconds as u64]),
+            Command::EndSession { session_id, reason } => (Shape::EndSession, &[text(session_id), text(reason)]),
+            Command::CreateApiKey { name, role, .. } => (Shape::CreateApiKey, &[text(name), text(role)]),
+            Command::RevokeApiKey { key_id, reason } => (Shape::RevokeApiKey, &[text(key_id), text(reason)]),
+            Command::RecordCompDenied { account, .. } => (Shape::RecordCompDenied, &[text(account)]),
         };
         let mut print = RequestPrint {
             shape,
@@ -318,6 +377,12 @@ pub enum Shape {
     CreateLink,
     VerifyLink,
     RevokeLink,
+    StartSession,
+    RefreshSession,
+    EndSession,
+    CreateApiKey,
+    RevokeApiKey,
+    RecordCompDenied,
 }
 
 impl Shape {
@@ -366,6 +431,12 @@ impl Shape {
                 "max_count",
             ],
             Shape::Discard => &["receipt_seq", "reason"],
+            Shape::StartSession => &["subject", "role", "ttl_seconds"],
+            Shape::RefreshSession => &["session_id", "ttl_seconds"],
+            Shape::EndSession => &["session_id", "reason"],
+            Shape::CreateApiKey => &["name", "role"],
+            Shape::RevokeApiKey => &["key_id", "reason"],
+            Shape::RecordCompDenied => &["account_id"],
         }
     }
 

@@ -7,7 +7,7 @@ use super::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES, MAX_TRACE_ID_BYTES};
 use super::rejection::Rejection;
 use super::state::{Account, NaturalKey, State};
 use super::tier::TierPolicy;
-use super::{account, award, hold, ingest, link};
+use super::{account, award, hold, ingest, link, session};
 
 /// The server's rate table for gameplay accrual.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +164,30 @@ pub fn decide(
         Command::RequestRedrive(request) => ingest::request_redrive(&ctx, request),
         Command::Redrive { receipt_seq } => ingest::redrive(&ctx, *receipt_seq),
         Command::Discard { receipt_seq, reason } => ingest::discard(&ctx, *receipt_seq, reason),
+        Command::StartSession {
+            session_id,
+            subject,
+            role,
+            ttl_seconds,
+        } => session::start(&ctx, session_id, subject, role, *ttl_seconds),
+        Command::RefreshSession {
+            session_id,
+            ttl_seconds,
+        } => session::refresh(&ctx, session_id, *ttl_seconds),
+        Command::EndSession { session_id, reason } => session::end(&ctx, session_id, reason),
+        Command::CreateApiKey {
+            key_id,
+            name,
+            role,
+            signing_kid,
+            fingerprint,
+        } => session::create_key(&ctx, key_id, name, role, signing_kid, fingerprint),
+        Command::RevokeApiKey { key_id, reason } => session::revoke_key(&ctx, key_id, reason),
+        Command::RecordCompDenied {
+            account,
+            source,
+            message,
+        } => award::denied(&ctx, account, source, message),
     }
 }
 
@@ -217,7 +241,16 @@ fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection>
                 ));
             }
         }
-        None if matches!(command, Command::ExpireDue { .. } | Command::RetryDue) => {}
+        // Pulses, and commands that are idempotent by nature (a second logout or revocation
+        // changes nothing; a recorded refusal binds no key).
+        None if matches!(
+            command,
+            Command::ExpireDue { .. }
+                | Command::RetryDue
+                | Command::EndSession { .. }
+                | Command::RevokeApiKey { .. }
+                | Command::RecordCompDenied { .. }
+        ) => {}
         None => return Err(Rejection::invalid("idempotency_key", "is required")),
     }
     validate_text("correlation_id", &meta.correlation_id, MAX_TRACE_ID_BYTES)?;

@@ -73,6 +73,11 @@ pub enum Event {
     LinkRevoked(LinkRevoked),
     LinkExpired(LinkExpired),
     CompRefused(CompRefused),
+    SessionStarted(SessionStarted),
+    SessionRefreshed(SessionRefreshed),
+    SessionEnded(SessionEnded),
+    ApiKeyCreated(ApiKeyCreated),
+    ApiKeyRevoked(ApiKeyRevoked),
 }
 
 /// The stable numeric code of an event kind, written in each record header so that readers
@@ -100,10 +105,15 @@ pub enum EventKind {
     LinkRevoked = 18,
     LinkExpired = 19,
     CompRefused = 20,
+    SessionStarted = 21,
+    SessionRefreshed = 22,
+    SessionEnded = 23,
+    ApiKeyCreated = 24,
+    ApiKeyRevoked = 25,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::AccountOpened,
         EventKind::PointsAwarded,
         EventKind::HoldReserved,
@@ -124,6 +134,11 @@ impl EventKind {
         EventKind::LinkRevoked,
         EventKind::LinkExpired,
         EventKind::CompRefused,
+        EventKind::SessionStarted,
+        EventKind::SessionRefreshed,
+        EventKind::SessionEnded,
+        EventKind::ApiKeyCreated,
+        EventKind::ApiKeyRevoked,
     ];
 
     pub fn code(self) -> u16 {
@@ -157,6 +172,11 @@ impl EventKind {
             EventKind::LinkRevoked => "link.revoked",
             EventKind::LinkExpired => "link.expired",
             EventKind::CompRefused => "comp.refused",
+            EventKind::SessionStarted => "session.started",
+            EventKind::SessionRefreshed => "session.refreshed",
+            EventKind::SessionEnded => "session.ended",
+            EventKind::ApiKeyCreated => "api_key.created",
+            EventKind::ApiKeyRevoked => "api_key.revoked",
         }
     }
 
@@ -168,6 +188,11 @@ impl EventKind {
     /// pipeline's bookkeeping, which changes no balance.
     pub fn is_ledger(self) -> bool {
         self.code() <= EventKind::PointsReversed.code()
+    }
+
+    /// A change to sessions or API keys.
+    pub fn is_credential(self) -> bool {
+        (EventKind::SessionStarted.code()..=EventKind::ApiKeyRevoked.code()).contains(&self.code())
     }
 }
 
@@ -194,6 +219,11 @@ impl Event {
             Event::LinkRevoked(_) => EventKind::LinkRevoked,
             Event::LinkExpired(_) => EventKind::LinkExpired,
             Event::CompRefused(_) => EventKind::CompRefused,
+            Event::SessionStarted(_) => EventKind::SessionStarted,
+            Event::SessionRefreshed(_) => EventKind::SessionRefreshed,
+            Event::SessionEnded(_) => EventKind::SessionEnded,
+            Event::ApiKeyCreated(_) => EventKind::ApiKeyCreated,
+            Event::ApiKeyRevoked(_) => EventKind::ApiKeyRevoked,
         }
     }
 
@@ -214,7 +244,12 @@ impl Event {
             | Event::LinkVerifyFailed(_)
             | Event::LinkRevoked(_)
             | Event::LinkExpired(_)
-            | Event::CompRefused(_) => None,
+            | Event::CompRefused(_)
+            | Event::SessionStarted(_)
+            | Event::SessionRefreshed(_)
+            | Event::SessionEnded(_)
+            | Event::ApiKeyCreated(_)
+            | Event::ApiKeyRevoked(_) => None,
             Event::PointsAwarded(e) => Some(&e.effect),
             Event::HoldReserved(e) => Some(&e.effect),
             Event::HoldCommitted(e) => Some(&e.effect),
@@ -605,6 +640,54 @@ pub struct CompRefused {
     /// The rejection's stable name (`manual_reward_rate_limited`, …).
     pub refusal: String,
     pub message: String,
+}
+
+/// A session a trusted tenant service started for a user it authenticated (SSO). Never the
+/// token: a session's token is a signature over these fields, which the server can make
+/// again; the record's actor is the service that asserted the user, its stream the subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStarted {
+    pub session_id: String,
+    pub subject: String,
+    /// A role name (`member`, `staff`, `auditor`).
+    pub role: String,
+    /// As requested (0: the default).
+    pub ttl_seconds: u32,
+    pub expires_at_us: u64,
+}
+
+/// A session's life extended from the record's time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRefreshed {
+    pub session_id: String,
+    pub ttl_seconds: u32,
+    pub expires_at_us: u64,
+}
+
+/// A logout: the session's tokens are refused from this record on, however valid their
+/// signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    pub session_id: String,
+    pub reason: String,
+}
+
+/// An API key an admin made for a service. Only a fingerprint (blake3 of the secret): the
+/// secret is derived from the server's key `signing_kid` and the key id, and shown once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    pub key_id: String,
+    pub name: String,
+    /// A role name.
+    pub role: String,
+    pub signing_kid: String,
+    pub fingerprint: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRevoked {
+    pub key_id: String,
+    pub reason: String,
 }
 
 /// Where a link stands.

@@ -170,6 +170,11 @@ pub fn evolve(state: &mut State, record: &Record) {
         Event::CompRefused(_) => {
             assert!(record.envelope.idempotency_key.is_empty(), "a refusal binds no key");
         }
+        Event::SessionStarted(_)
+        | Event::SessionRefreshed(_)
+        | Event::SessionEnded(_)
+        | Event::ApiKeyCreated(_)
+        | Event::ApiKeyRevoked(_) => state.credentials.apply(record),
     }
     remember_identity(state, record);
     state.head_seq = record.seq;
@@ -667,6 +672,31 @@ pub fn request_of(record: &Record) -> Option<Command> {
         Event::LinkRevoked(l) => Command::RevokeLink {
             link_id: l.link_id,
             reason: l.reason.clone(),
+        },
+        Event::SessionStarted(started) => Command::StartSession {
+            session_id: started.session_id.clone(),
+            subject: started.subject.clone(),
+            role: started.role.clone(),
+            ttl_seconds: started.ttl_seconds,
+        },
+        Event::SessionRefreshed(r) => Command::RefreshSession {
+            session_id: r.session_id.clone(),
+            ttl_seconds: r.ttl_seconds,
+        },
+        Event::SessionEnded(e) => Command::EndSession {
+            session_id: e.session_id.clone(),
+            reason: e.reason.clone(),
+        },
+        Event::ApiKeyCreated(k) => Command::CreateApiKey {
+            key_id: k.key_id.clone(),
+            name: k.name.clone(),
+            role: k.role.clone(),
+            signing_kid: k.signing_kid.clone(),
+            fingerprint: k.fingerprint,
+        },
+        Event::ApiKeyRevoked(r) => Command::RevokeApiKey {
+            key_id: r.key_id.clone(),
+            reason: r.reason.clone(),
         },
         Event::HoldExpired(_)
         | Event::TierChanged(_)

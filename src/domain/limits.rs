@@ -91,3 +91,14 @@ pub const EXPIRE_PULSE_MAX_LINKS: u32 = EXPIRE_PULSE_MAX_HOLDS;
 /// Shortest reason for discarding a dead letter: the discard is audited, and "x" explains
 /// nothing to the auditor who reads it.
 pub const DISCARD_REASON_MIN_CHARS: usize = 10;
+
+/// An SSO session's life when the request names none: a working shift, after which the
+/// tenant's service asserts the user again (or refreshes the session).
+pub const SESSION_TTL_DEFAULT_SECONDS: u32 = 3_600;
+
+/// Longest life of a session or one refresh of it: a day. A stolen token is worth at most
+/// that, even if nobody logs it out.
+pub const SESSION_TTL_MAX_SECONDS: u32 = 86_400;
+
+/// Longest API key name in bytes: a label for people reading `tally keys list`.
+pub const API_KEY_NAME_MAX_CHARS: usize = 100;

@@ -4,6 +4,7 @@
 //! as the timestamp the sequencer will stamp on the events, so replaying the log folds to
 //! the same state every time.
 
+pub mod access;
 mod account;
 mod award;
 pub mod command;
@@ -15,6 +16,7 @@ mod ingest;
 pub mod limits;
 mod link;
 pub mod rejection;
+pub mod session;
 pub mod state;
 pub mod tier;
 

@@ -88,6 +88,15 @@ pub enum Rejection {
         external_account_id: String,
         link_id: u64,
     },
+    /// No session with that id in the caller's tenant (never started, or expired and gone).
+    #[error("session {session_id:?} not found")]
+    SessionNotFound { session_id: String },
+    /// The session was logged out or has expired.
+    #[error("session {session_id:?} is {why}")]
+    SessionNotActive { session_id: String, why: &'static str },
+    /// No API key with that id in the caller's tenant.
+    #[error("API key {key_id:?} not found")]
+    ApiKeyNotFound { key_id: String },
 }
 
 impl Rejection {
@@ -117,6 +126,9 @@ impl Rejection {
             LinkNotFound { .. } => "link_not_found",
             LinkNotPending { .. } => "link_not_pending",
             LinkConflict { .. } => "link_conflict",
+            SessionNotFound { .. } => "session_not_found",
+            SessionNotActive { .. } => "session_not_active",
+            ApiKeyNotFound { .. } => "api_key_not_found",
         }
     }
 

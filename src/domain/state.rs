@@ -186,6 +186,8 @@ pub struct State {
     pub ingest: IngestState,
     /// Links to accounts in other systems.
     pub links: LinkState,
+    /// Sessions and API keys.
+    pub credentials: super::session::Credentials,
 }
 
 /// Every link, the active one of each external account, and the pending ones by deadline.

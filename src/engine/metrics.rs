@@ -36,7 +36,7 @@ pub const DEAD_LETTER_DEPTH: &str = "tally_dead_letter_depth";
 pub const INGEST_RETRYING: &str = "tally_ingest_retrying";
 
 /// Command kinds, in the order of [`kind_index`].
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 20] = [
     "open_account",
     "award",
     "reserve",
@@ -51,6 +51,12 @@ pub const KINDS: [&str; 14] = [
     "create_link",
     "verify_link",
     "revoke_link",
+    "start_session",
+    "refresh_session",
+    "end_session",
+    "create_api_key",
+    "revoke_api_key",
+    "record_comp_denied",
 ];
 /// Pipeline events, in the order of [`pipeline_index`].
 pub const PIPELINE_EVENTS: [&str; 6] = [
@@ -121,6 +127,12 @@ pub(crate) fn kind_index(command: &Command) -> usize {
         Command::CreateLink { .. } => 11,
         Command::VerifyLink { .. } => 12,
         Command::RevokeLink { .. } => 13,
+        Command::StartSession { .. } => 14,
+        Command::RefreshSession { .. } => 15,
+        Command::EndSession { .. } => 16,
+        Command::CreateApiKey { .. } => 17,
+        Command::RevokeApiKey { .. } => 18,
+        Command::RecordCompDenied { .. } => 19,
     }
 }
 

@@ -305,11 +305,14 @@ impl Engine {
         };
         let operations = Operations::load(projections.aux_tree("operations")?, clock.clone());
         let failed = status_tx.clone();
+        let credentials = Arc::new(std::sync::RwLock::new(state.credentials.clone()));
         let sequencer = sequencer::Sequencer {
+            credentials: credentials.clone(),
+            credential_records: Vec::new(),
             state,
             log: Box::new(log),
             policy: config.policy,
-            clock,
+            clock: clock.clone(),
             inbox: inbox_rx,
             committed: committed_tx,
             projector: signal.clone(),
@@ -353,6 +356,8 @@ impl Engine {
                 apply_lock,
                 operations,
                 config: Arc::new(config_for_handle),
+                credentials,
+                clock,
             },
             signal,
             sequencer: Some(sequencer),
@@ -497,9 +502,25 @@ pub struct EngineHandle {
     apply_lock: Arc<Mutex<()>>,
     operations: Operations,
     config: Arc<EngineConfig>,
+    credentials: Arc<std::sync::RwLock<crate::domain::session::Credentials>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl EngineHandle {
+    /// Sessions and API keys as of the last commit: the sequencer changes this copy after
+    /// each group commit that changed them and before it answers, so a logout is in force
+    /// for every call that starts after the logout's answer.
+    pub fn credentials(&self) -> std::sync::RwLockReadGuard<'_, crate::domain::session::Credentials> {
+        self.credentials
+            .read()
+            .expect("the sequencer never panics holding the credentials")
+    }
+
+    /// The time the sequencer would stamp now (log time), in µs since the epoch.
+    pub fn now_us(&self) -> u64 {
+        self.clock.now_us()
+    }
+
     /// Submits one command and waits until it is committed (or refused).
     pub async fn submit(&self, meta: CommandMeta, command: Command) -> Result<Receipt, EngineError> {
         let mut results = self.submit_batch(vec![(meta, command)]).await?;

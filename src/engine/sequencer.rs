@@ -32,6 +32,10 @@ pub(super) struct Sequencer {
     pub projector: Arc<Signal>,
     pub status: watch::Sender<Status>,
     pub metrics: SequencerMetrics,
+    /// The API's copy of sessions and API keys, changed after each commit that changed them.
+    pub credentials: Arc<std::sync::RwLock<crate::domain::session::Credentials>>,
+    /// This batch's records that change credentials, until the batch is committed.
+    pub credential_records: Vec<Record>,
 }
 
 impl Sequencer {
@@ -79,6 +83,12 @@ impl Sequencer {
                 // Only a batch that appended something moves the head and wakes the followers.
                 self.committed.send_replace(head.seq);
                 self.projector.notify();
+            }
+            if !self.credential_records.is_empty() {
+                let mut view = self.credentials.write().expect("no panic holds the credentials");
+                for record in self.credential_records.drain(..) {
+                    view.apply(&record);
+                }
             }
             // Counted before anyone hears back: a caller that scrapes the metrics after its
             // answer sees its own command in them.
@@ -165,6 +175,9 @@ impl Sequencer {
                 hash,
             };
             evolve(&mut self.state, &record);
+            if record.event.kind().is_credential() {
+                self.credential_records.push(record.clone());
+            }
             records.push(record);
         }
         records

@@ -287,6 +287,11 @@ fn encode_payload(buf: &mut Vec<u8>, event: &Event) {
         Event::LinkRevoked(e) => rmp_serde::encode::write(buf, e),
         Event::LinkExpired(e) => rmp_serde::encode::write(buf, e),
         Event::CompRefused(e) => rmp_serde::encode::write(buf, e),
+        Event::SessionStarted(e) => rmp_serde::encode::write(buf, e),
+        Event::SessionRefreshed(e) => rmp_serde::encode::write(buf, e),
+        Event::SessionEnded(e) => rmp_serde::encode::write(buf, e),
+        Event::ApiKeyCreated(e) => rmp_serde::encode::write(buf, e),
+        Event::ApiKeyRevoked(e) => rmp_serde::encode::write(buf, e),
     };
     result.expect("encoding plain structs into a Vec cannot fail");
 }
@@ -315,6 +320,11 @@ fn decode_payload(kind: u16, payload: &[u8]) -> Result<Event, String> {
         EventKind::LinkRevoked => Event::LinkRevoked(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::LinkExpired => Event::LinkExpired(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::CompRefused => Event::CompRefused(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::SessionStarted => Event::SessionStarted(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::SessionRefreshed => Event::SessionRefreshed(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::SessionEnded => Event::SessionEnded(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::ApiKeyCreated => Event::ApiKeyCreated(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::ApiKeyRevoked => Event::ApiKeyRevoked(rmp_serde::from_slice(payload).map_err(err)?),
     })
 }
 

@@ -170,6 +170,11 @@ impl HistoryView {
             Event::LinkRevoked(l) => (format!("link {} revoked: {}", l.link_id, l.reason), 0),
             Event::LinkExpired(l) => (format!("link {} expired unverified", l.link_id), 0),
             Event::CompRefused(c) => (format!("comp refused ({}): {}", c.refusal, c.reason), c.points),
+            Event::SessionStarted(s) => (format!("session {} started as {}", s.session_id, s.role), 0),
+            Event::SessionRefreshed(s) => (format!("session {} refreshed", s.session_id), 0),
+            Event::SessionEnded(s) => (format!("session {} ended: {}", s.session_id, s.reason), 0),
+            Event::ApiKeyCreated(k) => (format!("API key {} ({}) created as {}", k.key_id, k.name, k.role), 0),
+            Event::ApiKeyRevoked(k) => (format!("API key {} revoked: {}", k.key_id, k.reason), 0),
         };
         let envelope = &record.envelope;
         Some(HistoryView {

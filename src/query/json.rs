@@ -47,6 +47,11 @@ pub fn to_json_line(record: &Record) -> String {
         Event::LinkRevoked(body) => serde_json::to_value(body),
         Event::LinkExpired(body) => serde_json::to_value(body),
         Event::CompRefused(body) => serde_json::to_value(body),
+        Event::SessionStarted(body) => serde_json::to_value(body),
+        Event::SessionRefreshed(body) => serde_json::to_value(body),
+        Event::SessionEnded(body) => serde_json::to_value(body),
+        Event::ApiKeyCreated(body) => serde_json::to_value(body),
+        Event::ApiKeyRevoked(body) => serde_json::to_value(body),
     }
     .expect("event bodies are plain data");
     let line = Line {
@@ -70,4 +75,16 @@ pub fn to_json_line(record: &Record) -> String {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 bytes from 64 hex digits (either case), `None` for anything else.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(bytes)
 }

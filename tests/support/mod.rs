@@ -200,6 +200,7 @@ impl TestServer {
         let address = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let slot = tally::api::EngineSlot::ready(engine.handle());
+        slot.set_auth(test_auth());
         configure(&slot, &engine);
         let task = tokio::spawn(async move {
             tally::api::serve_slot(slot, listener, async {
@@ -239,11 +240,50 @@ impl TestServer {
     }
 }
 
-/// A request with tenant and actor metadata.
+/// The key ring of every test server: test servers in-process take it from
+/// [`test_auth`], spawned ones from `TALLY_AUTH_KEYS`.
+pub const TEST_KEYS: &str = "test-k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// The auth settings of test servers.
+pub fn test_auth() -> tally::api::auth::AuthSettings {
+    tally::api::auth::AuthSettings {
+        keys: tally::api::auth::KeyRing::parse(TEST_KEYS).unwrap(),
+        issuer: tally::api::auth::DEFAULT_ISSUER.into(),
+        audience: tally::api::auth::DEFAULT_AUDIENCE.into(),
+        clock_skew_seconds: tally::api::auth::DEFAULT_CLOCK_SKEW_SECONDS,
+    }
+}
+
+/// An operator token for `subject` in `tenant` with `roles`, valid at any clock a test
+/// sets (issued at 0, expiring in the far future).
+pub fn token(tenant: &str, subject: &str, roles: &[&str]) -> String {
+    let settings = test_auth();
+    settings.sign(&tally::api::auth::Claims {
+        iss: settings.issuer.clone(),
+        aud: settings.audience.clone(),
+        sub: subject.into(),
+        tnt: tenant.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        iat: 0,
+        exp: 1 << 40,
+        sid: None,
+    })
+}
+
+/// Every role: what the tests of the ledger's rules call with.
+pub const ALL_ROLES: [&str; 5] = ["member", "staff", "service", "auditor", "admin"];
+
+/// A request from `actor` in `tenant`, with every role's permissions.
 pub fn request<T>(message: T, tenant: &str, actor: &str) -> tonic::Request<T> {
+    with_token(message, &token(tenant, actor, &ALL_ROLES))
+}
+
+/// A request with this bearer token.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("x-tally-tenant", tenant.parse().unwrap());
-    request.metadata_mut().insert("x-tally-actor", actor.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 

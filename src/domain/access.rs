@@ -1,0 +1,195 @@
+//! Who may do what: roles and the permissions they grant. Pure data, used by the API's
+//! door (which checks them) and by the session rules (which roles a service may assert).
+//! Names are stable: they appear in tokens, API keys and the log.
+
+/// A named permission. `…Own` variants allow the same thing on the caller's own account
+/// only (the account id equals the caller's subject).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    AccountsOpen,
+    AccountsRead,
+    AccountsReadOwn,
+    /// Manual rewards (staff comps).
+    LoyaltyAward,
+    /// Gameplay accrual and promotion awards.
+    LoyaltyAccrue,
+    PointsHold,
+    PointsHoldOwn,
+    IngestWrite,
+    IngestRead,
+    DeadLettersManage,
+    AuditRead,
+    OperationsRead,
+    OperationsRun,
+    LinksWrite,
+    LinksWriteOwn,
+    LinksRead,
+    LinksReadOwn,
+    SessionsIssue,
+    /// Refresh or end one's own session.
+    SessionsSelf,
+    KeysManage,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 20] = [
+        Permission::AccountsOpen,
+        Permission::AccountsRead,
+        Permission::AccountsReadOwn,
+        Permission::LoyaltyAward,
+        Permission::LoyaltyAccrue,
+        Permission::PointsHold,
+        Permission::PointsHoldOwn,
+        Permission::IngestWrite,
+        Permission::IngestRead,
+        Permission::DeadLettersManage,
+        Permission::AuditRead,
+        Permission::OperationsRead,
+        Permission::OperationsRun,
+        Permission::LinksWrite,
+        Permission::LinksWriteOwn,
+        Permission::LinksRead,
+        Permission::LinksReadOwn,
+        Permission::SessionsIssue,
+        Permission::SessionsSelf,
+        Permission::KeysManage,
+    ];
+
+    pub fn name(self) -> &'static str {
+        use Permission::*;
+        match self {
+            AccountsOpen => "accounts:open",
+            AccountsRead => "accounts:read",
+            AccountsReadOwn => "accounts:read:own",
+            LoyaltyAward => "loyalty:award",
+            LoyaltyAccrue => "loyalty:accrue",
+            PointsHold => "points:hold",
+            PointsHoldOwn => "points:hold:own",
+            IngestWrite => "ingest:write",
+            IngestRead => "ingest:read",
+            DeadLettersManage => "dlq:manage",
+            AuditRead => "audit:read",
+            OperationsRead => "operations:read",
+            OperationsRun => "operations:run",
+            LinksWrite => "links:write",
+            LinksWriteOwn => "links:write:own",
+            LinksRead => "links:read",
+            LinksReadOwn => "links:read:own",
+            SessionsIssue => "sessions:issue",
+            SessionsSelf => "sessions:self",
+            KeysManage => "keys:manage",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// A set of permissions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Permissions(u32);
+
+impl Permissions {
+    pub fn of_roles(roles: &[Role]) -> Self {
+        let mut set = Permissions::default();
+        for role in roles {
+            for permission in role.permissions() {
+                set.0 |= permission.bit();
+            }
+        }
+        set
+    }
+
+    pub fn has(self, permission: Permission) -> bool {
+        self.0 & permission.bit() != 0
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Permission::ALL
+            .into_iter()
+            .filter(|p| self.has(*p))
+            .map(Permission::name)
+            .collect()
+    }
+}
+
+/// A caller's role in its tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A loyalty member: its own account, holds and links.
+    Member,
+    /// Casino or store staff: reads accounts of its tenant, gives comps.
+    Staff,
+    /// A tenant's system: enrollment, accrual, ingest, holds and links on a member's behalf,
+    /// SSO sessions for its users.
+    Service,
+    /// Reads everything of its tenant, changes nothing.
+    Auditor,
+    /// Rebuilds, dead-letter operations, API keys.
+    Admin,
+}
+
+/// Roles a service may assert for a user in an SSO session. Service and admin credentials
+/// are API keys and operator tokens, which an admin makes; a service cannot mint them.
+pub const SESSION_ROLES: [Role; 3] = [Role::Member, Role::Staff, Role::Auditor];
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Member, Role::Staff, Role::Service, Role::Auditor, Role::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Staff => "staff",
+            Role::Service => "service",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    pub fn permissions(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Role::Member => &[
+                AccountsReadOwn,
+                PointsHoldOwn,
+                LinksWriteOwn,
+                LinksReadOwn,
+                SessionsSelf,
+            ],
+            Role::Staff => &[AccountsRead, LoyaltyAward, LinksRead, SessionsSelf],
+            Role::Service => &[
+                AccountsOpen,
+                AccountsRead,
+                LoyaltyAccrue,
+                PointsHold,
+                IngestWrite,
+                IngestRead,
+                LinksWrite,
+                LinksRead,
+                SessionsIssue,
+                SessionsSelf,
+            ],
+            Role::Auditor => &[
+                AccountsRead,
+                AuditRead,
+                IngestRead,
+                OperationsRead,
+                LinksRead,
+                SessionsSelf,
+            ],
+            Role::Admin => &[
+                IngestRead,
+                DeadLettersManage,
+                OperationsRead,
+                OperationsRun,
+                KeysManage,
+                SessionsSelf,
+            ],
+        }
+    }
+}
