@@ -194,13 +194,22 @@ fn grpc_replay(data_dir: &Path, events: u64) {
             let _ = stopped.await;
         }));
         let mut client = AuditClient::connect(format!("http://{address}")).await.unwrap();
+        // The server's key ring (made in the data directory on first use) signs an
+        // auditor's token.
+        let auth = tally::api::auth::AuthSettings::for_data_dir(&handle.config().data_dir).unwrap();
+        let roles = [tally::domain::access::Role::Auditor];
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = tally::api::auth::operator_token(&auth, "bench", "bench", &roles, now, 3600);
         let mut rates = Vec::new();
         for _ in 0..RUNS {
             let start = Instant::now();
             let mut request = tonic::Request::new(ReplayRequest::default());
             request
                 .metadata_mut()
-                .insert("x-tally-tenant", "bench".parse().unwrap());
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
             let mut stream = client.replay(request).await.unwrap().into_inner();
             let mut received = 0u64;
             while let Some(message) = stream.message().await.unwrap() {

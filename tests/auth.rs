@@ -1,0 +1,1221 @@
+//! Protects who may call what. The authorization matrix runs every RPC of every `tally.v1`
+//! service, found in the server's own descriptors, against eight credentials — none,
+//! malformed, a bad signature, expired, logged out, another tenant's request, a role
+//! without the permission, and the right one — and only the last may succeed, each refusal
+//! with its code. An RPC added to the protos without a row here fails the test; the door's
+//! permission table must cover exactly the RPCs the server has.
+//!
+//! Also: SSO sessions (refresh, logout, expiry by log time), signed service calls (skew,
+//! replay, wrong key, revoked key), manual rewards bound to the caller (spoofed staff id,
+//! missing permission, the 11th comp in a minute, 10,001 points, a short reason, the same
+//! comp twice in a day and again the next day), and a member confined to its own account.
+
+mod support;
+
+use std::collections::BTreeSet;
+use support::{request, token, with_token, TestServer};
+use tally::api::proto::{self, award_request, identity_client::IdentityClient, ledger_client::LedgerClient};
+use tally::api::proto::{audit_client::AuditClient, ingest_client::IngestClient, links_client::LinksClient};
+use tally::engine::Clock;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+
+const SECOND: u64 = 1_000_000;
+
+/// A codec that passes message bytes through, so one loop can call any method.
+#[derive(Default, Clone)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+/// Calls `path` with `body` and `headers`; a server-streaming method succeeds once its
+/// first message (or its clean end) arrives.
+async fn call(
+    channel: &tonic::transport::Channel,
+    path: &str,
+    streaming: bool,
+    body: Vec<u8>,
+    headers: &[(&'static str, String)],
+) -> Result<(), Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+    let mut request = tonic::Request::new(body);
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
+    if streaming {
+        let mut stream = grpc.server_streaming(request, path, Raw).await?.into_inner();
+        stream.message().await?;
+    } else {
+        grpc.unary(request, path, Raw).await?;
+    }
+    Ok(())
+}
+
+/// Request metadata: name and value.
+type Headers = Vec<(&'static str, String)>;
+
+fn bearer(token: &str) -> Headers {
+    vec![("authorization", format!("Bearer {token}"))]
+}
+
+/// Every method of the `tally.v1` services: (path, server-streaming).
+fn methods() -> Vec<(String, bool)> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut out = Vec::new();
+    for file in set.file.iter().filter(|f| f.package() == "tally.v1") {
+        for service in &file.service {
+            for method in &service.method {
+                out.push((
+                    format!("/tally.v1.{}/{}", service.name(), method.name()),
+                    method.server_streaming(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What the matrix needs to exist before it runs.
+struct Fixtures {
+    commit_hold: u64,
+    release_hold: u64,
+    verify_link: (u64, String),
+    revoke_link: u64,
+    redrive_letter: u64,
+    discard_letter: u64,
+    operation_id: String,
+    session_id: String,
+    session_token: String,
+    end_session_id: String,
+    logged_out_token: String,
+    api_key_id: String,
+}
+
+/// A request of the fixtures' setup, with every role.
+fn setup<T>(message: T) -> tonic::Request<T> {
+    request(message, "t1", "setup")
+}
+
+async fn fixtures(server: &TestServer) -> Fixtures {
+    let channel = server.channel().await;
+    let mut ledger = LedgerClient::new(channel.clone());
+    let mut links = LinksClient::new(channel.clone());
+    let mut ingest = IngestClient::new(channel.clone());
+    let mut identity = IdentityClient::new(channel.clone());
+    for account in ["p1", "p2"] {
+        let open = proto::OpenAccountRequest {
+            account_id: account.into(),
+            idempotency_key: format!("open-{account}"),
+            correlation_id: "corr-setup".into(),
+            ..Default::default()
+        };
+        ledger.open_account(setup(open)).await.unwrap();
+        ledger
+            .award(setup(promotion(account, 1000, &format!("fund-{account}"))))
+            .await
+            .unwrap();
+    }
+    // The letters first: making them moves the clock by hours, past any hold's deadline.
+    let mut letters = Vec::new();
+    for member in ["nobody-1", "nobody-2"] {
+        let event = proto::IngestRequest {
+            source: "promo".into(),
+            external_id: format!("for-{member}"),
+            r#type: "points.award".into(),
+            payload_json: format!(r#"{{"member_id":"{member}","points":5,"promotion_id":"x"}}"#),
+            ..Default::default()
+        };
+        letters.push(ingest.ingest(setup(event)).await.unwrap().into_inner().receipt_sequence);
+    }
+    for _ in 0..8 {
+        server.engine.clock.advance(3600 * SECOND);
+        server.engine.handle().retry_due(8).await.unwrap();
+    }
+    let hold = |key: &'static str| {
+        let mut ledger = ledger.clone();
+        async move {
+            let reserve = proto::ReserveRequest {
+                account_id: "p1".into(),
+                idempotency_key: key.into(),
+                amount: 10,
+                ttl_seconds: 600,
+                ..Default::default()
+            };
+            ledger
+                .reserve(setup(reserve))
+                .await
+                .unwrap()
+                .into_inner()
+                .hold
+                .unwrap()
+                .hold_id
+        }
+    };
+    let commit_hold = hold("hold-commit").await;
+    let release_hold = hold("hold-release").await;
+    let link = |n: u32| {
+        let mut links = links.clone();
+        async move {
+            let create = proto::CreateLinkRequest {
+                account_id: "p1".into(),
+                external_system: "cms".into(),
+                external_account_id: format!("card-{n}"),
+                idempotency_key: format!("link-{n}"),
+                ..Default::default()
+            };
+            let created = links.create_link(setup(create)).await.unwrap().into_inner();
+            (created.link.unwrap().link_id, created.token)
+        }
+    };
+    let verify_link = link(1).await;
+    let revoke_link = link(2).await.0;
+    let _ = &mut links;
+    let operation_id = server.engine.handle().start_projection_snapshot().id;
+    let start = |subject: &str, key: &str| proto::StartSessionRequest {
+        subject: subject.into(),
+        role: "member".into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let service = token("t1", "sso", &["service"]);
+    let session = identity
+        .start_session(with_token(start("p1", "session-1"), &service))
+        .await
+        .unwrap()
+        .into_inner();
+    let gone = identity
+        .start_session(with_token(start("p1", "session-2"), &service))
+        .await
+        .unwrap()
+        .into_inner();
+    let to_end = identity
+        .start_session(with_token(start("p2", "session-3"), &service))
+        .await
+        .unwrap()
+        .into_inner();
+    let logout = proto::EndSessionRequest::default();
+    let ended = identity
+        .end_session(with_token(logout, &gone.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ended.ended);
+    let key = proto::CreateApiKeyRequest {
+        name: "fixture".into(),
+        idempotency_key: "key-1".into(),
+        ..Default::default()
+    };
+    let api_key_id = identity
+        .create_api_key(with_token(key, &token("t1", "root", &["admin"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap()
+        .key_id;
+    Fixtures {
+        commit_hold,
+        release_hold,
+        verify_link,
+        revoke_link,
+        redrive_letter: letters[0],
+        discard_letter: letters[1],
+        operation_id,
+        session_id: session.session.unwrap().session_id,
+        session_token: session.token,
+        end_session_id: to_end.session.unwrap().session_id,
+        logged_out_token: gone.token,
+        api_key_id,
+    }
+}
+
+fn promotion(account: &str, points: u64, key: &str) -> proto::AwardRequest {
+    proto::AwardRequest {
+        account_id: account.into(),
+        idempotency_key: key.into(),
+        source: Some(award_request::Source::Promotion(proto::Promotion {
+            points,
+            promotion_id: "spring".into(),
+            external_reward_id: key.into(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// One row of the matrix: a request that succeeds for `allowed`, and a role it must be
+/// refused to.
+struct Row {
+    allowed: &'static str,
+    denied: &'static str,
+    body: Vec<u8>,
+}
+
+fn row(path: &str, f: &Fixtures) -> Row {
+    use prost::Message;
+    let method = path.rsplit('/').next().unwrap();
+    let service = path.split('/').nth(1).unwrap();
+    let r = |allowed, denied, body: Vec<u8>| Row { allowed, denied, body };
+    match (service, method) {
+        ("tally.v1.Ledger", "OpenAccount") => r(
+            "service",
+            "staff",
+            proto::OpenAccountRequest {
+                account_id: "p9".into(),
+                idempotency_key: "open-p9".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ledger", "Award") => r("service", "auditor", promotion("p1", 5, "matrix-award").encode_to_vec()),
+        ("tally.v1.Ledger", "Reserve") => r(
+            "service",
+            "staff",
+            proto::ReserveRequest {
+                account_id: "p1".into(),
+                idempotency_key: "matrix-reserve".into(),
+                amount: 1,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ledger", "Commit") => r(
+            "service",
+            "auditor",
+            proto::CommitRequest {
+                hold_id: f.commit_hold,
+                idempotency_key: "matrix-commit".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ledger", "Release") => r(
+            "service",
+            "admin",
+            proto::ReleaseRequest {
+                hold_id: f.release_hold,
+                idempotency_key: "matrix-release".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ledger", "SubmitBatch") => {
+            let command = proto::BatchCommand {
+                command: Some(proto::batch_command::Command::Award(promotion("p2", 3, "matrix-batch"))),
+            };
+            let batch = proto::SubmitBatchRequest {
+                commands: vec![command],
+            };
+            r("service", "auditor", batch.encode_to_vec())
+        }
+        ("tally.v1.Ledger", "GetAccount") => r(
+            "staff",
+            "admin",
+            proto::GetAccountRequest {
+                account_id: "p1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ledger", "GetHold") => r(
+            "auditor",
+            "admin",
+            proto::GetHoldRequest { hold_id: f.commit_hold }.encode_to_vec(),
+        ),
+        ("tally.v1.Ledger", "ListHistory") => r(
+            "service",
+            "admin",
+            proto::ListHistoryRequest {
+                account_id: "p1".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Audit", "Replay") => r("auditor", "service", proto::ReplayRequest::default().encode_to_vec()),
+        ("tally.v1.Audit", "Subscribe") => r("auditor", "staff", proto::SubscribeRequest::default().encode_to_vec()),
+        ("tally.v1.Audit", "GetDigest") => r("auditor", "admin", proto::GetDigestRequest::default().encode_to_vec()),
+        ("tally.v1.Audit", "ListByCorrelation") => r(
+            "auditor",
+            "member",
+            proto::ListByCorrelationRequest {
+                correlation_id: "corr-setup".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Audit", "ListByActor") => r(
+            "auditor",
+            "service",
+            proto::ListByActorRequest {
+                actor: "setup".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Audit", "GetByIdempotencyKey") => r(
+            "auditor",
+            "staff",
+            proto::GetByIdempotencyKeyRequest {
+                idempotency_key: "open-p1".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Audit", "GetAccountAsOf") => r(
+            "auditor",
+            "service",
+            proto::GetAccountAsOfRequest {
+                account_id: "p1".into(),
+                sequence: 2,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Operations", "StartRebuild") => r(
+            "admin",
+            "auditor",
+            proto::StartRebuildRequest {
+                projection: "accounts".into(),
+                verify_only: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Operations", "StartReplayToFile") => r(
+            "admin",
+            "auditor",
+            proto::StartReplayToFileRequest {
+                file_name: "matrix.jsonl".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Operations", "StartProjectionSnapshot") => r(
+            "admin",
+            "service",
+            proto::StartProjectionSnapshotRequest::default().encode_to_vec(),
+        ),
+        ("tally.v1.Operations", "GetOperation") => r(
+            "auditor",
+            "service",
+            proto::GetOperationRequest {
+                id: f.operation_id.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Operations", "ListOperations") => r(
+            "admin",
+            "staff",
+            proto::ListOperationsRequest::default().encode_to_vec(),
+        ),
+        ("tally.v1.Operations", "CancelOperation") => r(
+            "admin",
+            "auditor",
+            proto::CancelOperationRequest {
+                id: f.operation_id.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ingest", "Ingest") => r(
+            "service",
+            "admin",
+            proto::IngestRequest {
+                source: "promo".into(),
+                external_id: "matrix-1".into(),
+                r#type: "points.award".into(),
+                payload_json: r#"{"member_id":"p1","points":5,"promotion_id":"x"}"#.into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ingest", "IngestBatch") => {
+            let event = proto::IngestRequest {
+                source: "promo".into(),
+                external_id: "matrix-2".into(),
+                r#type: "points.award".into(),
+                payload_json: r#"{"member_id":"p1","points":5,"promotion_id":"x"}"#.into(),
+                ..Default::default()
+            };
+            let batch = proto::IngestBatchRequest { events: vec![event] };
+            r("service", "auditor", batch.encode_to_vec())
+        }
+        ("tally.v1.Ingest", "ListDeadLetters") => r(
+            "admin",
+            "staff",
+            proto::ListDeadLettersRequest::default().encode_to_vec(),
+        ),
+        ("tally.v1.Ingest", "GetExternalEvent") => r(
+            "auditor",
+            "member",
+            proto::GetExternalEventRequest {
+                receipt_sequence: f.redrive_letter,
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ingest", "Redrive") => r(
+            "admin",
+            "service",
+            proto::RedriveRequest {
+                idempotency_key: "matrix-redrive".into(),
+                receipt_sequence: f.redrive_letter,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ingest", "Discard") => r(
+            "admin",
+            "auditor",
+            proto::DiscardRequest {
+                idempotency_key: "matrix-discard".into(),
+                receipt_sequence: f.discard_letter,
+                reason: "member never enrolled".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Ingest", "GetPipelineStats") => r(
+            "service",
+            "member",
+            proto::GetPipelineStatsRequest::default().encode_to_vec(),
+        ),
+        ("tally.v1.Links", "CreateLink") => r(
+            "service",
+            "staff",
+            proto::CreateLinkRequest {
+                account_id: "p1".into(),
+                external_system: "cms".into(),
+                external_account_id: "card-3".into(),
+                idempotency_key: "matrix-link".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Links", "VerifyLink") => r(
+            "service",
+            "auditor",
+            proto::VerifyLinkRequest {
+                link_id: f.verify_link.0,
+                token: f.verify_link.1.clone(),
+                idempotency_key: "matrix-verify".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Links", "RevokeLink") => r(
+            "service",
+            "staff",
+            proto::RevokeLinkRequest {
+                link_id: f.revoke_link,
+                reason: "matrix".into(),
+                idempotency_key: "matrix-revoke".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Links", "ListLinks") => r(
+            "staff",
+            "admin",
+            proto::ListLinksRequest {
+                account_id: "p1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Identity", "StartSession") => r(
+            "service",
+            "admin",
+            proto::StartSessionRequest {
+                subject: "staff-7".into(),
+                role: "staff".into(),
+                idempotency_key: "matrix-session".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Identity", "ValidateSession") => r(
+            "service",
+            "auditor",
+            proto::ValidateSessionRequest {
+                token: f.session_token.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Identity", "RefreshSession") => r(
+            "service",
+            "member",
+            proto::RefreshSessionRequest {
+                session_id: f.session_id.clone(),
+                idempotency_key: "matrix-refresh".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Identity", "EndSession") => r(
+            "service",
+            "staff",
+            proto::EndSessionRequest {
+                session_id: f.end_session_id.clone(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        // Every role has sessions:self: only a caller with no role lacks it.
+        ("tally.v1.Identity", "WhoAmI") => r("member", "", proto::WhoAmIRequest::default().encode_to_vec()),
+        ("tally.v1.Identity", "CreateApiKey") => r(
+            "admin",
+            "service",
+            proto::CreateApiKeyRequest {
+                name: "matrix".into(),
+                idempotency_key: "matrix-key".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Identity", "ListApiKeys") => {
+            r("admin", "auditor", proto::ListApiKeysRequest::default().encode_to_vec())
+        }
+        ("tally.v1.Identity", "RevokeApiKey") => r(
+            "admin",
+            "service",
+            proto::RevokeApiKeyRequest {
+                key_id: f.api_key_id.clone(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        _ => panic!("{path} is not in the authorization matrix: add its row (who may call it, who may not)"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_over_every_rpc() {
+    let mut server = TestServer::start().await;
+    let fixtures = fixtures(&server).await;
+    let channel = server.channel().await;
+    let methods = methods();
+    let served: BTreeSet<_> = methods.iter().map(|(p, _)| p.as_str()).collect();
+    let table: BTreeSet<_> = tally::api::auth::METHODS.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        served, table,
+        "the door's permission table must name exactly the RPCs served"
+    );
+    assert!(methods.len() >= 40, "found {} methods", methods.len());
+
+    let now_s = server.engine.clock.now_us() / SECOND;
+    let forged = {
+        let mut other = support::test_auth();
+        other.keys = tally::api::auth::KeyRing::parse(
+            "test-k1:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+        )
+        .unwrap();
+        tally::api::auth::operator_token(
+            &other,
+            "t1",
+            "mallory",
+            &[tally::domain::access::Role::Admin],
+            now_s,
+            600,
+        )
+    };
+    let expired = {
+        let settings = support::test_auth();
+        let roles = tally::domain::access::Role::ALL;
+        tally::api::auth::operator_token(&settings, "t1", "old", &roles, now_s - 7200, 3600)
+    };
+    for (path, streaming) in &methods {
+        let row = row(path, &fixtures);
+        let right = token("t1", "caller-1", &[row.allowed]);
+        let denied_roles: Vec<&str> = [row.denied].into_iter().filter(|r| !r.is_empty()).collect();
+        let missing = token("t1", "caller-2", &denied_roles);
+        let mut other_tenant = bearer(&right);
+        other_tenant.push(("x-tally-tenant", "t2".to_string()));
+        let cases: [(&str, Headers, Option<Code>); 8] = [
+            ("no credential", vec![], Some(Code::Unauthenticated)),
+            ("malformed", bearer("not.a-token"), Some(Code::Unauthenticated)),
+            ("bad signature", bearer(&forged), Some(Code::Unauthenticated)),
+            ("expired", bearer(&expired), Some(Code::Unauthenticated)),
+            (
+                "logged out",
+                bearer(&fixtures.logged_out_token),
+                Some(Code::Unauthenticated),
+            ),
+            ("other tenant", other_tenant, Some(Code::PermissionDenied)),
+            ("missing permission", bearer(&missing), Some(Code::PermissionDenied)),
+            ("right permission", bearer(&right), None),
+        ];
+        for (case, headers, expected) in cases {
+            let got = call(&channel, path, *streaming, row.body.clone(), &headers).await;
+            match (expected, got) {
+                (None, Ok(())) => {}
+                (Some(code), Err(status)) if status.code() == code => {}
+                (expected, got) => panic!("{path} with {case}: expected {expected:?}, got {got:?}"),
+            }
+        }
+    }
+    server.stop().await;
+}
+
+/// A session for `subject` with `role`, started by a service of t1.
+async fn session(
+    identity: &mut IdentityClient<tonic::transport::Channel>,
+    subject: &str,
+    role: &str,
+    ttl_seconds: u32,
+) -> proto::SessionResponse {
+    let start = proto::StartSessionRequest {
+        subject: subject.into(),
+        role: role.into(),
+        ttl_seconds,
+        idempotency_key: format!("start-{subject}-{role}-{ttl_seconds}"),
+        ..Default::default()
+    };
+    identity
+        .start_session(with_token(start, &token("t1", "sso", &["service"])))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn reason(status: &Status) -> String {
+    status.message().split(':').next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_refresh_log_out_and_expire_by_log_time() {
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let mut identity = IdentityClient::new(channel.clone());
+    let started = session(&mut identity, "p1", "member", 60).await;
+    let who = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &started.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (who.subject.as_str(), who.tenant.as_str(), who.credential.as_str()),
+        ("p1", "t1", "session")
+    );
+    assert!(who.permissions.contains(&"accounts:read:own".to_string()));
+    // A retry of the start answers the same session and the same token.
+    let again = session(&mut identity, "p1", "member", 60).await;
+    assert_eq!((again.token.as_str(), again.replayed), (started.token.as_str(), true));
+    // Sessions are for people: a service cannot mint an admin.
+    let admin = proto::StartSessionRequest {
+        subject: "eve".into(),
+        role: "admin".into(),
+        idempotency_key: "start-eve".into(),
+        ..Default::default()
+    };
+    let refused = identity
+        .start_session(with_token(admin, &token("t1", "sso", &["service"])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    // Refresh extends from now; the old token keeps working until its own end.
+    server.engine.clock.advance(50 * SECOND);
+    let refresh = proto::RefreshSessionRequest {
+        ttl_seconds: 60,
+        idempotency_key: "refresh-1".into(),
+        ..Default::default()
+    };
+    let refreshed = identity
+        .refresh_session(with_token(refresh, &started.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(refreshed.token, started.token);
+    let session_info = refreshed.session.unwrap();
+    assert_eq!(session_info.expires_at_us, server.engine.clock.now_us() + 60 * SECOND);
+    // Past the first expiry (within the token's clock skew), the session is what counts.
+    server.engine.clock.advance(20 * SECOND);
+    let who = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &started.token))
+        .await;
+    assert!(who.is_ok(), "the session lives on after a refresh: {who:?}");
+    // Expiry by log time: 61 s after the refresh, within the 60 s skew of the JWT's exp,
+    // the session is expired and its tokens are refused.
+    server.engine.clock.advance(41 * SECOND);
+    let expired = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &refreshed.token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (expired.code(), reason(&expired)),
+        (Code::Unauthenticated, "SESSION_EXPIRED".into())
+    );
+
+    // Logout: the token is refused though its signature is valid; a second logout of the
+    // same session by a service changes nothing.
+    let staff = session(&mut identity, "staff-1", "staff", 0).await;
+    let ended = identity
+        .end_session(with_token(proto::EndSessionRequest::default(), &staff.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ended.ended);
+    let refused = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &staff.token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused)),
+        (Code::Unauthenticated, "SESSION_ENDED".into())
+    );
+    let again = proto::EndSessionRequest {
+        session_id: ended.session_id.clone(),
+        ..Default::default()
+    };
+    let second = identity
+        .end_session(with_token(again, &token("t1", "sso", &["service"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!second.ended);
+    // A member may not end another's session.
+    let other = session(&mut identity, "p2", "member", 0).await;
+    let theirs = proto::EndSessionRequest {
+        session_id: other.session.unwrap().session_id,
+        ..Default::default()
+    };
+    let member = session(&mut identity, "p3", "member", 0).await;
+    let denied = identity
+        .end_session(with_token(theirs, &member.token))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // Validate: a service checks a token it was shown.
+    let valid = identity
+        .validate_session(with_token(
+            proto::ValidateSessionRequest {
+                token: member.token.clone(),
+            },
+            &token("t1", "sso", &["service"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(valid.subject, "p3");
+    // The log holds the sessions, never a token.
+    let log = std::fs::read(server.engine.dir.path().join("log").join(format!("{:020}.seg", 1))).unwrap();
+    for token in [&started.token, &refreshed.token, &staff.token, &member.token] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(
+            !log.windows(signature.len()).any(|w| w == signature.as_bytes()),
+            "a token in the log"
+        );
+    }
+    server.stop().await;
+}
+
+/// The headers of a call to `path` signed at `unix_seconds`.
+fn signed(key_id: &str, secret: &str, path: &str, unix_seconds: u64, body: &[u8]) -> Vec<(&'static str, String)> {
+    tally::api::auth::sign_call(key_id, secret, path, unix_seconds, body).to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_calls_refuse_skew_replay_wrong_and_revoked_keys() {
+    use prost::Message;
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let mut identity = IdentityClient::new(channel.clone());
+    let admin = token("t1", "root", &["admin"]);
+    let create = proto::CreateApiKeyRequest {
+        name: "partner".into(),
+        idempotency_key: "key-partner".into(),
+        ..Default::default()
+    };
+    let created = identity
+        .create_api_key(with_token(create.clone(), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let key_id = created.key.as_ref().unwrap().key_id.clone();
+    // A retry answers the same key and secret; the list shows no secret.
+    let again = identity
+        .create_api_key(with_token(create, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.secret.as_str(), again.replayed), (created.secret.as_str(), true));
+    let listed = identity
+        .list_api_keys(with_token(proto::ListApiKeysRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.keys.len(), 1);
+    assert!(!format!("{listed:?}").contains(&created.secret));
+
+    let path = "/tally.v1.Identity/WhoAmI";
+    let body = proto::WhoAmIRequest {}.encode_to_vec();
+    let now = server.engine.clock.now_us() / SECOND;
+    let ok = call(
+        &channel,
+        path,
+        false,
+        body.clone(),
+        &signed(&key_id, &created.secret, path, now, &body),
+    )
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let cases = [
+        (
+            "replayed",
+            signed(&key_id, &created.secret, path, now, &body),
+            "SIGNATURE_REPLAYED",
+        ),
+        (
+            "skewed",
+            signed(&key_id, &created.secret, path, now - 301, &body),
+            "TIMESTAMP_SKEW",
+        ),
+        (
+            "from the future",
+            signed(&key_id, &created.secret, path, now + 301, &body),
+            "TIMESTAMP_SKEW",
+        ),
+        (
+            "wrong secret",
+            signed(&key_id, "tk_guess", path, now - 1, &body),
+            "SIGNATURE_INVALID",
+        ),
+        (
+            "unknown key",
+            signed("key-none", &created.secret, path, now - 2, &body),
+            "KEY_UNKNOWN",
+        ),
+        (
+            "another method",
+            signed(
+                &key_id,
+                &created.secret,
+                "/tally.v1.Identity/ListApiKeys",
+                now - 3,
+                &body,
+            ),
+            "SIGNATURE_INVALID",
+        ),
+    ];
+    for (case, headers, expected) in cases {
+        let status = call(&channel, path, false, body.clone(), &headers).await.unwrap_err();
+        assert_eq!(
+            (status.code(), reason(&status)),
+            (Code::Unauthenticated, expected.to_string()),
+            "{case}"
+        );
+    }
+    // Another body than the one signed.
+    let other_body = proto::ListApiKeysRequest {}.encode_to_vec();
+    let mut tampered = proto::GetPipelineStatsRequest::default().encode_to_vec();
+    tampered.extend_from_slice(&[0x0a, 0x01, 0x41]);
+    let status = call(
+        &channel,
+        path,
+        false,
+        tampered,
+        &signed(&key_id, &created.secret, path, now - 4, &other_body),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&status), "SIGNATURE_INVALID");
+    // A service key may ingest but not manage keys.
+    let denied = call(
+        &channel,
+        "/tally.v1.Identity/ListApiKeys",
+        false,
+        other_body.clone(),
+        &signed(
+            &key_id,
+            &created.secret,
+            "/tally.v1.Identity/ListApiKeys",
+            now - 5,
+            &other_body,
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // Revoked: refused from now on.
+    let revoke = proto::RevokeApiKeyRequest {
+        key_id: key_id.clone(),
+        reason: "rotated".into(),
+    };
+    let revoked = identity
+        .revoke_api_key(with_token(revoke, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked);
+    let status = call(
+        &channel,
+        path,
+        false,
+        body.clone(),
+        &signed(&key_id, &created.secret, path, now - 6, &body),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::Unauthenticated, "KEY_REVOKED".into())
+    );
+    // The log holds the key's fingerprint, never its secret.
+    let log = std::fs::read(server.engine.dir.path().join("log").join(format!("{:020}.seg", 1))).unwrap();
+    assert!(!log
+        .windows(created.secret.len())
+        .any(|w| w == created.secret.as_bytes()));
+    server.stop().await;
+}
+
+fn comp(account: &str, points: u64, reason: &str, staff_id: &str, key: &str) -> proto::AwardRequest {
+    proto::AwardRequest {
+        account_id: account.into(),
+        idempotency_key: key.into(),
+        source: Some(award_request::Source::Manual(proto::ManualReward {
+            points,
+            reason: reason.into(),
+            external_reward_id: String::new(),
+            staff_id: staff_id.into(),
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_rewards_are_bound_to_the_caller_and_refusals_recorded() {
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let mut ledger = LedgerClient::new(channel.clone());
+    let mut audit = AuditClient::new(channel.clone());
+    for account in ["p1", "p2"] {
+        let open = proto::OpenAccountRequest {
+            account_id: account.into(),
+            idempotency_key: format!("open-{account}"),
+            ..Default::default()
+        };
+        ledger.open_account(request(open, "t1", "svc")).await.unwrap();
+    }
+    let staff = token("t1", "staff-1", &["staff"]);
+    let comp_for = |points, reason: &str, staff_id: &str, key: &str| comp("p1", points, reason, staff_id, key);
+    // Spoofed staff id, missing permission, over the maximum: refused and recorded.
+    let spoofed = ledger
+        .award(with_token(
+            comp_for(10, "birthday dinner", "staff-2", "c-spoof"),
+            &staff,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(spoofed.code(), Code::PermissionDenied);
+    let service = token("t1", "svc-1", &["service"]);
+    let unpermitted = ledger
+        .award(with_token(comp_for(10, "birthday dinner", "", "c-perm"), &service))
+        .await
+        .unwrap_err();
+    assert_eq!(unpermitted.code(), Code::PermissionDenied);
+    let large = ledger
+        .award(with_token(comp_for(10_001, "birthday dinner", "", "c-large"), &staff))
+        .await
+        .unwrap_err();
+    assert_eq!(large.code(), Code::InvalidArgument);
+    // A malformed request is refused without a record.
+    let short = ledger
+        .award(with_token(comp_for(10, "too short", "", "c-short"), &staff))
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument);
+    // Ten comps in a minute pass; the eleventh is refused and recorded.
+    for n in 0..10 {
+        let reason = format!("service recovery {n}");
+        ledger
+            .award(with_token(comp_for(n + 1, &reason, "", &format!("c-{n}")), &staff))
+            .await
+            .unwrap();
+    }
+    let eleventh = ledger
+        .award(with_token(comp_for(5, "service recovery 11", "", "c-11"), &staff))
+        .await
+        .unwrap_err();
+    assert_eq!(eleventh.code(), Code::ResourceExhausted);
+    let refusals = |actor: &'static str| {
+        let mut audit = audit.clone();
+        async move {
+            let listed = audit
+                .list_by_actor(request(
+                    proto::ListByActorRequest {
+                        actor: actor.into(),
+                        ..Default::default()
+                    },
+                    "t1",
+                    "auditor-1",
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            listed
+                .entries
+                .iter()
+                .filter(|e| e.kind == "comp.refused")
+                .map(|e| e.reason.clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    let staff_refusals = refusals("staff-1").await;
+    assert_eq!(
+        staff_refusals.len(),
+        3,
+        "spoofed, too large, eleventh: {staff_refusals:?}"
+    );
+    assert_eq!(refusals("svc-1").await.len(), 1, "missing permission");
+    let _ = &mut audit;
+    // The same comp twice in a day is one comp; the next day it is another.
+    server.engine.clock.advance(120 * SECOND);
+    let day_comp = |key: &str| comp("p2", 50, "anniversary dinner", "", key);
+    let first = ledger
+        .award(with_token(day_comp("day-1"), &staff))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = ledger
+        .award(with_token(day_comp("day-1-again"), &staff))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.outcome.unwrap().replayed, "the same comp on the same day");
+    server.engine.clock.advance(24 * 3600 * SECOND);
+    let next_day = ledger
+        .award(with_token(day_comp("day-2"), &staff))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!next_day.outcome.unwrap().replayed);
+    assert_eq!(next_day.balance.unwrap().posted, first.balance.unwrap().posted + 50);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_acts_on_its_own_account_only() {
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let mut ledger = LedgerClient::new(channel.clone());
+    for account in ["p1", "p2"] {
+        let open = proto::OpenAccountRequest {
+            account_id: account.into(),
+            idempotency_key: format!("open-{account}"),
+            ..Default::default()
+        };
+        ledger.open_account(request(open, "t1", "svc")).await.unwrap();
+        ledger
+            .award(request(
+                promotion(account, 100, &format!("fund-{account}")),
+                "t1",
+                "svc",
+            ))
+            .await
+            .unwrap();
+    }
+    let member = token("t1", "p1", &["member"]);
+    let get = |account: &str| proto::GetAccountRequest {
+        account_id: account.into(),
+    };
+    assert!(ledger.get_account(with_token(get("p1"), &member)).await.is_ok());
+    let other = ledger.get_account(with_token(get("p2"), &member)).await.unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied);
+    let reserve = |account: &str, key: &str| proto::ReserveRequest {
+        account_id: account.into(),
+        idempotency_key: key.into(),
+        amount: 10,
+        ..Default::default()
+    };
+    let own = ledger
+        .reserve(with_token(reserve("p1", "m-r1"), &member))
+        .await
+        .unwrap()
+        .into_inner();
+    let denied = ledger
+        .reserve(with_token(reserve("p2", "m-r2"), &member))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // A hold on another account: its commit is refused to the member.
+    let theirs = ledger
+        .reserve(request(reserve("p2", "svc-r2"), "t1", "svc"))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap()
+        .hold_id;
+    let commit = |hold_id, key: &str| proto::CommitRequest {
+        hold_id,
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let refused = ledger
+        .commit(with_token(commit(theirs, "m-c2"), &member))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let committed = ledger
+        .commit(with_token(commit(own.hold.unwrap().hold_id, "m-c1"), &member))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(committed.balance.unwrap().posted, 90);
+    // In a batch, each command is judged on its own.
+    let batch = proto::SubmitBatchRequest {
+        commands: vec![
+            proto::BatchCommand {
+                command: Some(proto::batch_command::Command::Reserve(reserve("p1", "m-b1"))),
+            },
+            proto::BatchCommand {
+                command: Some(proto::batch_command::Command::Reserve(reserve("p2", "m-b2"))),
+            },
+        ],
+    };
+    let results = ledger
+        .submit_batch(with_token(batch, &member))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    use proto::batch_result::Result as R;
+    assert!(matches!(results[0].result, Some(R::Reserve(_))));
+    match &results[1].result {
+        Some(R::Error(error)) => assert_eq!(error.code, "PERMISSION_DENIED"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    server.stop().await;
+}
