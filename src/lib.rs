@@ -7,8 +7,9 @@
 //!   history), each checkpointed atomically with its state, and the write-state snapshot.
 //! - [`engine`]: the single-writer sequencer with group commit, its bounded inbox, the
 //!   projector thread and the sweeper (hold expiry and the ingest pipeline's retries).
-//! - [`api`]: the gRPC services (tonic), the caller interceptor and the one mapping from
-//!   errors to gRPC status codes.
+//! - [`api`]: the gRPC services (tonic), the door that authenticates and authorizes every
+//!   call (tokens, signed calls, the permission table) and the one mapping from errors to
+//!   gRPC status codes.
 //! - [`config`]: every setting of the server, as one TOML document with defaults,
 //!   overridden by environment variables and flags.
 //! - [`telemetry`]: the Prometheus endpoint and the gauges sampled at each scrape.
