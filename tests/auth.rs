@@ -1219,3 +1219,78 @@ async fn a_member_acts_on_its_own_account_only() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_without_logging_anyone_out_and_tokens_are_for_this_server_only() {
+    use tally::api::auth::{operator_token, AuthSettings, KeyRing};
+    use tally::domain::access::Role;
+    let old_ring = "k-old:1111111111111111111111111111111111111111111111111111111111111111";
+    let new_ring = format!("k-new:2222222222222222222222222222222222222222222222222222222222222222,{old_ring}");
+    let settings = |ring: &str| AuthSettings {
+        keys: KeyRing::parse(ring).unwrap(),
+        ..support::test_auth()
+    };
+    let mut server = TestServer::start_configured(|slot, _| slot.set_auth(settings(&new_ring))).await;
+    let channel = server.channel().await;
+    let now_s = server.engine.clock.now_us() / SECOND;
+    let mut identity = IdentityClient::new(channel);
+    // A token the old key signed before the rotation still works; new tokens use the new key.
+    let before = operator_token(&settings(old_ring), "t1", "sso", &[Role::Service], now_s, 600);
+    let who = identity.who_am_i(with_token(proto::WhoAmIRequest {}, &before)).await;
+    assert!(who.is_ok(), "{who:?}");
+    let start = proto::StartSessionRequest {
+        subject: "p1".into(),
+        role: "member".into(),
+        idempotency_key: "rotated".into(),
+        ..Default::default()
+    };
+    let session = identity
+        .start_session(with_token(start, &before))
+        .await
+        .unwrap()
+        .into_inner();
+    let header = session.token.split('.').next().unwrap();
+    use base64::Engine as _;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+    assert!(String::from_utf8(header).unwrap().contains("\"kid\":\"k-new\""));
+    // Once the old key leaves the ring, its tokens are refused.
+    let retired = operator_token(
+        &settings("k-gone:3333333333333333333333333333333333333333333333333333333333333333"),
+        "t1",
+        "sso",
+        &[Role::Service],
+        now_s,
+        600,
+    );
+    let refused = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &retired))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "SIGNATURE_INVALID");
+    // Another audience or issuer, and algorithm "none", are refused.
+    let elsewhere = AuthSettings {
+        audience: "another-ledger".into(),
+        ..settings(&new_ring)
+    };
+    let foreign = operator_token(&elsewhere, "t1", "sso", &[Role::Service], now_s, 600);
+    let refused = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &foreign))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "TOKEN_NOT_FOR_US");
+    let parts: Vec<&str> = before.split('.').collect();
+    let none = format!(
+        "{}.{}.",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"k-old"}"#),
+        parts[1]
+    );
+    let refused = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &none))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused)),
+        (Code::Unauthenticated, "CREDENTIAL_MALFORMED".into())
+    );
+    server.stop().await;
+}

@@ -2,7 +2,8 @@
 //! sound log and exits 0, and exits 2 naming the bad sequence number of a corrupt one;
 //! `tally serve` refuses to start on a corrupt log and says why; `tally ingest` loads a
 //! JSON-lines file into a running server (twice without applying anything twice) and
-//! `tally dlq` lists, shows, re-drives and discards its dead letters.
+//! `tally dlq` lists, shows, re-drives and discards its dead letters; `tally token issue`
+//! signs with an existing key ring only and refuses unknown roles, long lives and bad ids.
 
 mod support;
 
@@ -240,5 +241,61 @@ fn ingest_and_dlq_work_against_a_running_server() {
     assert!(
         stats.contains("received 5  processed 5") && stats.contains("queue depth 0"),
         "{stats}"
+    );
+}
+
+#[test]
+fn token_issue_signs_with_the_key_ring_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("auth.keys");
+    let issue = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["token", "issue", "--keys"])
+            .arg(&keys)
+            .args(args)
+            .env_remove("TALLY_AUTH_KEYS")
+            .output()
+            .unwrap()
+    };
+    let ok = ["--tenant", "club", "--subject", "ops-1", "--role", "admin"];
+    // No key ring: the tool never makes one (its tokens would be the server's by accident).
+    let missing = issue(&ok);
+    assert_eq!(missing.status.code(), Some(66));
+    assert!(!keys.exists());
+    std::fs::write(&keys, format!("{}\n", support::TEST_KEYS.replacen(':', " ", 1))).unwrap();
+    let out = issue(&ok);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let claims = support::test_auth().verify(token.trim(), now_us).unwrap();
+    assert_eq!(
+        (claims.tnt.as_str(), claims.sub.as_str(), claims.roles.as_slice()),
+        ("club", "ops-1", &["admin".to_string()][..])
+    );
+    assert_eq!(
+        issue(&["--tenant", "club", "--subject", "ops-1", "--role", "root"])
+            .status
+            .code(),
+        Some(64)
+    );
+    let too_long = [
+        "--tenant",
+        "club",
+        "--subject",
+        "ops-1",
+        "--role",
+        "admin",
+        "--ttl-seconds",
+        "90000",
+    ];
+    assert_eq!(issue(&too_long).status.code(), Some(64));
+    assert_eq!(
+        issue(&["--tenant", "no spaces", "--subject", "ops-1", "--role", "admin"])
+            .status
+            .code(),
+        Some(64)
     );
 }

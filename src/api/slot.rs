@@ -87,6 +87,11 @@ impl EngineSlot {
         assert!(self.inner.auth.set(settings).is_ok(), "auth settings are set once");
     }
 
+    /// Whether auth settings were set.
+    pub fn has_auth(&self) -> bool {
+        self.inner.auth.get().is_some()
+    }
+
     /// The auth settings, the defaults for the engine's data directory if none were set.
     pub fn auth(&self) -> Result<&super::auth::AuthSettings, Status> {
         if let Some(settings) = self.inner.auth.get() {

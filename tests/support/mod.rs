@@ -200,8 +200,10 @@ impl TestServer {
         let address = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let slot = tally::api::EngineSlot::ready(engine.handle());
-        slot.set_auth(test_auth());
         configure(&slot, &engine);
+        if !slot.has_auth() {
+            slot.set_auth(test_auth());
+        }
         let task = tokio::spawn(async move {
             tally::api::serve_slot(slot, listener, async {
                 let _ = rx.await;
