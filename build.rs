@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tally/v1/ingest.proto",
         "proto/tally/v1/links.proto",
         "proto/tally/v1/identity.proto",
+        "proto/tally/v1/deliveries.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -28,6 +28,7 @@ pub struct Config {
     pub ingest: IngestSection,
     pub links: LinksSection,
     pub auth: AuthSection,
+    pub deliveries: DeliveriesSection,
     pub limits: LimitsSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
@@ -178,6 +179,26 @@ impl Default for AuthSection {
     }
 }
 
+/// Webhook deliveries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveriesSection {
+    /// How often the delivery worker looks for deliveries that are due.
+    pub poll_interval_ms: u64,
+    /// Endpoints may point at private, loopback and link-local addresses. Off: a tenant
+    /// cannot aim the server at internal services.
+    pub allow_private_networks: bool,
+}
+
+impl Default for DeliveriesSection {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 200,
+            allow_private_networks: false,
+        }
+    }
+}
+
 /// The longest clock skew a token may have: beyond 10 minutes an expired token lives on
 /// too long.
 pub const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
@@ -304,6 +325,8 @@ pub struct Settings {
     pub auth_issuer: String,
     pub auth_audience: String,
     pub auth_clock_skew_seconds: u64,
+    pub delivery_poll_interval: Duration,
+    pub delivery_destinations: crate::deliverer::Destinations,
     /// Per-tenant limits on mutating calls, if on.
     pub tenant_limit: Option<crate::api::limits::RateLimit>,
     pub engine: EngineConfig,
@@ -387,6 +410,9 @@ impl Config {
                 format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
             ));
         }
+        if self.deliveries.poll_interval_ms == 0 {
+            return Err(invalid("deliveries.poll_interval_ms", "must be at least 1".into()));
+        }
         let i = &self.ingest;
         if i.max_attempts == 0 {
             return Err(invalid("ingest.max_attempts", "must be at least 1".into()));
@@ -445,6 +471,12 @@ impl Config {
             auth_issuer: self.auth.issuer.clone(),
             auth_audience: self.auth.audience.clone(),
             auth_clock_skew_seconds: self.auth.clock_skew_seconds,
+            delivery_poll_interval: Duration::from_millis(self.deliveries.poll_interval_ms),
+            delivery_destinations: if self.deliveries.allow_private_networks {
+                crate::deliverer::Destinations::AnyAddress
+            } else {
+                crate::deliverer::Destinations::PublicOnly
+            },
             tenant_limit: match self.limits.tenant_commands_per_second {
                 0 => None,
                 per_second => Some(crate::api::limits::RateLimit {

@@ -10,6 +10,8 @@
 //! - [`api`]: the gRPC services (tonic), the door that authenticates and authorizes every
 //!   call (tokens, signed calls, the permission table) and the one mapping from errors to
 //!   gRPC status codes.
+//! - [`deliverer`]: the delivery worker: POSTs due events to endpoints (signed), records
+//!   each outcome as a command.
 //! - [`config`]: every setting of the server, as one TOML document with defaults,
 //!   overridden by environment variables and flags.
 //! - [`telemetry`]: the Prometheus endpoint and the gauges sampled at each scrape.
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod config;
+pub mod deliverer;
 pub mod domain;
 pub mod engine;
 pub mod loadgen;

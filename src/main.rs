@@ -503,6 +503,12 @@ struct ServeArgs {
     /// auth.clock_skew_seconds: how far a token's times may be off the server's clock.
     #[arg(long, env = "TALLY_AUTH_CLOCK_SKEW_SECONDS")]
     auth_clock_skew_seconds: Option<u64>,
+    /// deliveries.poll_interval_ms: how often the delivery worker looks for deliveries that are due.
+    #[arg(long, env = "TALLY_DELIVERIES_POLL_INTERVAL_MS")]
+    deliveries_poll_interval_ms: Option<u64>,
+    /// deliveries.allow_private_networks: endpoints may point at private, loopback and link-local addresses.
+    #[arg(long, env = "TALLY_DELIVERIES_ALLOW_PRIVATE_NETWORKS")]
+    deliveries_allow_private_networks: Option<bool>,
     /// limits.tenant_commands_per_second: mutating commands one tenant may send a second (0: no limit).
     #[arg(long, env = "TALLY_TENANT_COMMANDS_PER_SECOND")]
     tenant_commands_per_second: Option<u64>,
@@ -670,6 +676,12 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     if let Some(v) = args.auth_clock_skew_seconds {
         c.auth.clock_skew_seconds = v;
     }
+    if let Some(v) = args.deliveries_poll_interval_ms {
+        c.deliveries.poll_interval_ms = v;
+    }
+    if let Some(v) = args.deliveries_allow_private_networks {
+        c.deliveries.allow_private_networks = v;
+    }
     if let Some(v) = args.tenant_commands_per_second {
         c.limits.tenant_commands_per_second = v;
     }
@@ -765,6 +777,7 @@ async fn run_server(settings: Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    slot.set_destinations(settings.delivery_destinations);
     match tally::api::auth::AuthSettings::load(
         &settings.auth_keys_file,
         &settings.auth_issuer,
@@ -815,8 +828,18 @@ async fn run_server(settings: Settings) -> ExitCode {
     tracing::info!(head = engine.report().head_seq, "ledger serving");
     println!("tally serving: head sequence {}", engine.report().head_seq);
     let sweeper = sweeper::spawn(engine.handle(), settings.sweep_interval);
+    let auth = slot.auth().expect("the auth settings were set before serving").clone();
+    let deliverer = tally::deliverer::Deliverer::new(engine.handle(), auth, settings.delivery_destinations);
+    let (deliveries_stop, deliveries_stopped) = tokio::sync::watch::channel(false);
+    let deliveries = tokio::spawn(deliverer.run(settings.delivery_poll_interval, deliveries_stopped));
     let served = server.await.expect("the server task does not panic");
     sweeper.abort();
+    // An attempt under way may wait for its receiver up to its request timeout; one that is
+    // cut short is made again after the restart (at-most-once ones are settled as failed).
+    let _ = deliveries_stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), deliveries).await.is_err() {
+        tracing::warn!("delivery attempts still under way at shutdown; they are retried after the restart");
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }

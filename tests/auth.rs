@@ -125,6 +125,10 @@ struct Fixtures {
     end_session_id: String,
     logged_out_token: String,
     api_key_id: String,
+    endpoint_id: u64,
+    doomed_endpoint_id: u64,
+    ack_delivery: String,
+    failed_delivery: String,
 }
 
 /// A request of the fixtures' setup, with every role.
@@ -132,12 +136,42 @@ fn setup<T>(message: T) -> tonic::Request<T> {
     request(message, "t1", "setup")
 }
 
+/// Endpoint settings the matrix uses: a public address (nothing is sent: no worker runs).
+fn endpoint_settings() -> proto::EndpointSettings {
+    proto::EndpointSettings {
+        url: "http://93.184.216.34/hooks".into(),
+        max_attempts: 1,
+        ack_mode: proto::AckMode::Explicit as i32,
+        ..Default::default()
+    }
+}
+
 async fn fixtures(server: &TestServer) -> Fixtures {
     let channel = server.channel().await;
+    let mut deliveries = tally::api::proto::deliveries_client::DeliveriesClient::new(channel.clone());
+    let endpoint = |key: &'static str| {
+        let mut deliveries = deliveries.clone();
+        async move {
+            let register = proto::RegisterEndpointRequest {
+                settings: Some(endpoint_settings()),
+                idempotency_key: key.into(),
+            };
+            let answer = deliveries
+                .register_endpoint(setup(register))
+                .await
+                .unwrap()
+                .into_inner();
+            answer.endpoint.unwrap().endpoint_id
+        }
+    };
+    let endpoint_id = endpoint("ep-main").await;
+    let doomed_endpoint_id = endpoint("ep-doomed").await;
+    let _ = &mut deliveries;
     let mut ledger = LedgerClient::new(channel.clone());
     let mut links = LinksClient::new(channel.clone());
     let mut ingest = IngestClient::new(channel.clone());
     let mut identity = IdentityClient::new(channel.clone());
+    let mut opened = Vec::new();
     for account in ["p1", "p2"] {
         let open = proto::OpenAccountRequest {
             account_id: account.into(),
@@ -145,7 +179,16 @@ async fn fixtures(server: &TestServer) -> Fixtures {
             correlation_id: "corr-setup".into(),
             ..Default::default()
         };
-        ledger.open_account(setup(open)).await.unwrap();
+        opened.push(
+            ledger
+                .open_account(setup(open))
+                .await
+                .unwrap()
+                .into_inner()
+                .outcome
+                .unwrap()
+                .sequence,
+        );
         ledger
             .award(setup(promotion(account, 1000, &format!("fund-{account}"))))
             .await
@@ -249,7 +292,28 @@ async fn fixtures(server: &TestServer) -> Fixtures {
         .key
         .unwrap()
         .key_id;
+    // One delivery failed for good (its one attempt reported by hand), to retry.
+    let failed = tally::domain::Command::RecordDelivery {
+        endpoint_id,
+        event_seq: opened[1],
+        attempt: 1,
+        result: tally::domain::delivery::AttemptResult {
+            status_code: 500,
+            latency_us: 10,
+            error: "answered HTTP 500".into(),
+        },
+    };
+    let worker = tally::domain::CommandMeta {
+        tenant: "t1".into(),
+        actor: tally::deliverer::DELIVERY_ACTOR.into(),
+        ..Default::default()
+    };
+    server.engine.handle().submit(worker, failed).await.unwrap();
     Fixtures {
+        endpoint_id,
+        doomed_endpoint_id,
+        ack_delivery: format!("{endpoint_id}:{}", opened[0]),
+        failed_delivery: format!("{endpoint_id}:{}", opened[1]),
         commit_hold,
         release_hold,
         verify_link,
@@ -400,7 +464,7 @@ fn row(path: &str, f: &Fixtures) -> Row {
             "service",
             proto::GetAccountAsOfRequest {
                 account_id: "p1".into(),
-                sequence: 2,
+                sequence: 5,
                 ..Default::default()
             }
             .encode_to_vec(),
@@ -613,6 +677,110 @@ fn row(path: &str, f: &Fixtures) -> Row {
             proto::RevokeApiKeyRequest {
                 key_id: f.api_key_id.clone(),
                 ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "RegisterEndpoint") => r(
+            "admin",
+            "service",
+            proto::RegisterEndpointRequest {
+                settings: Some(endpoint_settings()),
+                idempotency_key: "matrix-endpoint".into(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "UpdateEndpoint") => r(
+            "admin",
+            "staff",
+            proto::UpdateEndpointRequest {
+                endpoint_id: f.endpoint_id,
+                settings: Some(proto::EndpointSettings {
+                    max_attempts: 2,
+                    ..endpoint_settings()
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "PauseEndpoint") => r(
+            "admin",
+            "auditor",
+            proto::EndpointRequest {
+                endpoint_id: f.endpoint_id,
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "ResumeEndpoint") => r(
+            "admin",
+            "service",
+            proto::EndpointRequest {
+                endpoint_id: f.endpoint_id,
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "DeleteEndpoint") => r(
+            "admin",
+            "auditor",
+            proto::EndpointRequest {
+                endpoint_id: f.doomed_endpoint_id,
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "ListEndpoints") => r(
+            "auditor",
+            "service",
+            proto::ListEndpointsRequest::default().encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "Ack") => r(
+            "service",
+            "auditor",
+            proto::AckRequest {
+                delivery_id: f.ack_delivery.clone(),
+                receipt: "matrix".into(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "GetDelivery") => r(
+            "auditor",
+            "service",
+            proto::GetDeliveryRequest {
+                delivery_id: f.ack_delivery.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "ListDeliveries") => r(
+            "admin",
+            "staff",
+            proto::ListDeliveriesRequest {
+                endpoint_id: f.endpoint_id,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "RetryDelivery") => r(
+            "admin",
+            "auditor",
+            proto::RetryDeliveryRequest {
+                delivery_id: f.failed_delivery.clone(),
+                reason: "matrix".into(),
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "RedriveDeliveries") => r(
+            "admin",
+            "service",
+            // A window with nothing in it: the failed fixture is RetryDelivery's.
+            proto::RedriveDeliveriesRequest {
+                endpoint_id: f.endpoint_id,
+                from_us: u64::MAX / 2,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        ("tally.v1.Deliveries", "GetEndpointStats") => r(
+            "auditor",
+            "member",
+            proto::EndpointRequest {
+                endpoint_id: f.endpoint_id,
             }
             .encode_to_vec(),
         ),

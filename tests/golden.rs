@@ -5,7 +5,9 @@
 //! (created, a wrong token, verified, revoked, expired); `snapshots/v4/` one written by
 //! version 4, with a refused comp recorded for review; `snapshots/v5/` one written by
 //! version 5, with sessions (started, refreshed, ended) and API keys (created, revoked), and
-//! a comp refused at the door for want of permission. This test decodes, verifies and folds each on every run, forever;
+//! a comp refused at the door for want of permission; `snapshots/v6/` one written by version
+//! 6, with endpoints and deliveries (delivered, failed then retried by hand, acked,
+//! dispatched at most once, failed for good). This test decodes, verifies and folds each on every run, forever;
 //! a change that breaks one breaks every log already written. A new format version adds a
 //! new directory and keeps these.
 //!
@@ -174,6 +176,40 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
         )
         .unwrap();
     }
+    for (id, e) in &state.deliveries.endpoints {
+        let s = &e.stats;
+        writeln!(
+            out,
+            "endpoint {id} {} {} status={} semantics={} delivered={} acked={} failed_attempts={} failed_permanent={} retried={}",
+            e.tenant,
+            e.config.url,
+            e.status.name(),
+            e.config.semantics.name(),
+            s.delivered,
+            s.acked,
+            s.failed_attempts,
+            s.failed_permanent,
+            s.retried_by_hand
+        )
+        .unwrap();
+    }
+    for ((endpoint, seq), d) in &state.deliveries.deliveries {
+        let attempts: Vec<String> = d
+            .attempts
+            .iter()
+            .map(|a| format!("{}@{}:{}", a.attempt, a.at_us, a.status_code))
+            .collect();
+        writeln!(
+            out,
+            "delivery {endpoint}:{seq} {}/{} state={} next_at={} attempts={}",
+            d.tenant,
+            d.account,
+            d.status.name(),
+            d.next_at_us,
+            attempts.join(",")
+        )
+        .unwrap();
+    }
     // The index keeps fingerprints; the identities come from the records.
     let keys: std::collections::BTreeSet<_> = records
         .iter()
@@ -234,6 +270,13 @@ fn fold_golden(dir: &Path) -> String {
 fn v1_golden_log_decodes_and_folds_to_its_expected_state() {
     let dir = golden_dir(1);
     let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v1/expected.txt");
+    assert_eq!(fold_golden(&dir), expected);
+}
+
+#[test]
+fn v6_golden_log_decodes_and_folds_to_its_expected_state() {
+    let dir = golden_dir(6);
+    let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("snapshots/v6/expected.txt");
     assert_eq!(fold_golden(&dir), expected);
 }
 
@@ -410,6 +453,7 @@ fn write_golden_for_the_current_version() {
         };
         assert!(h.submit(meta("comp-big"), too_large).await.is_err());
         credential_workload(&engine, &h).await;
+        delivery_workload(&engine, &h).await;
     });
     let data_dir = engine.config.data_dir.clone();
     drop(engine);
@@ -617,4 +661,109 @@ async fn credential_workload(engine: &TestEngine, h: &tally::engine::EngineHandl
         message: "p1 may not give comps: needs permission loyalty:award".into(),
     };
     assert!(h.submit(unkeyed("p1"), denied).await.is_err());
+}
+
+/// Endpoints and deliveries, for the golden log of version 6: an at-least-once endpoint with
+/// explicit acks (one delivery acked after a failed attempt, one failed for good then
+/// retried by hand), an at-most-once one (dispatched, then delivered), and one paused.
+async fn delivery_workload(engine: &TestEngine, h: &tally::engine::EngineHandle) {
+    use tally::domain::delivery::{AckMode, AttemptResult, EndpointConfig, EndpointStatus, RetrySelection, Semantics};
+    let admin = |key: &str| meta_as("t1", "admin-1", key, "");
+    let worker = || tally::domain::CommandMeta {
+        idempotency: None,
+        ..meta_as("t1", "system:deliveries", "-", "")
+    };
+    let config = |semantics, ack_mode, max_attempts| EndpointConfig {
+        url: "http://hooks.example.com/tally".into(),
+        kinds: vec!["account.opened".into()],
+        semantics,
+        max_attempts,
+        backoff_initial_ms: 1000,
+        backoff_max_ms: 30_000,
+        ack_mode,
+        ack_timeout_seconds: 60,
+        ordered: true,
+        request_timeout_ms: 10_000,
+    };
+    let register = |config, nonce: &str| Command::RegisterEndpoint {
+        config,
+        secret_kid: "k1".into(),
+        secret_nonce: nonce.into(),
+    };
+    let acked = h
+        .submit(
+            admin("ep-1"),
+            register(config(Semantics::AtLeastOnce, AckMode::Explicit, 2), "n1"),
+        )
+        .await
+        .unwrap()
+        .records[0]
+        .seq;
+    let once = h
+        .submit(
+            admin("ep-2"),
+            register(config(Semantics::AtMostOnce, AckMode::Status2xx, 1), "n2"),
+        )
+        .await
+        .unwrap()
+        .records[0]
+        .seq;
+    let mut opened = Vec::new();
+    for account in ["d1", "d2"] {
+        let open = Command::OpenAccount {
+            account: account.into(),
+        };
+        opened.push(h.submit(meta(&format!("open-{account}")), open).await.unwrap().records[0].seq);
+    }
+    let result = |status_code: u16| AttemptResult {
+        status_code,
+        latency_us: 1500,
+        error: if status_code == 200 {
+            String::new()
+        } else {
+            format!("answered HTTP {status_code}")
+        },
+    };
+    let report = |endpoint_id, event_seq, attempt, status| Command::RecordDelivery {
+        endpoint_id,
+        event_seq,
+        attempt,
+        result: result(status),
+    };
+    h.submit(worker(), report(acked, opened[0], 1, 503)).await.unwrap();
+    engine.clock.advance(2_000_000);
+    h.submit(worker(), report(acked, opened[0], 2, 200)).await.unwrap();
+    let ack = Command::AckDelivery {
+        endpoint_id: acked,
+        event_seq: opened[0],
+        receipt: "crm-77".into(),
+    };
+    h.submit(worker(), ack).await.unwrap();
+    h.submit(worker(), report(acked, opened[1], 1, 500)).await.unwrap();
+    engine.clock.advance(2_000_000);
+    h.submit(worker(), report(acked, opened[1], 2, 500)).await.unwrap();
+    let retry = Command::RetryDeliveries {
+        selection: RetrySelection::One {
+            endpoint_id: acked,
+            event_seq: opened[1],
+        },
+        reason: "receiver fixed".into(),
+    };
+    h.submit(worker(), retry).await.unwrap();
+    for seq in &opened {
+        let dispatch = Command::DispatchDelivery {
+            endpoint_id: once,
+            event_seq: *seq,
+            attempt: 1,
+        };
+        h.submit(worker(), dispatch).await.unwrap();
+    }
+    h.submit(worker(), report(once, opened[0], 1, 200)).await.unwrap();
+    h.submit(worker(), report(once, opened[1], 1, 404)).await.unwrap();
+    let pause = Command::UpdateEndpoint {
+        endpoint_id: once,
+        config: None,
+        status: EndpointStatus::Paused,
+    };
+    h.submit(worker(), pause).await.unwrap();
 }

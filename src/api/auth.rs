@@ -163,6 +163,36 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/tally.v1.Identity/CreateApiKey", Access::AnyOf(&[KeysManage])),
     ("/tally.v1.Identity/ListApiKeys", Access::AnyOf(&[KeysManage])),
     ("/tally.v1.Identity/RevokeApiKey", Access::AnyOf(&[KeysManage])),
+    (
+        "/tally.v1.Deliveries/RegisterEndpoint",
+        Access::AnyOf(&[DeliveriesManage]),
+    ),
+    (
+        "/tally.v1.Deliveries/UpdateEndpoint",
+        Access::AnyOf(&[DeliveriesManage]),
+    ),
+    ("/tally.v1.Deliveries/PauseEndpoint", Access::AnyOf(&[DeliveriesManage])),
+    (
+        "/tally.v1.Deliveries/ResumeEndpoint",
+        Access::AnyOf(&[DeliveriesManage]),
+    ),
+    (
+        "/tally.v1.Deliveries/DeleteEndpoint",
+        Access::AnyOf(&[DeliveriesManage]),
+    ),
+    ("/tally.v1.Deliveries/ListEndpoints", Access::AnyOf(&[DeliveriesRead])),
+    ("/tally.v1.Deliveries/Ack", Access::AnyOf(&[DeliveriesAck])),
+    ("/tally.v1.Deliveries/GetDelivery", Access::AnyOf(&[DeliveriesRead])),
+    ("/tally.v1.Deliveries/ListDeliveries", Access::AnyOf(&[DeliveriesRead])),
+    ("/tally.v1.Deliveries/RetryDelivery", Access::AnyOf(&[DeliveriesManage])),
+    (
+        "/tally.v1.Deliveries/RedriveDeliveries",
+        Access::AnyOf(&[DeliveriesManage]),
+    ),
+    (
+        "/tally.v1.Deliveries/GetEndpointStats",
+        Access::AnyOf(&[DeliveriesRead]),
+    ),
 ];
 
 /// The access a method needs, `None` if the table does not know it.
@@ -476,6 +506,18 @@ impl AuthSettings {
         hasher.update(b"tally api key secret v1\0");
         hasher.update(key_id.as_bytes());
         Some(format!("tk_{}", hasher.finalize().to_hex()))
+    }
+}
+
+impl AuthSettings {
+    /// An endpoint's signing secret: derived from the ring key `kid` and the endpoint's
+    /// nonce, which is all the log keeps of it. `None` if the ring no longer holds `kid`.
+    pub fn endpoint_secret(&self, kid: &str, nonce: &str) -> Option<String> {
+        let key = self.keys.get(kid)?;
+        let mut hasher = blake3::Hasher::new_keyed(&key.secret);
+        hasher.update(b"tally endpoint secret v1\0");
+        hasher.update(nonce.as_bytes());
+        Some(format!("whsec_{}", hasher.finalize().to_hex()))
     }
 }
 

@@ -302,7 +302,13 @@ pub fn batch_result(command: &Command, receipt: &Receipt) -> proto::batch_result
         | Command::EndSession { .. }
         | Command::CreateApiKey { .. }
         | Command::RevokeApiKey { .. }
-        | Command::RecordCompDenied { .. } => unreachable!("a ledger batch holds ledger commands only"),
+        | Command::RecordCompDenied { .. }
+        | Command::RegisterEndpoint { .. }
+        | Command::UpdateEndpoint { .. }
+        | Command::DispatchDelivery { .. }
+        | Command::RecordDelivery { .. }
+        | Command::AckDelivery { .. }
+        | Command::RetryDeliveries { .. } => unreachable!("a ledger batch holds ledger commands only"),
     }
 }
 
@@ -603,6 +609,53 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
         Event::ApiKeyRevoked(k) => Payload::Credential(proto::CredentialEvent {
             key_id: k.key_id.clone(),
             reason: k.reason.clone(),
+            ..Default::default()
+        }),
+        Event::EndpointRegistered(r) => Payload::Delivery(proto::DeliveryEvent {
+            endpoint_id: r.endpoint_id,
+            detail: r.config.url.clone(),
+            ..Default::default()
+        }),
+        Event::EndpointUpdated(u) => Payload::Delivery(proto::DeliveryEvent {
+            endpoint_id: u.endpoint_id,
+            detail: format!("{} {}", u.status.name(), u.config.url),
+            ..Default::default()
+        }),
+        Event::DeliveryDispatched(d) => Payload::Delivery(proto::DeliveryEvent {
+            endpoint_id: d.endpoint_id,
+            event_sequence: d.event_seq,
+            attempt: d.attempt,
+            ..Default::default()
+        }),
+        Event::DeliveryDelivered(d) => Payload::Delivery(proto::DeliveryEvent {
+            endpoint_id: d.endpoint_id,
+            event_sequence: d.event_seq,
+            attempt: d.attempt,
+            status_code: d.status_code.into(),
+            latency_us: d.latency_us,
+            next_at_us: d.ack_due_at_us,
+            ..Default::default()
+        }),
+        Event::DeliveryFailed(f) | Event::DeliveryFailedPermanently(f) => Payload::Delivery(proto::DeliveryEvent {
+            endpoint_id: f.endpoint_id,
+            event_sequence: f.event_seq,
+            attempt: f.attempt,
+            status_code: f.status_code.into(),
+            latency_us: f.latency_us,
+            error: f.error.clone(),
+            next_at_us: f.retry_at_us,
+            ..Default::default()
+        }),
+        Event::DeliveryAcked(a) => Payload::Delivery(proto::DeliveryEvent {
+            endpoint_id: a.endpoint_id,
+            event_sequence: a.event_seq,
+            detail: a.receipt.clone(),
+            ..Default::default()
+        }),
+        Event::DeliveryRetried(r) => Payload::Delivery(proto::DeliveryEvent {
+            endpoint_id: r.endpoint_id,
+            event_sequence: r.event_seq,
+            detail: r.reason.clone(),
             ..Default::default()
         }),
     };

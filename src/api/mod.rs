@@ -1,5 +1,5 @@
 //! The gRPC API: the `tally.v1.Ledger`, `tally.v1.Audit`, `tally.v1.Ingest`,
-//! `tally.v1.Links`, `tally.v1.Identity` and `tally.v1.Operations` services behind the
+//! `tally.v1.Links`, `tally.v1.Identity`, `tally.v1.Deliveries` and `tally.v1.Operations` services behind the
 //! door that authenticates and authorizes every call (`auth.rs`), standard health and reflection (v1 and v1alpha), and the one mapping from
 //! errors to status codes.
 //!
@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod caller;
 pub mod convert;
+pub mod deliveries;
 pub mod external;
 pub mod identity;
 pub mod ingest;
@@ -26,6 +27,7 @@ pub use slot::{EngineSlot, Phase};
 
 use crate::engine::{EngineHandle, Status as EngineStatus};
 use proto::audit_server::AuditServer;
+use proto::deliveries_server::DeliveriesServer;
 use proto::identity_server::IdentityServer;
 use proto::ingest_server::IngestServer;
 use proto::ledger_server::LedgerServer;
@@ -83,6 +85,7 @@ pub async fn serve_slot(
         .add_service(IngestServer::new(ingest::IngestService::new(slot.clone())))
         .add_service(LinksServer::new(links::LinksService::new(slot.clone())))
         .add_service(IdentityServer::new(identity::IdentityService::new(slot.clone())))
+        .add_service(DeliveriesServer::new(deliveries::DeliveriesService::new(slot.clone())))
         .add_service(OperationsServer::new(operations::OperationsService::new(slot)))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await

@@ -33,6 +33,7 @@ struct Inner {
     links: OnceLock<super::links::LinkSettings>,
     limiter: OnceLock<super::limits::TenantLimiter>,
     auth: OnceLock<super::auth::AuthSettings>,
+    destinations: OnceLock<crate::deliverer::Destinations>,
 }
 
 impl EngineSlot {
@@ -45,6 +46,7 @@ impl EngineSlot {
                 links: OnceLock::new(),
                 limiter: OnceLock::new(),
                 auth: OnceLock::new(),
+                destinations: OnceLock::new(),
             }),
         }
     }
@@ -85,6 +87,22 @@ impl EngineSlot {
     /// the defaults on first use (`AuthSettings::for_data_dir`).
     pub fn set_auth(&self, settings: super::auth::AuthSettings) {
         assert!(self.inner.auth.set(settings).is_ok(), "auth settings are set once");
+    }
+
+    /// Where endpoints may point; set once, before serving (none: public addresses only).
+    pub fn set_destinations(&self, destinations: crate::deliverer::Destinations) {
+        assert!(
+            self.inner.destinations.set(destinations).is_ok(),
+            "destinations are set once"
+        );
+    }
+
+    pub fn destinations(&self) -> crate::deliverer::Destinations {
+        *self
+            .inner
+            .destinations
+            .get()
+            .unwrap_or(&crate::deliverer::Destinations::PublicOnly)
     }
 
     /// Whether auth settings were set.

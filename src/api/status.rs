@@ -196,6 +196,31 @@ pub fn classify_rejection(rejection: &Rejection) -> Classified {
             [("session_id", session_id.clone())],
         ),
         ApiKeyNotFound { key_id } => with(Code::NotFound, "API_KEY_NOT_FOUND", r, [("key_id", key_id.clone())]),
+        EndpointNotFound { endpoint_id } => with(
+            Code::NotFound,
+            "ENDPOINT_NOT_FOUND",
+            r,
+            [("endpoint_id", endpoint_id.to_string())],
+        ),
+        DeliveryNotFound { endpoint_id, event_seq } => with(
+            Code::NotFound,
+            "DELIVERY_NOT_FOUND",
+            r,
+            [("delivery_id", format!("{endpoint_id}:{event_seq}"))],
+        ),
+        DeliveryNotDue {
+            endpoint_id,
+            event_seq,
+            status,
+        } => with(
+            Code::FailedPrecondition,
+            "DELIVERY_NOT_DUE",
+            r,
+            [
+                ("delivery_id", format!("{endpoint_id}:{event_seq}")),
+                ("state", status.to_string()),
+            ],
+        ),
     }
 }
 

@@ -29,10 +29,15 @@ pub enum Permission {
     /// Refresh or end one's own session.
     SessionsSelf,
     KeysManage,
+    /// Register, change, pause and delete endpoints; retry deliveries by hand.
+    DeliveriesManage,
+    DeliveriesRead,
+    /// Acknowledge deliveries (the receiving service).
+    DeliveriesAck,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 20] = [
+    pub const ALL: [Permission; 23] = [
         Permission::AccountsOpen,
         Permission::AccountsRead,
         Permission::AccountsReadOwn,
@@ -53,6 +58,9 @@ impl Permission {
         Permission::SessionsIssue,
         Permission::SessionsSelf,
         Permission::KeysManage,
+        Permission::DeliveriesManage,
+        Permission::DeliveriesRead,
+        Permission::DeliveriesAck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +86,9 @@ impl Permission {
             SessionsIssue => "sessions:issue",
             SessionsSelf => "sessions:self",
             KeysManage => "keys:manage",
+            DeliveriesManage => "deliveries:manage",
+            DeliveriesRead => "deliveries:read",
+            DeliveriesAck => "deliveries:ack",
         }
     }
 
@@ -173,6 +184,7 @@ impl Role {
                 LinksRead,
                 SessionsIssue,
                 SessionsSelf,
+                DeliveriesAck,
             ],
             Role::Auditor => &[
                 AccountsRead,
@@ -181,6 +193,7 @@ impl Role {
                 OperationsRead,
                 LinksRead,
                 SessionsSelf,
+                DeliveriesRead,
             ],
             Role::Admin => &[
                 IngestRead,
@@ -189,6 +202,8 @@ impl Role {
                 OperationsRun,
                 KeysManage,
                 SessionsSelf,
+                DeliveriesManage,
+                DeliveriesRead,
             ],
         }
     }

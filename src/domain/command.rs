@@ -129,6 +129,42 @@ pub enum Command {
         key_id: String,
         reason: String,
     },
+    /// An admin registers an endpoint; the API draws the nonce its secret is derived from.
+    RegisterEndpoint {
+        config: super::delivery::EndpointConfig,
+        secret_kid: String,
+        secret_nonce: String,
+    },
+    /// New settings (`None`: the same) and status of an endpoint.
+    UpdateEndpoint {
+        endpoint_id: u64,
+        config: Option<super::delivery::EndpointConfig>,
+        status: super::delivery::EndpointStatus,
+    },
+    /// The delivery worker is about to make an at-most-once attempt.
+    DispatchDelivery {
+        endpoint_id: u64,
+        event_seq: u64,
+        attempt: u32,
+    },
+    /// The delivery worker reports an attempt.
+    RecordDelivery {
+        endpoint_id: u64,
+        event_seq: u64,
+        attempt: u32,
+        result: super::delivery::AttemptResult,
+    },
+    /// The receiver confirms a delivery.
+    AckDelivery {
+        endpoint_id: u64,
+        event_seq: u64,
+        receipt: String,
+    },
+    /// An operator retries failed deliveries by hand.
+    RetryDeliveries {
+        selection: super::delivery::RetrySelection,
+        reason: String,
+    },
     /// A manual reward the API refused because the caller lacks the permission to give
     /// comps: recorded (`comp.refused`) for the comp review, answered PERMISSION_DENIED.
     RecordCompDenied {
@@ -190,6 +226,12 @@ impl Command {
             Command::CreateApiKey { .. } => "create_api_key",
             Command::RevokeApiKey { .. } => "revoke_api_key",
             Command::RecordCompDenied { .. } => "record_comp_denied",
+            Command::RegisterEndpoint { .. } => "register_endpoint",
+            Command::UpdateEndpoint { .. } => "update_endpoint",
+            Command::DispatchDelivery { .. } => "dispatch_delivery",
+            Command::RecordDelivery { .. } => "record_delivery",
+            Command::AckDelivery { .. } => "ack_delivery",
+            Command::RetryDeliveries { .. } => "retry_deliveries",
         }
     }
 
@@ -334,6 +376,33 @@ impl Command {
             Command::CreateApiKey { name, role, .. } => (Shape::CreateApiKey, &[text(name), text(role)]),
             Command::RevokeApiKey { key_id, reason } => (Shape::RevokeApiKey, &[text(key_id), text(reason)]),
             Command::RecordCompDenied { account, .. } => (Shape::RecordCompDenied, &[text(account)]),
+            // The nonce is the server's, drawn anew for each request.
+            Command::RegisterEndpoint { config, .. } => (
+                Shape::RegisterEndpoint,
+                &[text(&config.url), text(&format!("{config:?}"))],
+            ),
+            Command::UpdateEndpoint {
+                endpoint_id, status, ..
+            } => (Shape::UpdateEndpoint, &[*endpoint_id, *status as u64]),
+            Command::DispatchDelivery {
+                endpoint_id,
+                event_seq,
+                attempt,
+            } => (Shape::DeliveryAttempt, &[*endpoint_id, *event_seq, u64::from(*attempt)]),
+            Command::RecordDelivery {
+                endpoint_id,
+                event_seq,
+                attempt,
+                ..
+            } => (Shape::DeliveryAttempt, &[*endpoint_id, *event_seq, u64::from(*attempt)]),
+            Command::AckDelivery {
+                endpoint_id,
+                event_seq,
+                receipt,
+            } => (Shape::AckDelivery, &[*endpoint_id, *event_seq, text(receipt)]),
+            Command::RetryDeliveries { selection, reason } => {
+                (Shape::RetryDeliveries, &[text(&format!("{selection:?}")), text(reason)])
+            }
         };
         let mut print = RequestPrint {
             shape,
@@ -383,6 +452,11 @@ pub enum Shape {
     CreateApiKey,
     RevokeApiKey,
     RecordCompDenied,
+    RegisterEndpoint,
+    UpdateEndpoint,
+    DeliveryAttempt,
+    AckDelivery,
+    RetryDeliveries,
 }
 
 impl Shape {
@@ -437,6 +511,11 @@ impl Shape {
             Shape::CreateApiKey => &["name", "role"],
             Shape::RevokeApiKey => &["key_id", "reason"],
             Shape::RecordCompDenied => &["account_id"],
+            Shape::RegisterEndpoint => &["url", "endpoint"],
+            Shape::UpdateEndpoint => &["endpoint_id", "status"],
+            Shape::DeliveryAttempt => &["endpoint_id", "event_sequence", "attempt"],
+            Shape::AckDelivery => &["endpoint_id", "event_sequence", "receipt"],
+            Shape::RetryDeliveries => &["selection", "reason"],
         }
     }
 

@@ -7,7 +7,7 @@ use super::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES, MAX_TRACE_ID_BYTES};
 use super::rejection::Rejection;
 use super::state::{Account, NaturalKey, State};
 use super::tier::TierPolicy;
-use super::{account, award, hold, ingest, link, session};
+use super::{account, award, delivery, hold, ingest, link, session};
 
 /// The server's rate table for gameplay accrual.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,6 +188,33 @@ pub fn decide(
             source,
             message,
         } => award::denied(&ctx, account, source, message),
+        Command::RegisterEndpoint {
+            config,
+            secret_kid,
+            secret_nonce,
+        } => delivery::register(&ctx, config, secret_kid, secret_nonce),
+        Command::UpdateEndpoint {
+            endpoint_id,
+            config,
+            status,
+        } => delivery::update(&ctx, *endpoint_id, config.as_ref(), *status),
+        Command::DispatchDelivery {
+            endpoint_id,
+            event_seq,
+            attempt,
+        } => delivery::dispatch(&ctx, *endpoint_id, *event_seq, *attempt),
+        Command::RecordDelivery {
+            endpoint_id,
+            event_seq,
+            attempt,
+            result,
+        } => delivery::record(&ctx, *endpoint_id, *event_seq, *attempt, result),
+        Command::AckDelivery {
+            endpoint_id,
+            event_seq,
+            receipt,
+        } => delivery::ack(&ctx, *endpoint_id, *event_seq, receipt),
+        Command::RetryDeliveries { selection, reason } => delivery::retry(&ctx, selection, reason),
     }
 }
 
@@ -250,12 +277,33 @@ fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection>
                 | Command::EndSession { .. }
                 | Command::RevokeApiKey { .. }
                 | Command::RecordCompDenied { .. }
+                | Command::UpdateEndpoint { .. }
+                | Command::DispatchDelivery { .. }
+                | Command::RecordDelivery { .. }
+                | Command::AckDelivery { .. }
+                | Command::RetryDeliveries { .. }
         ) => {}
         None => return Err(Rejection::invalid("idempotency_key", "is required")),
     }
     validate_text("correlation_id", &meta.correlation_id, MAX_TRACE_ID_BYTES)?;
     validate_text("causation_id", &meta.causation_id, MAX_TRACE_ID_BYTES)?;
     Ok(())
+}
+
+/// Capped exponential backoff with equal jitter: after `failed` failures, half of
+/// `min(base · 2^(failed-1), max)` plus a draw from the other half. The draw is a hash of
+/// `label`, `subject` and `failed`, not a random number, so replaying the log gives the
+/// same times.
+pub(super) fn jittered_backoff_us(base_ms: u64, max_ms: u64, failed: u32, label: &[u8], subject: &[u8]) -> u64 {
+    let doubled = base_ms.saturating_mul(1u64.checked_shl(failed.saturating_sub(1)).unwrap_or(u64::MAX));
+    let delay_us = doubled.min(max_ms).saturating_mul(1000);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(label);
+    hasher.update(subject);
+    hasher.update(&failed.to_le_bytes());
+    let draw = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+    let half = delay_us / 2;
+    half + draw % (delay_us - half + 1)
 }
 
 /// Identifiers: 1 to `max` bytes of ASCII letters, digits and `-_.:@/`.

@@ -78,6 +78,14 @@ pub enum Event {
     SessionEnded(SessionEnded),
     ApiKeyCreated(ApiKeyCreated),
     ApiKeyRevoked(ApiKeyRevoked),
+    EndpointRegistered(EndpointRegistered),
+    EndpointUpdated(EndpointUpdated),
+    DeliveryDispatched(DeliveryDispatched),
+    DeliveryDelivered(DeliveryDelivered),
+    DeliveryFailed(DeliveryFailed),
+    DeliveryFailedPermanently(DeliveryFailed),
+    DeliveryAcked(DeliveryAcked),
+    DeliveryRetried(DeliveryRetried),
 }
 
 /// The stable numeric code of an event kind, written in each record header so that readers
@@ -110,10 +118,18 @@ pub enum EventKind {
     SessionEnded = 23,
     ApiKeyCreated = 24,
     ApiKeyRevoked = 25,
+    EndpointRegistered = 26,
+    EndpointUpdated = 27,
+    DeliveryDispatched = 28,
+    DeliveryDelivered = 29,
+    DeliveryFailed = 30,
+    DeliveryFailedPermanently = 31,
+    DeliveryAcked = 32,
+    DeliveryRetried = 33,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 33] = [
         EventKind::AccountOpened,
         EventKind::PointsAwarded,
         EventKind::HoldReserved,
@@ -139,6 +155,14 @@ impl EventKind {
         EventKind::SessionEnded,
         EventKind::ApiKeyCreated,
         EventKind::ApiKeyRevoked,
+        EventKind::EndpointRegistered,
+        EventKind::EndpointUpdated,
+        EventKind::DeliveryDispatched,
+        EventKind::DeliveryDelivered,
+        EventKind::DeliveryFailed,
+        EventKind::DeliveryFailedPermanently,
+        EventKind::DeliveryAcked,
+        EventKind::DeliveryRetried,
     ];
 
     pub fn code(self) -> u16 {
@@ -177,6 +201,14 @@ impl EventKind {
             EventKind::SessionEnded => "session.ended",
             EventKind::ApiKeyCreated => "api_key.created",
             EventKind::ApiKeyRevoked => "api_key.revoked",
+            EventKind::EndpointRegistered => "endpoint.registered",
+            EventKind::EndpointUpdated => "endpoint.updated",
+            EventKind::DeliveryDispatched => "delivery.dispatched",
+            EventKind::DeliveryDelivered => "delivery.delivered",
+            EventKind::DeliveryFailed => "delivery.failed",
+            EventKind::DeliveryFailedPermanently => "delivery.failed_permanently",
+            EventKind::DeliveryAcked => "delivery.acked",
+            EventKind::DeliveryRetried => "delivery.retried",
         }
     }
 
@@ -224,6 +256,14 @@ impl Event {
             Event::SessionEnded(_) => EventKind::SessionEnded,
             Event::ApiKeyCreated(_) => EventKind::ApiKeyCreated,
             Event::ApiKeyRevoked(_) => EventKind::ApiKeyRevoked,
+            Event::EndpointRegistered(_) => EventKind::EndpointRegistered,
+            Event::EndpointUpdated(_) => EventKind::EndpointUpdated,
+            Event::DeliveryDispatched(_) => EventKind::DeliveryDispatched,
+            Event::DeliveryDelivered(_) => EventKind::DeliveryDelivered,
+            Event::DeliveryFailed(_) => EventKind::DeliveryFailed,
+            Event::DeliveryFailedPermanently(_) => EventKind::DeliveryFailedPermanently,
+            Event::DeliveryAcked(_) => EventKind::DeliveryAcked,
+            Event::DeliveryRetried(_) => EventKind::DeliveryRetried,
         }
     }
 
@@ -249,7 +289,15 @@ impl Event {
             | Event::SessionRefreshed(_)
             | Event::SessionEnded(_)
             | Event::ApiKeyCreated(_)
-            | Event::ApiKeyRevoked(_) => None,
+            | Event::ApiKeyRevoked(_)
+            | Event::EndpointRegistered(_)
+            | Event::EndpointUpdated(_)
+            | Event::DeliveryDispatched(_)
+            | Event::DeliveryDelivered(_)
+            | Event::DeliveryFailed(_)
+            | Event::DeliveryFailedPermanently(_)
+            | Event::DeliveryAcked(_)
+            | Event::DeliveryRetried(_) => None,
             Event::PointsAwarded(e) => Some(&e.effect),
             Event::HoldReserved(e) => Some(&e.effect),
             Event::HoldCommitted(e) => Some(&e.effect),
@@ -687,6 +735,78 @@ pub struct ApiKeyCreated {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRevoked {
     pub key_id: String,
+    pub reason: String,
+}
+
+/// An endpoint of a tenant that deliveries go to; its id is this record's sequence
+/// number. The signing secret is derived from the server's key `secret_kid` and
+/// `secret_nonce`: a reference, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRegistered {
+    pub endpoint_id: u64,
+    pub config: super::delivery::EndpointConfig,
+    pub secret_kid: String,
+    pub secret_nonce: String,
+}
+
+/// New settings or status (active, paused, deleted) of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointUpdated {
+    pub endpoint_id: u64,
+    pub config: super::delivery::EndpointConfig,
+    pub status: super::delivery::EndpointStatus,
+}
+
+/// At-most-once: the one attempt is about to be made (recorded first, so a crash during it
+/// never leads to a second). The record is in the stream of the delivered event's account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryDispatched {
+    pub endpoint_id: u64,
+    /// The delivered event's sequence number.
+    pub event_seq: u64,
+    pub attempt: u32,
+}
+
+/// A 2xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryDelivered {
+    pub endpoint_id: u64,
+    pub event_seq: u64,
+    pub attempt: u32,
+    pub status_code: u16,
+    pub latency_us: u64,
+    /// Explicit-ack mode: delivered again unless acked by `ack_due_at_us`.
+    pub awaiting_ack: bool,
+    pub ack_due_at_us: u64,
+}
+
+/// An attempt that failed: retried at `retry_at_us` (`delivery.failed`), or the last one
+/// (`delivery.failed_permanently`, `retry_at_us` 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryFailed {
+    pub endpoint_id: u64,
+    pub event_seq: u64,
+    pub attempt: u32,
+    /// 0: no HTTP answer.
+    pub status_code: u16,
+    pub latency_us: u64,
+    pub error: String,
+    pub retry_at_us: u64,
+}
+
+/// The receiver confirmed a delivery (`Ack`), with what it chose to say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAcked {
+    pub endpoint_id: u64,
+    pub event_seq: u64,
+    pub receipt: String,
+}
+
+/// An operator retried a failed delivery by hand: a new round of attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRetried {
+    pub endpoint_id: u64,
+    pub event_seq: u64,
     pub reason: String,
 }
 

@@ -175,7 +175,17 @@ pub fn evolve(state: &mut State, record: &Record) {
         | Event::SessionEnded(_)
         | Event::ApiKeyCreated(_)
         | Event::ApiKeyRevoked(_) => state.credentials.apply(record),
+        // Folded below, with the deliveries every record may start.
+        Event::EndpointRegistered(_)
+        | Event::EndpointUpdated(_)
+        | Event::DeliveryDispatched(_)
+        | Event::DeliveryDelivered(_)
+        | Event::DeliveryFailed(_)
+        | Event::DeliveryFailedPermanently(_)
+        | Event::DeliveryAcked(_)
+        | Event::DeliveryRetried(_) => {}
     }
+    state.deliveries.apply(record);
     remember_identity(state, record);
     state.head_seq = record.seq;
     state.head_ts_us = record.ts_us;
@@ -698,6 +708,26 @@ pub fn request_of(record: &Record) -> Option<Command> {
             key_id: r.key_id.clone(),
             reason: r.reason.clone(),
         },
+        Event::EndpointRegistered(r) => Command::RegisterEndpoint {
+            config: r.config.clone(),
+            secret_kid: r.secret_kid.clone(),
+            secret_nonce: r.secret_nonce.clone(),
+        },
+        Event::EndpointUpdated(u) => Command::UpdateEndpoint {
+            endpoint_id: u.endpoint_id,
+            config: Some(u.config.clone()),
+            status: u.status,
+        },
+        Event::DeliveryAcked(a) => Command::AckDelivery {
+            endpoint_id: a.endpoint_id,
+            event_seq: a.event_seq,
+            receipt: a.receipt.clone(),
+        },
+        Event::DeliveryDispatched(_)
+        | Event::DeliveryDelivered(_)
+        | Event::DeliveryFailed(_)
+        | Event::DeliveryFailedPermanently(_)
+        | Event::DeliveryRetried(_) => return None,
         Event::HoldExpired(_)
         | Event::TierChanged(_)
         | Event::PointsReversed(_)

@@ -429,17 +429,13 @@ fn park(ctx: &Ctx<'_>, receipt: &Receipt, receipt_seq: u64, member: &AccountKey)
 /// retry together. The draw hashes the receipt and attempt: pure, and the same on replay.
 fn backoff_us(ctx: &Ctx<'_>, receipt_seq: u64, failed: u32) -> u64 {
     let policy = &ctx.policy.ingest;
-    let doubled = policy
-        .retry_base_delay_ms
-        .saturating_mul(1u64.checked_shl(failed.saturating_sub(1)).unwrap_or(u64::MAX));
-    let delay_us = doubled.min(policy.retry_max_delay_ms).saturating_mul(1000);
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"retry-jitter");
-    hasher.update(&receipt_seq.to_le_bytes());
-    hasher.update(&failed.to_le_bytes());
-    let draw = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
-    let half = delay_us / 2;
-    half + draw % (delay_us - half + 1)
+    super::decide::jittered_backoff_us(
+        policy.retry_base_delay_ms,
+        policy.retry_max_delay_ms,
+        failed,
+        b"retry-jitter",
+        &receipt_seq.to_le_bytes(),
+    )
 }
 
 /// Maps the external event to the ledger operation it stands for and decides it.

@@ -102,3 +102,33 @@ pub const SESSION_TTL_MAX_SECONDS: u32 = 86_400;
 
 /// Longest API key name in bytes: a label for people reading `tally keys list`.
 pub const API_KEY_NAME_MAX_CHARS: usize = 100;
+
+/// Longest endpoint URL: what common servers and proxies accept in a request line.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// Most attempts an endpoint may ask for per round: with backoff capped at the maximum, 20
+/// attempts span hours, after which an operator should look.
+pub const DELIVERY_MAX_ATTEMPTS_MAX: u32 = 20;
+
+/// Longest backoff between two attempts an endpoint may ask for: an hour.
+pub const DELIVERY_BACKOFF_MAX_MS_MAX: u64 = 3_600_000;
+
+/// Longest time a receiver may take to ack: a day.
+pub const DELIVERY_ACK_TIMEOUT_MAX_SECONDS: u32 = 86_400;
+
+/// Longest request timeout: a minute; a receiver slower than that should answer 202 and
+/// ack later.
+pub const DELIVERY_REQUEST_TIMEOUT_MAX_MS: u32 = 60_000;
+
+/// Latencies kept per endpoint for its statistics (average and p99 over these).
+pub const DELIVERY_LATENCY_SAMPLES: usize = 1024;
+
+/// Attempts kept per delivery in memory (the log has all of them).
+pub const DELIVERY_ATTEMPTS_KEPT: usize = 32;
+
+/// Finished (delivered or acked) deliveries kept per endpoint in memory, for listing; older
+/// ones are in the log only. Bounds the state: about 100 bytes each.
+pub const DELIVERIES_KEPT_PER_ENDPOINT: usize = 10_000;
+
+/// Deliveries one re-drive retries at most; ask again for more.
+pub const DELIVERY_REDRIVE_MAX: usize = 1_000;

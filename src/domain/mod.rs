@@ -9,6 +9,7 @@ mod account;
 mod award;
 pub mod command;
 mod decide;
+pub mod delivery;
 pub mod event;
 mod evolve;
 mod hold;

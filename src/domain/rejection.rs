@@ -97,6 +97,20 @@ pub enum Rejection {
     /// No API key with that id in the caller's tenant.
     #[error("API key {key_id:?} not found")]
     ApiKeyNotFound { key_id: String },
+    /// No endpoint with that id in the caller's tenant (or it was deleted).
+    #[error("endpoint {endpoint_id} not found")]
+    EndpointNotFound { endpoint_id: u64 },
+    /// No delivery of that event to that endpoint (or it is no longer kept in memory).
+    #[error("no delivery of event {event_seq} to endpoint {endpoint_id}")]
+    DeliveryNotFound { endpoint_id: u64, event_seq: u64 },
+    /// The delivery is not in a state for this (an attempt reported twice, an ack after it
+    /// failed for good, a retry of a pending one).
+    #[error("delivery of event {event_seq} to endpoint {endpoint_id} is {status}")]
+    DeliveryNotDue {
+        endpoint_id: u64,
+        event_seq: u64,
+        status: &'static str,
+    },
 }
 
 impl Rejection {
@@ -129,6 +143,9 @@ impl Rejection {
             SessionNotFound { .. } => "session_not_found",
             SessionNotActive { .. } => "session_not_active",
             ApiKeyNotFound { .. } => "api_key_not_found",
+            EndpointNotFound { .. } => "endpoint_not_found",
+            DeliveryNotFound { .. } => "delivery_not_found",
+            DeliveryNotDue { .. } => "delivery_not_due",
         }
     }
 

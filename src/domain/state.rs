@@ -188,6 +188,8 @@ pub struct State {
     pub links: LinkState,
     /// Sessions and API keys.
     pub credentials: super::session::Credentials,
+    /// Endpoints and their deliveries.
+    pub deliveries: super::delivery::DeliveryState,
 }
 
 /// Every link, the active one of each external account, and the pending ones by deadline.

@@ -36,7 +36,7 @@ pub const DEAD_LETTER_DEPTH: &str = "tally_dead_letter_depth";
 pub const INGEST_RETRYING: &str = "tally_ingest_retrying";
 
 /// Command kinds, in the order of [`kind_index`].
-pub const KINDS: [&str; 20] = [
+pub const KINDS: [&str; 26] = [
     "open_account",
     "award",
     "reserve",
@@ -57,6 +57,12 @@ pub const KINDS: [&str; 20] = [
     "create_api_key",
     "revoke_api_key",
     "record_comp_denied",
+    "register_endpoint",
+    "update_endpoint",
+    "dispatch_delivery",
+    "record_delivery",
+    "ack_delivery",
+    "retry_deliveries",
 ];
 /// Pipeline events, in the order of [`pipeline_index`].
 pub const PIPELINE_EVENTS: [&str; 6] = [
@@ -133,6 +139,12 @@ pub(crate) fn kind_index(command: &Command) -> usize {
         Command::CreateApiKey { .. } => 17,
         Command::RevokeApiKey { .. } => 18,
         Command::RecordCompDenied { .. } => 19,
+        Command::RegisterEndpoint { .. } => 20,
+        Command::UpdateEndpoint { .. } => 21,
+        Command::DispatchDelivery { .. } => 22,
+        Command::RecordDelivery { .. } => 23,
+        Command::AckDelivery { .. } => 24,
+        Command::RetryDeliveries { .. } => 25,
     }
 }
 

@@ -168,6 +168,8 @@ pub(crate) enum Query {
         tenant: String,
         account: String,
     },
+    /// Runs a read of the committed state; the closure sends its own answer.
+    Inspect(Box<dyn FnOnce(&State) + Send>),
 }
 
 pub(crate) enum Answer {
@@ -179,6 +181,8 @@ pub(crate) enum Answer {
     RedrivePlan(Vec<u64>),
     Link(Option<crate::domain::state::Link>),
     Links(Vec<(u64, crate::domain::state::Link)>),
+    /// The closure of an `Inspect` answered through its own channel.
+    Inspected,
 }
 
 pub(crate) enum Msg {
@@ -514,6 +518,27 @@ impl EngineHandle {
         self.credentials
             .read()
             .expect("the sequencer never panics holding the credentials")
+    }
+
+    /// Reads the committed state with `read`, on the sequencer's thread right after a group
+    /// commit (so it sees every acknowledged command): for reads that are small and quick.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&State) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let query = Query::Inspect(Box::new(move |state: &State| {
+            let _ = reply.send(read(state));
+        }));
+        self.read(query).await?;
+        answer.await.map_err(|_| self.unavailable())
+    }
+
+    /// The deliveries due now, at most `limit`, oldest event first (see
+    /// [`crate::domain::delivery::DeliveryState::due`]).
+    pub async fn deliveries_due(&self, limit: usize) -> Result<Vec<(u64, u64)>, EngineError> {
+        let now_us = self.now_us();
+        self.inspect(move |state| state.deliveries.due(now_us, limit)).await
     }
 
     /// The time the sequencer would stamp now (log time), in µs since the epoch.

@@ -243,5 +243,9 @@ fn answer(state: &State, query: Query) -> Answer {
             links.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
             Answer::Links(links)
         }
+        Query::Inspect(read) => {
+            read(state);
+            Answer::Inspected
+        }
     }
 }

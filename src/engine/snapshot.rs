@@ -4,13 +4,13 @@
 //! at its sequence number, the state is folded from the log instead.
 //!
 //! ```text
-//! "TALLYWSS" | u32 version (7) | u64 seq | [32] chain hash at seq | MessagePack of the state
+//! "TALLYWSS" | u32 version (8) | u64 seq | [32] chain hash at seq | MessagePack of the state
 //! ```
 //!
 //! Version 2 kept the idempotency index as fingerprints and request prints; version 3 added
 //! the ingest pipeline's state, version 4 the links, version 5 each tenant's queue depth,
 //! version 6 drops the all-tenant letter count (the sum of those depths), version 7 adds
-//! sessions and API keys. A file of another version is set aside and the log folded
+//! sessions and API keys, version 8 endpoints and deliveries. A file of another version is set aside and the log folded
 //! (it is only a cache).
 //!
 //! Written to a temporary file, synced, then renamed over the old one: a crash leaves the
@@ -22,7 +22,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TALLYWSS";
-const VERSION: u32 = 7;
+const VERSION: u32 = 8;
 
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("state.snapshot")

@@ -292,6 +292,13 @@ fn encode_payload(buf: &mut Vec<u8>, event: &Event) {
         Event::SessionEnded(e) => rmp_serde::encode::write(buf, e),
         Event::ApiKeyCreated(e) => rmp_serde::encode::write(buf, e),
         Event::ApiKeyRevoked(e) => rmp_serde::encode::write(buf, e),
+        Event::EndpointRegistered(e) => rmp_serde::encode::write(buf, e),
+        Event::EndpointUpdated(e) => rmp_serde::encode::write(buf, e),
+        Event::DeliveryDispatched(e) => rmp_serde::encode::write(buf, e),
+        Event::DeliveryDelivered(e) => rmp_serde::encode::write(buf, e),
+        Event::DeliveryFailed(e) | Event::DeliveryFailedPermanently(e) => rmp_serde::encode::write(buf, e),
+        Event::DeliveryAcked(e) => rmp_serde::encode::write(buf, e),
+        Event::DeliveryRetried(e) => rmp_serde::encode::write(buf, e),
     };
     result.expect("encoding plain structs into a Vec cannot fail");
 }
@@ -325,6 +332,16 @@ fn decode_payload(kind: u16, payload: &[u8]) -> Result<Event, String> {
         EventKind::SessionEnded => Event::SessionEnded(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::ApiKeyCreated => Event::ApiKeyCreated(rmp_serde::from_slice(payload).map_err(err)?),
         EventKind::ApiKeyRevoked => Event::ApiKeyRevoked(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::EndpointRegistered => Event::EndpointRegistered(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::EndpointUpdated => Event::EndpointUpdated(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::DeliveryDispatched => Event::DeliveryDispatched(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::DeliveryDelivered => Event::DeliveryDelivered(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::DeliveryFailed => Event::DeliveryFailed(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::DeliveryFailedPermanently => {
+            Event::DeliveryFailedPermanently(rmp_serde::from_slice(payload).map_err(err)?)
+        }
+        EventKind::DeliveryAcked => Event::DeliveryAcked(rmp_serde::from_slice(payload).map_err(err)?),
+        EventKind::DeliveryRetried => Event::DeliveryRetried(rmp_serde::from_slice(payload).map_err(err)?),
     })
 }
 

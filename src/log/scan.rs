@@ -19,11 +19,11 @@ pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"TALLYSEG";
 /// The log format version this build writes and reads.
 /// Version 2 added the event kinds of the ingest pipeline (8 to 14), version 3 those of
 /// account links (15 to 19), version 4 the refused comp (20), version 5 sessions and API keys
-/// (21 to 25); the byte layout is that of version 1, so older segments are
+/// (21 to 25), version 6 endpoints and deliveries (26 to 33); the byte layout is that of version 1, so older segments are
 /// read as they are, and a log may hold several versions (segments written before and
 /// after an upgrade). An older build refuses a newer segment instead of failing on a kind
 /// it does not know.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// The oldest segment format version this build reads.
 pub const OLDEST_READ_VERSION: u32 = 1;

@@ -175,6 +175,40 @@ impl HistoryView {
             Event::SessionEnded(s) => (format!("session {} ended: {}", s.session_id, s.reason), 0),
             Event::ApiKeyCreated(k) => (format!("API key {} ({}) created as {}", k.key_id, k.name, k.role), 0),
             Event::ApiKeyRevoked(k) => (format!("API key {} revoked: {}", k.key_id, k.reason), 0),
+            Event::EndpointRegistered(r) => (format!("endpoint {} registered: {}", r.endpoint_id, r.config.url), 0),
+            Event::EndpointUpdated(u) => (
+                format!("endpoint {} {}: {}", u.endpoint_id, u.status.name(), u.config.url),
+                0,
+            ),
+            Event::DeliveryDispatched(d) => (
+                format!(
+                    "delivery {}:{} attempt {} dispatched",
+                    d.endpoint_id, d.event_seq, d.attempt
+                ),
+                0,
+            ),
+            Event::DeliveryDelivered(d) => (
+                format!(
+                    "delivery {}:{} delivered ({}, attempt {})",
+                    d.endpoint_id, d.event_seq, d.status_code, d.attempt
+                ),
+                0,
+            ),
+            Event::DeliveryFailed(f) | Event::DeliveryFailedPermanently(f) => (
+                format!(
+                    "delivery {}:{} attempt {} failed: {}",
+                    f.endpoint_id, f.event_seq, f.attempt, f.error
+                ),
+                0,
+            ),
+            Event::DeliveryAcked(a) => (
+                format!("delivery {}:{} acked: {}", a.endpoint_id, a.event_seq, a.receipt),
+                0,
+            ),
+            Event::DeliveryRetried(r) => (
+                format!("delivery {}:{} retried: {}", r.endpoint_id, r.event_seq, r.reason),
+                0,
+            ),
         };
         let envelope = &record.envelope;
         Some(HistoryView {

@@ -52,6 +52,13 @@ pub fn to_json_line(record: &Record) -> String {
         Event::SessionEnded(body) => serde_json::to_value(body),
         Event::ApiKeyCreated(body) => serde_json::to_value(body),
         Event::ApiKeyRevoked(body) => serde_json::to_value(body),
+        Event::EndpointRegistered(body) => serde_json::to_value(body),
+        Event::EndpointUpdated(body) => serde_json::to_value(body),
+        Event::DeliveryDispatched(body) => serde_json::to_value(body),
+        Event::DeliveryDelivered(body) => serde_json::to_value(body),
+        Event::DeliveryFailed(body) | Event::DeliveryFailedPermanently(body) => serde_json::to_value(body),
+        Event::DeliveryAcked(body) => serde_json::to_value(body),
+        Event::DeliveryRetried(body) => serde_json::to_value(body),
     }
     .expect("event bodies are plain data");
     let line = Line {

@@ -1,0 +1,456 @@
+//! The delivery worker: a client of the engine, like the sweeper. Each pulse asks the
+//! sequencer which deliveries are due, POSTs each event to its endpoint, and records every
+//! outcome as a command, so that what was delivered, what failed and when it is tried
+//! again is in the log. It keeps nothing of its own but the attempts under way: after a
+//! restart the fold of the log says what is still to send.
+//!
+//! Each request: `POST` of the event as one JSON object (the line `tally replay` prints)
+//! with `Content-Type: application/json`, `Tally-Event-Id`, `Tally-Event-Kind`,
+//! `Tally-Delivery-Id` (`<endpoint>:<event sequence>`), `Tally-Attempt`,
+//! `Tally-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`, and for
+//! exactly-once endpoints `Idempotency-Key` (the delivery id, the same on every attempt).
+
+use crate::api::auth::{hmac, AuthSettings};
+use crate::domain::delivery::{AttemptResult, DeliveryStatus, EndpointConfig, Semantics};
+use crate::domain::{Command, CommandMeta};
+use crate::engine::{EngineError, EngineHandle};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Requests under way at once, across endpoints: enough to keep many slow receivers busy
+/// without one process opening thousands of connections.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// The actor of the worker's commands.
+pub const DELIVERY_ACTOR: &str = "system:deliveries";
+
+/// Bytes of a receiver's answer read at most: only its status matters.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Where deliveries may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destinations {
+    /// Only public addresses: a tenant cannot aim the server at internal services.
+    PublicOnly,
+    /// Private, loopback and link-local addresses too (tests, private deployments).
+    AnyAddress,
+}
+
+/// One delivery to make.
+struct Job {
+    endpoint_id: u64,
+    event_seq: u64,
+    attempt: u32,
+    /// Answered on its last attempt but never acknowledged: to be recorded as failed for
+    /// good, not sent again.
+    ack_expired: bool,
+    tenant: String,
+    config: EndpointConfig,
+    secret_kid: String,
+    secret_nonce: String,
+}
+
+pub struct Deliverer {
+    engine: EngineHandle,
+    auth: AuthSettings,
+    destinations: Destinations,
+    in_flight: Arc<Mutex<HashSet<(u64, u64)>>>,
+}
+
+impl Deliverer {
+    pub fn new(engine: EngineHandle, auth: AuthSettings, destinations: Destinations) -> Self {
+        Self {
+            engine,
+            auth,
+            destinations,
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Pulses every `interval` until `stop` is set. At start, at-most-once attempts that a
+    /// stop interrupted are recorded as failed for good: they are never made twice.
+    pub async fn run(self, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if let Err(error) = self.settle_interrupted().await {
+            tracing::warn!(%error, "cannot settle interrupted deliveries yet");
+        }
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            match self.pulse().await {
+                Ok(_) => {}
+                Err(EngineError::Busy) => {}
+                Err(error) => tracing::debug!(%error, "delivery pulse"),
+            }
+        }
+    }
+
+    /// At-most-once attempts recorded as dispatched whose outcome never was (the process
+    /// stopped during them): failed for good, never retried.
+    pub async fn settle_interrupted(&self) -> Result<usize, EngineError> {
+        let interrupted: Vec<(u64, u64, u32, String)> = self
+            .engine
+            .inspect(|state| {
+                state
+                    .deliveries
+                    .deliveries
+                    .iter()
+                    .filter(|(_, d)| d.status == DeliveryStatus::Delivering)
+                    .map(|(&(e, s), d)| (e, s, d.attempts.last().map_or(1, |a| a.attempt), d.tenant.clone()))
+                    .collect()
+            })
+            .await?;
+        let commands: Vec<_> = interrupted
+            .into_iter()
+            .filter(|(e, s, _, _)| !self.in_flight.lock().expect("in-flight lock").contains(&(*e, *s)))
+            .map(|(endpoint_id, event_seq, attempt, tenant)| {
+                let result = AttemptResult {
+                    status_code: 0,
+                    latency_us: 0,
+                    error: "outcome unknown: the server stopped during the attempt".into(),
+                };
+                (
+                    meta(&tenant),
+                    Command::RecordDelivery {
+                        endpoint_id,
+                        event_seq,
+                        attempt,
+                        result,
+                    },
+                )
+            })
+            .collect();
+        let count = commands.len();
+        if count > 0 {
+            self.engine.submit_batch(commands).await?;
+        }
+        Ok(count)
+    }
+
+    /// Sends what is due now and records the outcomes; answers how many attempts it made.
+    /// Waits for its own attempts, so that a test can pulse and then look.
+    pub async fn pulse(&self) -> Result<usize, EngineError> {
+        let busy = self.in_flight.lock().expect("in-flight lock").len();
+        let room = MAX_IN_FLIGHT.saturating_sub(busy);
+        if room == 0 {
+            return Ok(0);
+        }
+        let due = self.engine.deliveries_due(room + busy).await?;
+        let jobs = self.jobs(due).await?;
+        let mut attempts = Vec::new();
+        let mut expired = Vec::new();
+        for job in jobs {
+            if job.ack_expired {
+                let result = AttemptResult {
+                    status_code: 0,
+                    latency_us: 0,
+                    error: "not acknowledged".into(),
+                };
+                expired.push((job, result));
+                continue;
+            }
+            let key = (job.endpoint_id, job.event_seq);
+            if !self.in_flight.lock().expect("in-flight lock").insert(key) {
+                continue;
+            }
+            if job.config.semantics == Semantics::AtMostOnce && !self.dispatch(&job).await? {
+                self.in_flight.lock().expect("in-flight lock").remove(&key);
+                continue;
+            }
+            attempts.push(self.attempt(job));
+        }
+        let made = attempts.len();
+        let mut outcomes = futures_join(attempts).await;
+        outcomes.extend(expired);
+        let commands: Vec<_> = outcomes
+            .into_iter()
+            .map(|(job, result)| {
+                (
+                    meta(&job.tenant),
+                    Command::RecordDelivery {
+                        endpoint_id: job.endpoint_id,
+                        event_seq: job.event_seq,
+                        attempt: job.attempt,
+                        result,
+                    },
+                )
+            })
+            .collect();
+        let keys: Vec<_> = commands
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Command::RecordDelivery {
+                    endpoint_id, event_seq, ..
+                } => Some((*endpoint_id, *event_seq)),
+                _ => None,
+            })
+            .collect();
+        let recorded = if commands.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.engine.submit_batch(commands).await
+        };
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        for key in keys {
+            in_flight.remove(&key);
+        }
+        drop(in_flight);
+        for outcome in recorded? {
+            if let Err(rejection) = outcome {
+                // Acked meanwhile, or the endpoint deleted: nothing to record.
+                tracing::debug!(%rejection, "a delivery's outcome was not recorded");
+            }
+        }
+        Ok(made)
+    }
+
+    /// What the state says of each due delivery.
+    async fn jobs(&self, due: Vec<(u64, u64)>) -> Result<Vec<Job>, EngineError> {
+        self.engine
+            .inspect(move |state| {
+                due.into_iter()
+                    .filter_map(|(endpoint_id, event_seq)| {
+                        let endpoint = state.deliveries.endpoints.get(&endpoint_id)?;
+                        let delivery = state.deliveries.deliveries.get(&(endpoint_id, event_seq))?;
+                        let last = delivery.attempts.last().map_or(0, |a| a.attempt);
+                        let exhausted = delivery.status == DeliveryStatus::AwaitingAck
+                            && delivery.round_attempts >= endpoint.config.max_attempts;
+                        Some(Job {
+                            endpoint_id,
+                            event_seq,
+                            // The last attempt's ack window passed: reported, not repeated.
+                            attempt: if exhausted { last } else { last + 1 },
+                            ack_expired: exhausted,
+                            tenant: endpoint.tenant.clone(),
+                            config: endpoint.config.clone(),
+                            secret_kid: endpoint.secret_kid.clone(),
+                            secret_nonce: endpoint.secret_nonce.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Records an at-most-once attempt before it is made; `false` if it may not be made.
+    async fn dispatch(&self, job: &Job) -> Result<bool, EngineError> {
+        let command = Command::DispatchDelivery {
+            endpoint_id: job.endpoint_id,
+            event_seq: job.event_seq,
+            attempt: job.attempt,
+        };
+        match self.engine.submit(meta(&job.tenant), command).await {
+            Ok(_) => Ok(true),
+            Err(EngineError::Rejected(_)) => Ok(false),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Makes one attempt (on a task of its own, so that attempts overlap).
+    fn attempt(&self, job: Job) -> tokio::task::JoinHandle<(Job, AttemptResult)> {
+        let engine = self.engine.clone();
+        let secret = self.auth.endpoint_secret(&job.secret_kid, &job.secret_nonce);
+        let destinations = self.destinations;
+        tokio::spawn(async move {
+            let result = match secret {
+                None => AttemptResult {
+                    status_code: 0,
+                    latency_us: 0,
+                    error: format!(
+                        "the server no longer holds key {:?}, which the endpoint's secret comes from",
+                        job.secret_kid
+                    ),
+                },
+                Some(secret) => send(&engine, &job, &secret, destinations).await,
+            };
+            (job, result)
+        })
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<(Job, AttemptResult)>>) -> Vec<(Job, AttemptResult)> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        match handle.await {
+            Ok(done) => out.push(done),
+            Err(error) => tracing::error!(%error, "a delivery attempt panicked"),
+        }
+    }
+    out
+}
+
+fn meta(tenant: &str) -> CommandMeta {
+    CommandMeta {
+        tenant: tenant.to_string(),
+        actor: DELIVERY_ACTOR.into(),
+        ..CommandMeta::default()
+    }
+}
+
+/// One POST of the event, timed; never an error, always an outcome to record.
+async fn send(engine: &EngineHandle, job: &Job, secret: &str, destinations: Destinations) -> AttemptResult {
+    let failed = |error: String, latency_us: u64| AttemptResult {
+        status_code: 0,
+        latency_us,
+        error,
+    };
+    let record = match engine.reader().iter_range(job.event_seq, job.event_seq).next() {
+        Some(Ok(record)) => record,
+        Some(Err(error)) => return failed(format!("cannot read event {}: {error}", job.event_seq), 0),
+        None => return failed(format!("event {} is not in the log", job.event_seq), 0),
+    };
+    let body = crate::query::json::to_json_line(&record);
+    let timestamp = (engine.now_us() / 1_000_000).to_string();
+    let signature = crate::query::json::hex(&hmac(secret.as_bytes(), format!("{timestamp}.{body}").as_bytes()));
+    let delivery_id = format!("{}:{}", job.endpoint_id, job.event_seq);
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("tally-event-id", record.envelope.event_id.to_string()),
+        ("tally-event-kind", record.event.kind().name().to_string()),
+        ("tally-delivery-id", delivery_id.clone()),
+        ("tally-attempt", job.attempt.to_string()),
+        ("tally-signature", format!("t={timestamp},v1={signature}")),
+    ];
+    if job.config.semantics == Semantics::ExactlyOnce {
+        headers.push(("idempotency-key", delivery_id));
+    }
+    let started = Instant::now();
+    let timeout = Duration::from_millis(job.config.request_timeout_ms.into());
+    let outcome = tokio::time::timeout(timeout, post(&job.config.url, headers, body, destinations)).await;
+    let latency_us = started.elapsed().as_micros() as u64;
+    match outcome {
+        Err(_) => failed(
+            format!("no answer within {} ms", job.config.request_timeout_ms),
+            latency_us,
+        ),
+        Ok(Err(error)) => failed(error, latency_us),
+        Ok(Ok(status)) => AttemptResult {
+            status_code: status,
+            latency_us,
+            error: if (200..300).contains(&status) {
+                String::new()
+            } else {
+                format!("answered HTTP {status}")
+            },
+        },
+    }
+}
+
+/// The URL's parts: host, port, path and query.
+fn parse_url(url: &str) -> Result<(String, u16, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{url}: only http:// endpoints are delivered to by this build (terminate TLS in a proxy)"
+        ));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
+    Ok((
+        host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port,
+        path,
+    ))
+}
+
+/// The endpoint's URL may be delivered to: http, and (unless any address is allowed) a
+/// host whose every address is public. The API checks this at registration; the worker
+/// again before each connection (the DNS may have changed).
+pub async fn check_destination(url: &str, destinations: Destinations) -> Result<SocketAddr, String> {
+    let (host, port, _) = parse_url(url)?;
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let first = *addresses.first().ok_or_else(|| format!("{host} has no address"))?;
+    if destinations == Destinations::PublicOnly {
+        if let Some(private) = addresses.iter().find(|a| !is_public(a.ip())) {
+            return Err(format!(
+                "{host} resolves to {}, a private, loopback or reserved address (deliveries.allow_private_networks is off)",
+                private.ip()
+            ));
+        }
+    }
+    Ok(first)
+}
+
+/// Not private, loopback, link-local, shared (CGNAT), documentation, multicast or otherwise
+/// reserved.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// One HTTP/1.1 POST; the answer's status code.
+async fn post(
+    url: &str,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    destinations: Destinations,
+) -> Result<u16, String> {
+    use http_body_util::BodyExt;
+    let (host, port, path) = parse_url(url)?;
+    let address = check_destination(url, destinations).await?;
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {address}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let authority = if port == 80 { host } else { format!("{host}:{port}") };
+    let mut request = http::Request::post(path).header(http::header::HOST, authority);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request to {address}: {e}"))?;
+    let status = response.status().as_u16();
+    // Read (a bounded part of) the answer so that the receiver's write completes.
+    let _ = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await;
+    Ok(status)
+}
