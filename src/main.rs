@@ -91,6 +91,13 @@ enum Cmd {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Webhook endpoints and their deliveries on a running server (admin; docs/DELIVERIES.md).
+    Deliveries {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// Who changed what, when and why (reads the log only; safe beside a running server).
     Audit {
         data_dir: PathBuf,
@@ -212,6 +219,84 @@ enum TokenCommand {
         /// The server's key ring file.
         #[arg(long, env = "TALLY_AUTH_KEYS_FILE", default_value = "tally-data/auth.keys")]
         keys: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// The tenant's endpoints.
+    Endpoints,
+    /// Register an endpoint; prints its id and signing secret (shown once).
+    Register {
+        #[arg(long)]
+        url: String,
+        /// Event kinds, comma-separated (points.awarded,hold.committed,…); none: all.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// at-most-once, at-least-once or exactly-once.
+        #[arg(long, default_value = "at-least-once")]
+        semantics: String,
+        /// Wait for the receiver's Ack (exactly-once always does).
+        #[arg(long)]
+        explicit_ack: bool,
+        /// Per account, one delivery at a time, in order.
+        #[arg(long)]
+        ordered: bool,
+        #[arg(long, default_value_t = 0)]
+        max_attempts: u32,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// An endpoint's deliveries, oldest event first.
+    List {
+        #[arg(long)]
+        endpoint: u64,
+        /// pending, failed, awaiting_ack, delivered, acked, failed_permanent, delivering.
+        #[arg(long)]
+        state: Option<String>,
+        /// Events at or after (RFC 3339 UTC or µs since the epoch).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One delivery and its attempts (id: <endpoint>:<event sequence>).
+    Show { delivery_id: String },
+    /// A new round of attempts for a failed delivery.
+    Retry {
+        delivery_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Retry every permanently failed delivery of an endpoint whose event is in a window.
+    Redrive {
+        #[arg(long)]
+        endpoint: u64,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Delivered, failed, success rate, latency, pending.
+    Stats {
+        #[arg(long)]
+        endpoint: u64,
+    },
+    Pause {
+        #[arg(long)]
+        endpoint: u64,
+    },
+    Resume {
+        #[arg(long)]
+        endpoint: u64,
+    },
+    Delete {
+        #[arg(long)]
+        endpoint: u64,
     },
 }
 
@@ -560,6 +645,7 @@ fn main() -> ExitCode {
                 },
         } => issue_token(&tenant, &subject, &roles, ttl_seconds, &keys),
         Cmd::Keys { target, command } => client::keys(target, command),
+        Cmd::Deliveries { target, command } => client::deliveries(target, command),
         Cmd::Rebuild {
             data_dir,
             projection,
@@ -1373,7 +1459,7 @@ mod offline {
 
 /// `tally ingest` and `tally dlq`: clients of a running server.
 mod client {
-    use super::{DlqCommand, KeysCommand, LetterFilterArgs, TargetArgs};
+    use super::{DeliveriesCommand, DlqCommand, KeysCommand, LetterFilterArgs, TargetArgs};
     use std::path::Path;
     use std::process::ExitCode;
     use tally::api::proto;
@@ -1521,6 +1607,233 @@ mod client {
                     .map_err(failed)?
                     .into_inner();
                 println!("{}", show(&key));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn deliveries(args: TargetArgs, command: DeliveriesCommand) -> ExitCode {
+        let target = match target(args, Role::Admin) {
+            Ok(target) => target,
+            Err(code) => return code,
+        };
+        match runtime().block_on(deliveries_run(target, command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tally deliveries: {e}");
+                ExitCode::from(1)
+            }
+        }
+    }
+
+    fn show_delivery(d: &proto::DeliveryInfo) {
+        let next = match d.next_attempt_at_us {
+            0 => String::new(),
+            at => format!("  next {}", time::format_rfc3339(at)),
+        };
+        println!(
+            "{}  {:<16} {:<16} account {}  event {}{}",
+            d.delivery_id,
+            d.state,
+            d.event_kind,
+            d.account_id,
+            time::format_rfc3339(d.event_timestamp_us),
+            next
+        );
+    }
+
+    async fn deliveries_run(target: Target, command: DeliveriesCommand) -> Result<(), String> {
+        use proto::deliveries_client::DeliveriesClient;
+        let channel = tonic::transport::Endpoint::from_shared(target.url.clone())
+            .map_err(|e| format!("{}: not a server URL: {e}", target.url))?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", target.url))?;
+        let mut client = DeliveriesClient::new(channel);
+        let failed = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+        let endpoint_line = |e: &proto::Endpoint| {
+            let s = e.settings.clone().unwrap_or_default();
+            format!(
+                "endpoint {}  {:<8} {}  kinds {}  {:?} ack {:?}{}",
+                e.endpoint_id,
+                e.status,
+                s.url,
+                if s.event_kinds.is_empty() {
+                    "all".to_string()
+                } else {
+                    s.event_kinds.join(",")
+                },
+                proto::DeliverySemantics::try_from(s.semantics).unwrap_or_default(),
+                proto::AckMode::try_from(s.ack_mode).unwrap_or_default(),
+                if s.ordered { "  ordered" } else { "" }
+            )
+        };
+        let by_id = |endpoint_id| proto::EndpointRequest { endpoint_id };
+        match command {
+            DeliveriesCommand::Endpoints => {
+                let answer = client
+                    .list_endpoints(target.request(proto::ListEndpointsRequest {})?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                for e in &answer.endpoints {
+                    println!("{}", endpoint_line(e));
+                }
+            }
+            DeliveriesCommand::Register {
+                url,
+                kinds,
+                semantics,
+                explicit_ack,
+                ordered,
+                max_attempts,
+                idempotency_key,
+            } => {
+                let semantics = match semantics.as_str() {
+                    "at-most-once" => proto::DeliverySemantics::AtMostOnce,
+                    "at-least-once" => proto::DeliverySemantics::AtLeastOnce,
+                    "exactly-once" => proto::DeliverySemantics::ExactlyOnce,
+                    other => {
+                        return Err(format!(
+                            "--semantics {other:?}: at-most-once, at-least-once or exactly-once"
+                        ))
+                    }
+                };
+                let settings = proto::EndpointSettings {
+                    url,
+                    event_kinds: kinds,
+                    semantics: semantics as i32,
+                    ack_mode: if explicit_ack {
+                        proto::AckMode::Explicit as i32
+                    } else {
+                        0
+                    },
+                    ordered,
+                    max_attempts,
+                    ..Default::default()
+                };
+                let request = proto::RegisterEndpointRequest {
+                    settings: Some(settings),
+                    idempotency_key: idempotency_key.unwrap_or_else(|| format!("endpoint-{}", uuid::Uuid::now_v7())),
+                };
+                let answer = client
+                    .register_endpoint(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!("{}", endpoint_line(&answer.endpoint.unwrap_or_default()));
+                println!("secret: {}", answer.secret);
+                eprintln!(
+                    "the secret is shown once: verify each delivery's Tally-Signature with it (docs/DELIVERIES.md)"
+                );
+            }
+            DeliveriesCommand::List {
+                endpoint,
+                state,
+                from,
+                to,
+                limit,
+            } => {
+                let request = proto::ListDeliveriesRequest {
+                    endpoint_id: endpoint,
+                    state: state.unwrap_or_default(),
+                    from_us: micros("from", &from)?,
+                    to_us: micros("to", &to)?,
+                    limit,
+                };
+                let answer = client
+                    .list_deliveries(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                for d in &answer.deliveries {
+                    show_delivery(d);
+                }
+            }
+            DeliveriesCommand::Show { delivery_id } => {
+                let d = client
+                    .get_delivery(target.request(proto::GetDeliveryRequest { delivery_id })?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                show_delivery(&d);
+                for a in &d.attempts {
+                    println!(
+                        "  attempt {} at {}: {} in {} µs {}",
+                        a.attempt,
+                        time::format_rfc3339(a.at_us),
+                        if a.status_code == 0 {
+                            "no answer".to_string()
+                        } else {
+                            format!("HTTP {}", a.status_code)
+                        },
+                        a.latency_us,
+                        a.error
+                    );
+                }
+            }
+            DeliveriesCommand::Retry { delivery_id, reason } => {
+                let answer = client
+                    .retry_delivery(target.request(proto::RetryDeliveryRequest { delivery_id, reason })?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!("retried: {}", answer.delivery_ids.join(" "));
+            }
+            DeliveriesCommand::Redrive {
+                endpoint,
+                from,
+                to,
+                reason,
+            } => {
+                let request = proto::RedriveDeliveriesRequest {
+                    endpoint_id: endpoint,
+                    from_us: micros("from", &from)?,
+                    to_us: micros("to", &to)?,
+                    reason,
+                };
+                let answer = client
+                    .redrive_deliveries(target.request(request)?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!(
+                    "retried {}: {}",
+                    answer.delivery_ids.len(),
+                    answer.delivery_ids.join(" ")
+                );
+            }
+            DeliveriesCommand::Stats { endpoint } => {
+                let s = client
+                    .get_endpoint_stats(target.request(by_id(endpoint))?)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!(
+                    "delivered {}  acked {}  failed attempts {}  failed for good {}  retried by hand {}  pending {}  success {:.1}%  latency avg {} µs p99 {} µs",
+                    s.delivered,
+                    s.acked,
+                    s.failed_attempts,
+                    s.failed_permanent,
+                    s.retried_by_hand,
+                    s.pending,
+                    s.success_rate * 100.0,
+                    s.latency_average_us,
+                    s.latency_p99_us
+                );
+            }
+            DeliveriesCommand::Pause { endpoint }
+            | DeliveriesCommand::Resume { endpoint }
+            | DeliveriesCommand::Delete { endpoint } => {
+                let request = target.request(by_id(endpoint))?;
+                let answer = match command {
+                    DeliveriesCommand::Pause { .. } => client.pause_endpoint(request).await,
+                    DeliveriesCommand::Resume { .. } => client.resume_endpoint(request).await,
+                    _ => client.delete_endpoint(request).await,
+                }
+                .map_err(failed)?
+                .into_inner();
+                println!("{}", endpoint_line(&answer.endpoint.unwrap_or_default()));
             }
         }
         Ok(())

@@ -3,7 +3,8 @@
 //! `tally serve` refuses to start on a corrupt log and says why; `tally ingest` loads a
 //! JSON-lines file into a running server (twice without applying anything twice) and
 //! `tally dlq` lists, shows, re-drives and discards its dead letters; `tally token issue`
-//! signs with an existing key ring only and refuses unknown roles, long lives and bad ids.
+//! signs with an existing key ring only and refuses unknown roles, long lives and bad ids;
+//! `tally deliveries` registers an endpoint and shows what the server's worker delivered.
 
 mod support;
 
@@ -298,4 +299,117 @@ fn token_issue_signs_with_the_key_ring_and_refuses_bad_input() {
             .code(),
         Some(64)
     );
+}
+
+#[test]
+fn deliveries_cli_registers_an_endpoint_and_shows_what_the_worker_delivered() {
+    use std::io::{Read, Write};
+    // A receiver that answers 200 to everything and counts requests.
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", receiver.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in receiver.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut chunk) {
+                request.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .args([
+            "--deliveries-allow-private-networks",
+            "true",
+            "--deliveries-poll-interval-ms",
+            "20",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
+        .env("TALLY_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Stop(server);
+    let address = support::wait_until_serving(server.0.stdout.take().unwrap());
+    let (code, stdout, stderr) = client(
+        &address,
+        &[
+            "deliveries",
+            "register",
+            "--url",
+            &url,
+            "--kinds",
+            "account.opened",
+            "--ordered",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("endpoint "), "{stdout}");
+    assert!(stdout.contains("secret: whsec_"), "{stdout}");
+    let endpoint = stdout.split_whitespace().nth(1).unwrap().to_string();
+    let file = dir.path().join("enroll.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"source":"crm","external_id":"e1","type":"member.enrolled","payload":{"member_id":"m1"}}"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = client(&address, &["ingest", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    // The worker runs on its own: wait (bounded) until the receiver has the event.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let listed = loop {
+        let (_, stdout, _) = client(&address, &["deliveries", "list", "--endpoint", &endpoint]);
+        if stdout.contains(" delivered ") || std::time::Instant::now() > deadline {
+            break stdout;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        listed.contains(" delivered ") && listed.contains("account.opened"),
+        "{listed}"
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let id = listed.split_whitespace().next().unwrap();
+    let (_, shown, _) = client(&address, &["deliveries", "show", id]);
+    assert!(shown.contains("attempt 1") && shown.contains("HTTP 200"), "{shown}");
+    let (_, stats, _) = client(&address, &["deliveries", "stats", "--endpoint", &endpoint]);
+    assert!(
+        stats.contains("delivered 1") && stats.contains("success 100.0%"),
+        "{stats}"
+    );
+    let (code, _, stderr) = client(&address, &["deliveries", "retry", id]);
+    assert_eq!(code, 1, "a delivered event is not retried: {stderr}");
+    assert!(stderr.contains("DELIVERY_NOT_DUE"), "{stderr}");
 }
