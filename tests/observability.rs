@@ -185,6 +185,11 @@ async fn the_metrics_endpoint_counts_commands_by_kind_and_outcome() {
     assert_eq!(pipeline("dead_lettered"), Some(1.0));
     assert_eq!(sample(&page, "tally_dead_letter_depth", &[]), Some(1.0));
     assert_eq!(sample(&page, "tally_ingest_retrying", &[]), Some(0.0));
+    // The deliveries' counters are there from the start (nothing delivered here).
+    assert_eq!(
+        sample(&page, "tally_deliveries_total", &[("event", "delivered")]),
+        Some(0.0)
+    );
     let count = |kind, outcome| sample(&page, "tally_commands_total", &[("kind", kind), ("outcome", outcome)]);
     assert_eq!(count("ingest", "appended"), Some(2.0));
     assert_eq!(count("ingest", "replayed"), Some(1.0));

@@ -30,6 +30,9 @@ pub const SWEEPER_EXPIRED_TOTAL: &str = "tally_sweeper_holds_expired_total";
 /// What the ingest pipeline did, by `event` (received, processed, retried, dead_lettered,
 /// redriven, discarded).
 pub const INGEST_EVENTS_TOTAL: &str = "tally_ingest_events_total";
+/// What happened to deliveries, by `event` (delivered, failed, failed_permanently, acked,
+/// retried).
+pub const DELIVERIES_TOTAL: &str = "tally_deliveries_total";
 /// Letters in the dead-letter queue now.
 pub const DEAD_LETTER_DEPTH: &str = "tally_dead_letter_depth";
 /// External events waiting for a retry now.
@@ -112,6 +115,10 @@ pub fn describe() {
         INGEST_EVENTS_TOTAL,
         "External events received, processed, retried, dead-lettered, re-driven and discarded"
     );
+    describe_counter!(
+        DELIVERIES_TOTAL,
+        "Webhook deliveries delivered, failed (to be retried), failed for good, acked and retried by hand"
+    );
     metrics::describe_gauge!(DEAD_LETTER_DEPTH, "Letters in the dead-letter queue");
     metrics::describe_gauge!(INGEST_RETRYING, "External events waiting for a retry");
 }
@@ -148,6 +155,20 @@ pub(crate) fn kind_index(command: &Command) -> usize {
     }
 }
 
+/// Delivery events, in the order of [`delivery_index`].
+pub const DELIVERY_EVENTS: [&str; 5] = ["delivered", "failed", "failed_permanently", "acked", "retried"];
+
+fn delivery_index(record: &Record) -> Option<usize> {
+    match &record.event {
+        Event::DeliveryDelivered(_) => Some(0),
+        Event::DeliveryFailed(_) => Some(1),
+        Event::DeliveryFailedPermanently(_) => Some(2),
+        Event::DeliveryAcked(_) => Some(3),
+        Event::DeliveryRetried(_) => Some(4),
+        _ => None,
+    }
+}
+
 /// What a record did in the ingest pipeline, as indexes into [`PIPELINE_EVENTS`] (a
 /// re-drive both re-drives and processes or dead-letters).
 fn pipeline_indexes(record: &Record) -> &'static [usize] {
@@ -173,6 +194,8 @@ pub(crate) struct SequencerMetrics {
     batch_seconds: Histogram,
     pipeline: Vec<Counter>,
     pipeline_tallies: [u64; PIPELINE_EVENTS.len()],
+    deliveries: Vec<Counter>,
+    delivery_tallies: [u64; DELIVERY_EVENTS.len()],
     dead_letter_depth: Gauge,
     retrying: Gauge,
 }
@@ -199,6 +222,11 @@ impl SequencerMetrics {
                 .map(|event| metrics::counter!(INGEST_EVENTS_TOTAL, "event" => *event))
                 .collect(),
             pipeline_tallies: [0; PIPELINE_EVENTS.len()],
+            deliveries: DELIVERY_EVENTS
+                .iter()
+                .map(|event| metrics::counter!(DELIVERIES_TOTAL, "event" => *event))
+                .collect(),
+            delivery_tallies: [0; DELIVERY_EVENTS.len()],
             dead_letter_depth: metrics::gauge!(DEAD_LETTER_DEPTH),
             retrying: metrics::gauge!(INGEST_RETRYING),
         }
@@ -215,11 +243,14 @@ impl SequencerMetrics {
         metrics::counter!(REJECTIONS_TOTAL, "kind" => command.name(), "reason" => rejection.name()).increment(1);
     }
 
-    /// Counts what appended records did in the ingest pipeline.
+    /// Counts what appended records did in the ingest pipeline and to deliveries.
     pub fn records(&mut self, records: &[Record]) {
         for record in records {
             for &at in pipeline_indexes(record) {
                 self.pipeline_tallies[at] += 1;
+            }
+            if let Some(at) = delivery_index(record) {
+                self.delivery_tallies[at] += 1;
             }
         }
     }
@@ -235,6 +266,12 @@ impl SequencerMetrics {
         for (at, tally) in self.pipeline_tallies.iter_mut().enumerate() {
             if *tally > 0 {
                 self.pipeline[at].increment(*tally);
+                *tally = 0;
+            }
+        }
+        for (at, tally) in self.delivery_tallies.iter_mut().enumerate() {
+            if *tally > 0 {
+                self.deliveries[at].increment(*tally);
                 *tally = 0;
             }
         }
