@@ -188,6 +188,9 @@ pub struct DeliveriesSection {
     /// Endpoints may point at private, loopback and link-local addresses. Off: a tenant
     /// cannot aim the server at internal services.
     pub allow_private_networks: bool,
+    /// Certificates (PEM) of authorities trusted for https endpoints besides the Mozilla
+    /// root programme's: a private CA. "": none.
+    pub ca_file: String,
 }
 
 impl Default for DeliveriesSection {
@@ -195,6 +198,7 @@ impl Default for DeliveriesSection {
         Self {
             poll_interval_ms: 200,
             allow_private_networks: false,
+            ca_file: String::new(),
         }
     }
 }
@@ -327,6 +331,7 @@ pub struct Settings {
     pub auth_clock_skew_seconds: u64,
     pub delivery_poll_interval: Duration,
     pub delivery_destinations: crate::deliverer::Destinations,
+    pub delivery_ca_file: Option<PathBuf>,
     /// Per-tenant limits on mutating calls, if on.
     pub tenant_limit: Option<crate::api::limits::RateLimit>,
     pub engine: EngineConfig,
@@ -476,6 +481,10 @@ impl Config {
                 crate::deliverer::Destinations::AnyAddress
             } else {
                 crate::deliverer::Destinations::PublicOnly
+            },
+            delivery_ca_file: match self.deliveries.ca_file.trim() {
+                "" => None,
+                file => Some(PathBuf::from(file)),
             },
             tenant_limit: match self.limits.tenant_commands_per_second {
                 0 => None,

@@ -4,7 +4,7 @@
 //! again is in the log. It keeps nothing of its own but the attempts under way: after a
 //! restart the fold of the log says what is still to send.
 //!
-//! Each request: `POST` of the event as one JSON object (the line `tally replay` prints)
+//! Each request (HTTP/1.1, over TLS for https): `POST` of the event as one JSON object (the line `tally replay` prints)
 //! with `Content-Type: application/json`, `Tally-Event-Id`, `Tally-Event-Kind`,
 //! `Tally-Delivery-Id` (`<endpoint>:<event sequence>`), `Tally-Attempt`,
 //! `Tally-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, t + "." + body)>`, and for
@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 /// Requests under way at once, across endpoints: enough to keep many slow receivers busy
 /// without one process opening thousands of connections.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Pulses between two looks for at-most-once attempts whose outcome was never recorded.
+const SETTLE_EVERY_PULSES: u64 = 100;
 
 /// The actor of the worker's commands.
 pub const DELIVERY_ACTOR: &str = "system:deliveries";
@@ -52,19 +55,62 @@ struct Job {
     secret_nonce: String,
 }
 
+/// How the worker connects: where it may go, and which certificate authorities it trusts
+/// for https endpoints.
+#[derive(Clone)]
+pub struct Outbound {
+    pub destinations: Destinations,
+    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
+}
+
+impl Outbound {
+    /// Trusts the Mozilla root programme's authorities (compiled in, so a fresh machine
+    /// needs no system store) and the certificates in `extra_roots_pem`, if any (a private
+    /// CA, or a test's own).
+    pub fn new(destinations: Destinations, extra_roots_pem: Option<&[u8]>) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = extra_roots_pem {
+            let mut added = 0;
+            for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                let certificate = certificate.map_err(|e| format!("a certificate that is not PEM: {e}"))?;
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("a certificate that is not a CA's: {e}"))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err("no certificate in the file".into());
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            destinations,
+            tls: Arc::new(tls),
+        })
+    }
+}
+
 pub struct Deliverer {
     engine: EngineHandle,
     auth: AuthSettings,
-    destinations: Destinations,
+    outbound: Outbound,
     in_flight: Arc<Mutex<HashSet<(u64, u64)>>>,
 }
 
 impl Deliverer {
-    pub fn new(engine: EngineHandle, auth: AuthSettings, destinations: Destinations) -> Self {
+    pub fn new(engine: EngineHandle, auth: AuthSettings, outbound: Outbound) -> Self {
         Self {
             engine,
             auth,
-            destinations,
+            outbound,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -77,7 +123,14 @@ impl Deliverer {
         }
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pulses: u64 = 0;
         loop {
+            pulses += 1;
+            // An at-most-once outcome that could not be recorded (a full inbox) leaves its
+            // delivery dispatched: settle those now and then, not only at start.
+            if pulses.is_multiple_of(SETTLE_EVERY_PULSES) {
+                let _ = self.settle_interrupted().await;
+            }
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
@@ -258,7 +311,7 @@ impl Deliverer {
     fn attempt(&self, job: Job) -> tokio::task::JoinHandle<(Job, AttemptResult)> {
         let engine = self.engine.clone();
         let secret = self.auth.endpoint_secret(&job.secret_kid, &job.secret_nonce);
-        let destinations = self.destinations;
+        let outbound = self.outbound.clone();
         tokio::spawn(async move {
             let result = match secret {
                 None => AttemptResult {
@@ -269,7 +322,7 @@ impl Deliverer {
                         job.secret_kid
                     ),
                 },
-                Some(secret) => send(&engine, &job, &secret, destinations).await,
+                Some(secret) => send(&engine, &job, &secret, &outbound).await,
             };
             (job, result)
         })
@@ -296,7 +349,7 @@ fn meta(tenant: &str) -> CommandMeta {
 }
 
 /// One POST of the event, timed; never an error, always an outcome to record.
-async fn send(engine: &EngineHandle, job: &Job, secret: &str, destinations: Destinations) -> AttemptResult {
+async fn send(engine: &EngineHandle, job: &Job, secret: &str, outbound: &Outbound) -> AttemptResult {
     let failed = |error: String, latency_us: u64| AttemptResult {
         status_code: 0,
         latency_us,
@@ -324,7 +377,7 @@ async fn send(engine: &EngineHandle, job: &Job, secret: &str, destinations: Dest
     }
     let started = Instant::now();
     let timeout = Duration::from_millis(job.config.request_timeout_ms.into());
-    let outcome = tokio::time::timeout(timeout, post(&job.config.url, headers, body, destinations)).await;
+    let outcome = tokio::time::timeout(timeout, post(&job.config.url, headers, body, outbound)).await;
     let latency_us = started.elapsed().as_micros() as u64;
     match outcome {
         Err(_) => failed(
@@ -344,29 +397,35 @@ async fn send(engine: &EngineHandle, job: &Job, secret: &str, destinations: Dest
     }
 }
 
-/// The URL's parts: host, port, path and query.
-fn parse_url(url: &str) -> Result<(String, u16, String), String> {
+/// The URL's parts.
+struct Target {
+    https: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "{url}: only http:// endpoints are delivered to by this build (terminate TLS in a proxy)"
-        ));
-    }
-    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let path = uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
-    Ok((
-        host.trim_start_matches('[').trim_end_matches(']').to_string(),
-        port,
-        path,
-    ))
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{url}: the scheme must be http or https")),
+    };
+    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+    Ok(Target {
+        https,
+        host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        path: uri.path_and_query().map_or("/".to_string(), |p| p.as_str().to_string()),
+    })
 }
 
 /// The endpoint's URL may be delivered to: http, and (unless any address is allowed) a
 /// host whose every address is public. The API checks this at registration; the worker
 /// again before each connection (the DNS may have changed).
 pub async fn check_destination(url: &str, destinations: Destinations) -> Result<SocketAddr, String> {
-    let (host, port, _) = parse_url(url)?;
+    let Target { host, port, .. } = parse_url(url)?;
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
@@ -415,40 +474,66 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// One HTTP/1.1 POST; the answer's status code.
+/// One HTTP/1.1 POST, over TLS for https; the answer's status code.
 async fn post(
     url: &str,
     headers: Vec<(&'static str, String)>,
     body: String,
-    destinations: Destinations,
+    outbound: &Outbound,
 ) -> Result<u16, String> {
-    use http_body_util::BodyExt;
-    let (host, port, path) = parse_url(url)?;
-    let address = check_destination(url, destinations).await?;
+    let target = parse_url(url)?;
+    let address = check_destination(url, outbound.destinations).await?;
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {address}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let authority = if port == 80 { host } else { format!("{host}:{port}") };
-    let mut request = http::Request::post(path).header(http::header::HOST, authority);
+    let default_port = if target.https { 443 } else { 80 };
+    let authority = if target.port == default_port {
+        target.host.clone()
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let mut request = http::Request::post(target.path.as_str()).header(http::header::HOST, authority);
     for (name, value) in headers {
         request = request.header(name, value);
     }
     let request = request
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .map_err(|e| format!("cannot build the request: {e}"))?;
+    if !target.https {
+        return exchange(stream, request, address).await;
+    }
+    let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+        .map_err(|e| format!("{}: not a TLS server name: {e}", target.host))?;
+    let tls = tokio_rustls::TlsConnector::from(outbound.tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS with {address}: {e}"))?;
+    exchange(tls, request, address).await
+}
+
+/// Sends the request over an open connection; reads (a bounded part of) the answer, so that
+/// the receiver's write completes.
+async fn exchange<IO>(
+    io: IO,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    address: SocketAddr,
+) -> Result<u16, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake with {address}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| format!("request to {address}: {e}"))?;
     let status = response.status().as_u16();
-    // Read (a bounded part of) the answer so that the receiver's write completes.
     let _ = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
         .await;

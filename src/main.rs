@@ -594,6 +594,9 @@ struct ServeArgs {
     /// deliveries.allow_private_networks: endpoints may point at private, loopback and link-local addresses.
     #[arg(long, env = "TALLY_DELIVERIES_ALLOW_PRIVATE_NETWORKS")]
     deliveries_allow_private_networks: Option<bool>,
+    /// deliveries.ca_file: PEM certificates of authorities trusted for https endpoints besides the built-in roots.
+    #[arg(long, env = "TALLY_DELIVERIES_CA_FILE")]
+    deliveries_ca_file: Option<String>,
     /// limits.tenant_commands_per_second: mutating commands one tenant may send a second (0: no limit).
     #[arg(long, env = "TALLY_TENANT_COMMANDS_PER_SECOND")]
     tenant_commands_per_second: Option<u64>,
@@ -768,6 +771,9 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     if let Some(v) = args.deliveries_allow_private_networks {
         c.deliveries.allow_private_networks = v;
     }
+    if let Some(v) = &args.deliveries_ca_file {
+        c.deliveries.ca_file = v.clone();
+    }
     if let Some(v) = args.tenant_commands_per_second {
         c.limits.tenant_commands_per_second = v;
     }
@@ -864,6 +870,23 @@ async fn run_server(settings: Settings) -> ExitCode {
         }
     }
     slot.set_destinations(settings.delivery_destinations);
+    let extra_roots = match &settings.delivery_ca_file {
+        None => None,
+        Some(file) => match std::fs::read(file) {
+            Ok(pem) => Some(pem),
+            Err(error) => {
+                eprintln!("tally: deliveries.ca_file {}: {error}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let outbound = match tally::deliverer::Outbound::new(settings.delivery_destinations, extra_roots.as_deref()) {
+        Ok(outbound) => outbound,
+        Err(error) => {
+            eprintln!("tally: deliveries.ca_file: {error}");
+            return ExitCode::from(2);
+        }
+    };
     match tally::api::auth::AuthSettings::load(
         &settings.auth_keys_file,
         &settings.auth_issuer,
@@ -915,7 +938,7 @@ async fn run_server(settings: Settings) -> ExitCode {
     println!("tally serving: head sequence {}", engine.report().head_seq);
     let sweeper = sweeper::spawn(engine.handle(), settings.sweep_interval);
     let auth = slot.auth().expect("the auth settings were set before serving").clone();
-    let deliverer = tally::deliverer::Deliverer::new(engine.handle(), auth, settings.delivery_destinations);
+    let deliverer = tally::deliverer::Deliverer::new(engine.handle(), auth, outbound);
     let (deliveries_stop, deliveries_stopped) = tokio::sync::watch::channel(false);
     let deliveries = tokio::spawn(deliverer.run(settings.delivery_poll_interval, deliveries_stopped));
     let served = server.await.expect("the server task does not panic");

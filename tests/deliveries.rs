@@ -3,8 +3,9 @@
 //! after the last attempt, retry by hand and re-drive, explicit-ack redelivery, per-account
 //! order, the signature the receiver verifies, at-most-once never retried (not even across a
 //! restart), a restart mid-delivery that resumes without skipping, duplicate counts that
-//! match each semantics, acks that are idempotent and confined to their tenant, and
-//! endpoints that may not point at private addresses unless allowed.
+//! match each semantics, acks that are idempotent and confined to their tenant, endpoints
+//! that may not point at private addresses unless allowed, and https receivers whose
+//! certificate must be trusted.
 
 mod support;
 
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use support::{token, with_token, TestEngine, TestServer, TEST_KEYS};
 use tally::api::proto::{self, deliveries_client::DeliveriesClient, ledger_client::LedgerClient};
-use tally::deliverer::{Deliverer, Destinations};
+use tally::deliverer::{Deliverer, Destinations, Outbound};
 use tally::domain::delivery::{AckMode, EndpointConfig, Semantics};
 use tally::domain::{Command, CommandMeta, IdempotencyKey};
 use tally::engine::Clock;
@@ -58,15 +59,29 @@ impl Drop for Receiver {
 
 impl Receiver {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Over TLS, with this certificate and key (DER).
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hooks/tally", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/hooks/tally", listener.local_addr().unwrap());
         let mode = Arc::new(Mutex::new(Mode::Succeed));
         let received = Arc::new(Mutex::new(Vec::new()));
         let (m, r) = (mode.clone(), received.clone());
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(stream, m.clone(), r.clone()));
+                let (m, r) = (m.clone(), r.clone());
+                match tls.clone() {
+                    None => drop(tokio::spawn(serve(stream, m, r))),
+                    Some(acceptor) => drop(tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve(stream, m, r).await;
+                        }
+                    })),
+                }
             }
         });
         Self {
@@ -86,7 +101,11 @@ impl Receiver {
     }
 }
 
-async fn serve(mut stream: tokio::net::TcpStream, mode: Arc<Mutex<Mode>>, received: Arc<Mutex<Vec<Received>>>) {
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    mode: Arc<Mutex<Mode>>,
+    received: Arc<Mutex<Vec<Received>>>,
+) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let header_end = loop {
@@ -128,6 +147,11 @@ async fn serve(mut stream: tokio::net::TcpStream, mode: Arc<Mutex<Mode>>, receiv
     let _ = stream.write_all(answer.as_bytes()).await;
 }
 
+/// The worker's connections in these tests: loopback allowed, the built-in roots only.
+fn any_address() -> Outbound {
+    Outbound::new(Destinations::AnyAddress, None).unwrap()
+}
+
 fn settings(url: &str, semantics: i32, ack_mode: i32) -> proto::EndpointSettings {
     proto::EndpointSettings {
         url: url.into(),
@@ -145,7 +169,7 @@ fn settings(url: &str, semantics: i32, ack_mode: i32) -> proto::EndpointSettings
 /// A server whose endpoints may point at 127.0.0.1, and a worker to pulse by hand.
 async fn server() -> (TestServer, Deliverer) {
     let server = TestServer::start_configured(|slot, _| slot.set_destinations(Destinations::AnyAddress)).await;
-    let deliverer = Deliverer::new(server.engine.handle(), support::test_auth(), Destinations::AnyAddress);
+    let deliverer = Deliverer::new(server.engine.handle(), support::test_auth(), any_address());
     (server, deliverer)
 }
 
@@ -641,7 +665,7 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
     }
     // Some delivered, then the at-most-once attempt of the next event is recorded as
     // dispatched and the process stops before its outcome.
-    let deliverer = Deliverer::new(h.clone(), auth.clone(), Destinations::AnyAddress);
+    let deliverer = Deliverer::new(h.clone(), auth.clone(), any_address());
     assert_eq!(deliverer.pulse().await.unwrap(), 40);
     let open = Command::OpenAccount { account: "late".into() };
     let late = h.submit(meta("svc", Some("open-late")), open).await.unwrap().records[0].seq;
@@ -668,7 +692,7 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
     drop(deliverer);
     engine.restart();
     let h = engine.handle();
-    let deliverer = Deliverer::new(h.clone(), auth, Destinations::AnyAddress);
+    let deliverer = Deliverer::new(h.clone(), auth, any_address());
     assert_eq!(deliverer.settle_interrupted().await.unwrap(), 1);
     while deliverer.pulse().await.unwrap() > 0 {}
     let received: Vec<String> = receiver
@@ -693,4 +717,42 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
         .unwrap();
     assert_eq!(settled, tally::domain::delivery::DeliveryStatus::FailedPermanent);
     let _ = TEST_KEYS;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_delivered_to_when_their_certificate_is_trusted() {
+    use tokio_rustls::rustls;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let receiver = Receiver::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    assert!(receiver.url.starts_with("https://127.0.0.1:"));
+    let (mut server, untrusting) = server().await;
+    let mut c = clients(&server).await;
+    let (endpoint, _) = c
+        .register(settings(&receiver.url, AT_LEAST_ONCE, STATUS_2XX), "ep-tls")
+        .await;
+    let seq = c.open("p1").await;
+    // A worker that does not trust the receiver's certificate fails the attempt.
+    assert_eq!(untrusting.pulse().await.unwrap(), 1);
+    let failed = c.delivery(endpoint, seq).await;
+    assert_eq!(failed.state, "failed");
+    assert!(failed.attempts[0].error.contains("TLS"), "{failed:?}");
+    assert!(receiver.received().is_empty());
+    // One that trusts it (deliveries.ca_file) delivers.
+    let pem = certified.cert.pem();
+    let trusting = Outbound::new(Destinations::AnyAddress, Some(pem.as_bytes())).unwrap();
+    let deliverer = Deliverer::new(server.engine.handle(), support::test_auth(), trusting);
+    server.engine.clock.advance(60 * SECOND);
+    assert_eq!(deliverer.pulse().await.unwrap(), 1);
+    assert_eq!(c.delivery(endpoint, seq).await.state, "delivered");
+    assert_eq!(receiver.received().len(), 1);
+    assert!(Outbound::new(Destinations::AnyAddress, Some(b"not a certificate")).is_err());
+    server.stop().await;
 }
