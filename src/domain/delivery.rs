@@ -188,6 +188,9 @@ pub struct DeliveryState {
     pub deliveries: BTreeMap<(u64, u64), Delivery>,
     /// Per endpoint, its finished deliveries oldest first, to forget the oldest.
     pub finished: HashMap<u64, VecDeque<u64>>,
+    /// The deliveries that may still be sent (pending, failing, awaiting an ack, under
+    /// way), so that looking for due ones never walks the finished ones.
+    pub open: std::collections::BTreeSet<(u64, u64)>,
 }
 
 /// Kinds that can be delivered: the ledger's and the pipeline's business events. Sessions,
@@ -239,6 +242,7 @@ impl DeliveryState {
                         .collect();
                     for k in open {
                         self.deliveries.remove(&k);
+                        self.open.remove(&k);
                     }
                     self.finished.remove(&u.endpoint_id);
                 }
@@ -308,6 +312,7 @@ impl DeliveryState {
                 if permanent {
                     delivery.status = DeliveryStatus::FailedPermanent;
                     delivery.finished_at_us = record.ts_us;
+                    self.open.remove(&(f.endpoint_id, f.event_seq));
                 } else {
                     delivery.status = DeliveryStatus::Failed;
                     delivery.next_at_us = f.retry_at_us;
@@ -333,6 +338,7 @@ impl DeliveryState {
                 delivery.round_attempts = 0;
                 delivery.next_at_us = record.ts_us;
                 delivery.finished_at_us = 0;
+                self.open.insert((r.endpoint_id, r.event_seq));
                 self.endpoints
                     .get_mut(&r.endpoint_id)
                     .expect("known endpoint")
@@ -357,6 +363,7 @@ impl DeliveryState {
             if !endpoint.config.kinds.is_empty() && !endpoint.config.kinds.iter().any(|k| k == name) {
                 continue;
             }
+            self.open.insert((*id, record.seq));
             self.deliveries.insert(
                 (*id, record.seq),
                 Delivery {
@@ -382,6 +389,7 @@ impl DeliveryState {
 
     /// A delivery is done: kept among the endpoint's latest, the oldest forgotten.
     fn finish(&mut self, endpoint_id: u64, event_seq: u64) {
+        self.open.remove(&(endpoint_id, event_seq));
         let finished = self.finished.entry(endpoint_id).or_default();
         finished.push_back(event_seq);
         if finished.len() > DELIVERIES_KEPT_PER_ENDPOINT {
@@ -395,10 +403,11 @@ impl DeliveryState {
     pub fn due(&self, now_us: u64, limit: usize) -> Vec<(u64, u64)> {
         let mut due = Vec::new();
         let mut blocked: std::collections::HashSet<(u64, &str)> = std::collections::HashSet::new();
-        for (&(endpoint_id, event_seq), d) in &self.deliveries {
+        for &(endpoint_id, event_seq) in &self.open {
             if due.len() >= limit {
                 break;
             }
+            let d = &self.deliveries[&(endpoint_id, event_seq)];
             let endpoint = &self.endpoints[&endpoint_id];
             if endpoint.status != EndpointStatus::Active {
                 continue;
