@@ -716,6 +716,26 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
         .await
         .unwrap();
     assert_eq!(settled, tally::domain::delivery::DeliveryStatus::FailedPermanent);
+    // The state the restarted engine has (snapshot plus fold) is the pure fold of the log:
+    // deliveries and their index included.
+    let live = h.inspect(|s| s.clone()).await.unwrap();
+    let mut folded = tally::domain::State::default();
+    for record in h.reader().iter_from(1) {
+        tally::domain::evolve(&mut folded, &record.unwrap());
+    }
+    assert_eq!(live.deliveries, folded.deliveries);
+    assert_eq!(live, folded);
+    let open: std::collections::BTreeSet<_> = folded
+        .deliveries
+        .deliveries
+        .iter()
+        .filter(|(_, d)| !d.status.done() && d.status != tally::domain::delivery::DeliveryStatus::FailedPermanent)
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        open, folded.deliveries.open,
+        "the index of open deliveries is exactly the open ones"
+    );
     let _ = TEST_KEYS;
 }
 
