@@ -138,7 +138,7 @@ impl Deliverer {
             if *stop.borrow() {
                 return;
             }
-            match self.pulse().await {
+            match self.start_pulse().await {
                 Ok(_) => {}
                 Err(EngineError::Busy) => {}
                 Err(error) => tracing::debug!(%error, "delivery pulse"),
@@ -191,78 +191,48 @@ impl Deliverer {
     /// Sends what is due now and records the outcomes; answers how many attempts it made.
     /// Waits for its own attempts, so that a test can pulse and then look.
     pub async fn pulse(&self) -> Result<usize, EngineError> {
+        let (made, started) = self.start_pulse().await?;
+        for attempt in started {
+            if let Err(error) = attempt.await {
+                tracing::error!(%error, "a delivery attempt panicked");
+            }
+        }
+        Ok(made)
+    }
+
+    /// Starts an attempt at each delivery that is due and not under way, and returns at
+    /// once: each attempt records its own outcome when it ends, so a slow receiver holds up
+    /// only its own deliveries, not the next pulse. Answers how many requests it started
+    /// (ack windows that passed are only recorded) and the tasks.
+    pub async fn start_pulse(&self) -> Result<(usize, Vec<tokio::task::JoinHandle<()>>), EngineError> {
         let busy = self.in_flight.lock().expect("in-flight lock").len();
         let room = MAX_IN_FLIGHT.saturating_sub(busy);
         if room == 0 {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let due = self.engine.deliveries_due(room + busy).await?;
         let jobs = self.jobs(due).await?;
-        let mut attempts = Vec::new();
-        let mut expired = Vec::new();
+        let mut started = Vec::new();
+        let mut requests = 0;
         for job in jobs {
-            if job.ack_expired {
-                let result = AttemptResult {
-                    status_code: 0,
-                    latency_us: 0,
-                    error: "not acknowledged".into(),
-                };
-                expired.push((job, result));
-                continue;
-            }
             let key = (job.endpoint_id, job.event_seq);
             if !self.in_flight.lock().expect("in-flight lock").insert(key) {
                 continue;
             }
-            if job.config.semantics == Semantics::AtMostOnce && !self.dispatch(&job).await? {
-                self.in_flight.lock().expect("in-flight lock").remove(&key);
-                continue;
+            if job.config.semantics == Semantics::AtMostOnce && !job.ack_expired {
+                match self.dispatch(&job).await {
+                    Ok(true) => {}
+                    // Not due any more, or the inbox is full: leave it for a later pulse.
+                    Ok(false) | Err(_) => {
+                        self.in_flight.lock().expect("in-flight lock").remove(&key);
+                        continue;
+                    }
+                }
             }
-            attempts.push(self.attempt(job));
+            requests += usize::from(!job.ack_expired);
+            started.push(self.attempt(job));
         }
-        let made = attempts.len();
-        let mut outcomes = futures_join(attempts).await;
-        outcomes.extend(expired);
-        let commands: Vec<_> = outcomes
-            .into_iter()
-            .map(|(job, result)| {
-                (
-                    meta(&job.tenant),
-                    Command::RecordDelivery {
-                        endpoint_id: job.endpoint_id,
-                        event_seq: job.event_seq,
-                        attempt: job.attempt,
-                        result,
-                    },
-                )
-            })
-            .collect();
-        let keys: Vec<_> = commands
-            .iter()
-            .filter_map(|(_, c)| match c {
-                Command::RecordDelivery {
-                    endpoint_id, event_seq, ..
-                } => Some((*endpoint_id, *event_seq)),
-                _ => None,
-            })
-            .collect();
-        let recorded = if commands.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.engine.submit_batch(commands).await
-        };
-        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
-        for key in keys {
-            in_flight.remove(&key);
-        }
-        drop(in_flight);
-        for outcome in recorded? {
-            if let Err(rejection) = outcome {
-                // Acked meanwhile, or the endpoint deleted: nothing to record.
-                tracing::debug!(%rejection, "a delivery's outcome was not recorded");
-            }
-        }
-        Ok(made)
+        Ok((requests, started))
     }
 
     /// What the state says of each due delivery.
@@ -307,14 +277,21 @@ impl Deliverer {
         }
     }
 
-    /// Makes one attempt (on a task of its own, so that attempts overlap).
-    fn attempt(&self, job: Job) -> tokio::task::JoinHandle<(Job, AttemptResult)> {
+    /// Makes one attempt on a task of its own and records its outcome; an attempt whose
+    /// last ack window passed is only recorded.
+    fn attempt(&self, job: Job) -> tokio::task::JoinHandle<()> {
         let engine = self.engine.clone();
         let secret = self.auth.endpoint_secret(&job.secret_kid, &job.secret_nonce);
         let outbound = self.outbound.clone();
+        let in_flight = self.in_flight.clone();
         tokio::spawn(async move {
-            let result = match secret {
-                None => AttemptResult {
+            let result = match (job.ack_expired, secret) {
+                (true, _) => AttemptResult {
+                    status_code: 0,
+                    latency_us: 0,
+                    error: "not acknowledged".into(),
+                },
+                (false, None) => AttemptResult {
                     status_code: 0,
                     latency_us: 0,
                     error: format!(
@@ -322,22 +299,61 @@ impl Deliverer {
                         job.secret_kid
                     ),
                 },
-                Some(secret) => send(&engine, &job, &secret, &outbound).await,
+                (false, Some(secret)) => send(&engine, &job, &secret, &outbound).await,
             };
-            (job, result)
+            record(&engine, &job, result).await;
+            in_flight
+                .lock()
+                .expect("in-flight lock")
+                .remove(&(job.endpoint_id, job.event_seq));
         })
     }
 }
 
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<(Job, AttemptResult)>>) -> Vec<(Job, AttemptResult)> {
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        match handle.await {
-            Ok(done) => out.push(done),
-            Err(error) => tracing::error!(%error, "a delivery attempt panicked"),
+/// Times a worker's report is offered again to a full inbox, 50 ms apart, before it is
+/// given up (the delivery is then attempted again, or settled if it was at most once).
+const RECORD_ATTEMPTS: u32 = 20;
+
+/// Records an attempt's outcome, waiting out a full inbox for a while.
+async fn record(engine: &EngineHandle, job: &Job, result: AttemptResult) {
+    let command = Command::RecordDelivery {
+        endpoint_id: job.endpoint_id,
+        event_seq: job.event_seq,
+        attempt: job.attempt,
+        result: AttemptResult {
+            error: printable(&result.error),
+            ..result
+        },
+    };
+    for _ in 0..RECORD_ATTEMPTS {
+        match engine.submit(meta(&job.tenant), command.clone()).await {
+            Err(EngineError::Busy) => tokio::time::sleep(Duration::from_millis(50)).await,
+            // Acked meanwhile, or the endpoint deleted: nothing to record.
+            Err(EngineError::Rejected(rejection)) => {
+                tracing::debug!(%rejection, "a delivery's outcome was not recorded");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "a delivery's outcome was not recorded");
+                return;
+            }
+            Ok(_) => return,
         }
     }
-    out
+}
+
+/// An error text the ledger takes: no control characters, at most its reason length (a TLS
+/// error can list a hundred certificate names).
+pub fn printable(error: &str) -> String {
+    let clean: String = error.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.len() <= crate::domain::limits::REASON_MAX_CHARS {
+        return clean;
+    }
+    let mut end = crate::domain::limits::REASON_MAX_CHARS - 3;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &clean[..end])
 }
 
 fn meta(tenant: &str) -> CommandMeta {
@@ -442,12 +458,13 @@ pub async fn check_destination(url: &str, destinations: Destinations) -> Result<
     Ok(first)
 }
 
-/// Not private, loopback, link-local, shared (CGNAT), documentation, multicast or otherwise
-/// reserved.
+/// Not private, loopback, link-local, shared (CGNAT), benchmarking, documentation,
+/// multicast or otherwise reserved; for IPv6 forms that carry an IPv4 address (mapped,
+/// compatible, NAT64, 6to4), the IPv4 address is judged.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_private()
                 || v4.is_loopback()
                 || v4.is_link_local()
@@ -457,13 +474,29 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d).
+            if segments[..6] == [0; 6] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return !v6.is_loopback() && !v6.is_unspecified() && is_public(embedded(segments[6], segments[7]));
+            }
+            // 6to4 (2002:a.b.c.d::/48).
+            if segments[0] == 0x2002 {
+                return is_public(embedded(segments[1], segments[2]));
+            }
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()

@@ -763,7 +763,7 @@ async fn delivery_workload(engine: &TestEngine, h: &tally::engine::EngineHandle)
     let pause = Command::UpdateEndpoint {
         endpoint_id: once,
         config: None,
-        status: EndpointStatus::Paused,
+        status: Some(EndpointStatus::Paused),
     };
     h.submit(worker(), pause).await.unwrap();
 }

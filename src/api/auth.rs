@@ -28,7 +28,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -57,8 +57,18 @@ pub const SIGNATURE_WINDOW_SECONDS: u64 = 300;
 /// refused (RESOURCE_EXHAUSTED) rather than let a replay through.
 pub const MAX_REMEMBERED_SIGNATURES: usize = 1_000_000;
 
+/// Signatures of one API key remembered at most: a fifth of the whole, so that one busy
+/// service cannot exhaust the replay memory for the others.
+pub const MAX_REMEMBERED_SIGNATURES_PER_KEY: usize = MAX_REMEMBERED_SIGNATURES / 5;
+
+/// Longest a signed request's body may take to arrive once its headers passed the checks.
+pub const SIGNED_BODY_TIMEOUT_SECONDS: u64 = 10;
+
 /// Largest signed request body buffered to digest it: gRPC's default message limit.
 pub const MAX_SIGNED_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a signed call whose body was not (or could not be) digested is told.
+const BODY_UNREAD: &str = "the signed request's body is not one uncompressed message";
 
 /// Longest operator token `tally token issue` makes: a day, like a session.
 pub const OPERATOR_TOKEN_TTL_MAX_SECONDS: u64 = 86_400;
@@ -579,27 +589,37 @@ pub fn sign_call(
     ]
 }
 
-/// Signatures seen within the window, oldest first.
+/// Signatures seen within the window, by the time they stand for.
 #[derive(Default)]
 struct SeenSignatures {
     seen: HashSet<[u8; 32]>,
-    order: VecDeque<(u64, [u8; 32])>,
+    /// `(time, signature)` → the key that signed: pruned oldest first.
+    order: std::collections::BTreeMap<(u64, [u8; 32]), String>,
+    /// Signatures remembered per key, for the per-key share.
+    per_key: HashMap<String, usize>,
 }
 
 impl SeenSignatures {
-    /// Remembers a signature made at `timestamp`; `false` if it was seen before.
-    fn first_time(&mut self, signature: [u8; 32], timestamp: u64, now: u64) -> Result<bool, Status> {
-        while let Some(&(at, oldest)) = self.order.front() {
+    /// Remembers a signature made at `timestamp` by `key_id`; `false` if it was seen before.
+    fn first_time(&mut self, key_id: &str, signature: [u8; 32], timestamp: u64, now: u64) -> Result<bool, Status> {
+        while let Some((&(at, oldest), _)) = self.order.first_key_value() {
             if at.saturating_add(SIGNATURE_WINDOW_SECONDS) >= now {
                 break;
             }
-            self.order.pop_front();
+            let (_, key) = self.order.pop_first().expect("just seen");
             self.seen.remove(&oldest);
+            if let Some(count) = self.per_key.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_key.remove(&key);
+                }
+            }
         }
         if self.seen.contains(&signature) {
             return Ok(false);
         }
-        if self.seen.len() >= MAX_REMEMBERED_SIGNATURES {
+        let mine = self.per_key.get(key_id).copied().unwrap_or(0);
+        if self.seen.len() >= MAX_REMEMBERED_SIGNATURES || mine >= MAX_REMEMBERED_SIGNATURES_PER_KEY {
             let details = ErrorDetails::with_error_info("SIGNED_CALLS_EXHAUSTED", ERROR_DOMAIN, HashMap::new());
             return Err(Status::with_error_details(
                 Code::ResourceExhausted,
@@ -608,10 +628,9 @@ impl SeenSignatures {
             ));
         }
         self.seen.insert(signature);
-        // Ordered by arrival, pruned by their own time: a timestamp older than the front
-        // is kept a little longer, never forgotten early.
-        self.order
-            .push_back((timestamp.max(now.saturating_sub(SIGNATURE_WINDOW_SECONDS)), signature));
+        // Kept until the window has passed for both its own time and its arrival.
+        self.order.insert((timestamp.max(now), signature), key_id.to_string());
+        *self.per_key.entry(key_id.to_string()).or_default() += 1;
         Ok(true)
     }
 }
@@ -670,6 +689,12 @@ impl Authenticator {
         Ok(principal)
     }
 
+    /// What a signed call's headers alone can show (the key exists and is not revoked, the
+    /// timestamp is in the window), checked before its body is read.
+    pub fn precheck_signed(&self, headers: &http::HeaderMap) -> Result<(), Status> {
+        signed_headers(self.slot.auth()?, self.slot.engine()?, headers).map(|_| ())
+    }
+
     fn signed(
         &self,
         settings: &AuthSettings,
@@ -678,73 +703,106 @@ impl Authenticator {
         headers: &http::HeaderMap,
         body_sha256_hex: Option<&str>,
     ) -> Result<Principal, Status> {
-        let malformed = |why: String| unauthenticated("CREDENTIAL_MALFORMED", why);
-        let text = |name: &str| -> Result<&str, Status> {
-            headers
-                .get(name)
-                .ok_or_else(|| malformed(format!("a signed call needs {KEY_ID_HEADER}, {TIMESTAMP_HEADER} and {SIGNATURE_HEADER}; {name} is missing")))?
-                .to_str()
-                .map_err(|_| malformed(format!("{name} is not ASCII")))
-        };
-        let key_id = text(KEY_ID_HEADER)?;
-        let timestamp_text = text(TIMESTAMP_HEADER)?;
-        let signature = crate::query::json::unhex32(text(SIGNATURE_HEADER)?)
-            .ok_or_else(|| malformed(format!("{SIGNATURE_HEADER} must be 64 hex digits")))?;
-        let timestamp: u64 = timestamp_text
-            .parse()
-            .map_err(|_| malformed(format!("{TIMESTAMP_HEADER} must be unix seconds")))?;
-        let now = engine.now_us() / 1_000_000;
-        if timestamp.abs_diff(now) > SIGNATURE_WINDOW_SECONDS {
-            return Err(unauthenticated(
-                "TIMESTAMP_SKEW",
-                format!(
-                    "the call is signed at {timestamp}, {} s from this server's clock ({now}); at most {SIGNATURE_WINDOW_SECONDS} s",
-                    timestamp.abs_diff(now)
-                ),
-            ));
-        }
-        let (tenant, role, kid) = {
-            let credentials = engine.credentials();
-            let key = credentials
-                .api_keys
-                .get(key_id)
-                .ok_or_else(|| unauthenticated("KEY_UNKNOWN", format!("no API key {key_id:?}")))?;
-            if key.revoked_at_us.is_some() {
-                return Err(unauthenticated("KEY_REVOKED", format!("API key {key_id:?} is revoked")));
-            }
-            (key.tenant.clone(), key.role.clone(), key.signing_kid.clone())
-        };
-        let secret = settings.api_key_secret(&kid, key_id).ok_or_else(|| {
-            unauthenticated(
-                "KEY_RETIRED",
-                format!("API key {key_id:?} was made with server key {kid:?}, which this server no longer holds"),
-            )
-        })?;
-        let digest = body_sha256_hex.ok_or_else(|| malformed("the signed request's body could not be read".into()))?;
-        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(signing_string(path, timestamp_text, digest).as_bytes());
-        mac.verify_slice(&signature)
+        let call = signed_headers(settings, engine, headers)?;
+        let digest = body_sha256_hex.ok_or_else(|| unauthenticated("CREDENTIAL_MALFORMED", BODY_UNREAD))?;
+        let mut mac = HmacSha256::new_from_slice(call.secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(signing_string(path, &call.timestamp_text, digest).as_bytes());
+        mac.verify_slice(&call.signature)
             .map_err(|_| unauthenticated("SIGNATURE_INVALID", "the call's signature does not verify"))?;
-        if !self
-            .seen
-            .lock()
-            .expect("the replay cache lock")
-            .first_time(signature, timestamp, now)?
-        {
+        if !self.seen.lock().expect("the replay cache lock").first_time(
+            &call.key_id,
+            call.signature,
+            call.timestamp,
+            call.now,
+        )? {
             return Err(unauthenticated(
                 "SIGNATURE_REPLAYED",
                 "this signature was used before; sign each call anew",
             ));
         }
-        let role = Role::parse(&role).expect("the log holds known roles");
         Ok(Principal {
-            subject: key_id.to_string(),
-            tenant,
-            roles: vec![role],
-            permissions: Permissions::of_roles(&[role]),
-            credential: Credential::ApiKey(key_id.to_string()),
+            subject: call.key_id.clone(),
+            tenant: call.tenant,
+            roles: vec![call.role],
+            permissions: Permissions::of_roles(&[call.role]),
+            credential: Credential::ApiKey(call.key_id),
         })
     }
+}
+
+/// A signed call's headers, checked: the key's tenant, role and secret.
+struct SignedCall {
+    key_id: String,
+    timestamp_text: String,
+    timestamp: u64,
+    now: u64,
+    signature: [u8; 32],
+    tenant: String,
+    role: Role,
+    secret: String,
+}
+
+fn signed_headers(
+    settings: &AuthSettings,
+    engine: &crate::engine::EngineHandle,
+    headers: &http::HeaderMap,
+) -> Result<SignedCall, Status> {
+    let malformed = |why: String| unauthenticated("CREDENTIAL_MALFORMED", why);
+    let text = |name: &str| -> Result<&str, Status> {
+        headers
+            .get(name)
+            .ok_or_else(|| {
+                malformed(format!(
+                    "a signed call needs {KEY_ID_HEADER}, {TIMESTAMP_HEADER} and {SIGNATURE_HEADER}; {name} is missing"
+                ))
+            })?
+            .to_str()
+            .map_err(|_| malformed(format!("{name} is not ASCII")))
+    };
+    let key_id = text(KEY_ID_HEADER)?;
+    let timestamp_text = text(TIMESTAMP_HEADER)?;
+    let signature = crate::query::json::unhex32(text(SIGNATURE_HEADER)?)
+        .ok_or_else(|| malformed(format!("{SIGNATURE_HEADER} must be 64 hex digits")))?;
+    let timestamp: u64 = timestamp_text
+        .parse()
+        .map_err(|_| malformed(format!("{TIMESTAMP_HEADER} must be unix seconds")))?;
+    let now = engine.now_us() / 1_000_000;
+    if timestamp.abs_diff(now) > SIGNATURE_WINDOW_SECONDS {
+        return Err(unauthenticated(
+            "TIMESTAMP_SKEW",
+            format!(
+                "the call is signed at {timestamp}, {} s from this server's clock ({now}); at most {SIGNATURE_WINDOW_SECONDS} s",
+                timestamp.abs_diff(now)
+            ),
+        ));
+    }
+    let (tenant, role, kid) = {
+        let credentials = engine.credentials();
+        let key = credentials
+            .api_keys
+            .get(key_id)
+            .ok_or_else(|| unauthenticated("KEY_UNKNOWN", format!("no API key {key_id:?}")))?;
+        if key.revoked_at_us.is_some() {
+            return Err(unauthenticated("KEY_REVOKED", format!("API key {key_id:?} is revoked")));
+        }
+        (key.tenant.clone(), key.role.clone(), key.signing_kid.clone())
+    };
+    let secret = settings.api_key_secret(&kid, key_id).ok_or_else(|| {
+        unauthenticated(
+            "KEY_RETIRED",
+            format!("API key {key_id:?} was made with server key {kid:?}, which this server no longer holds"),
+        )
+    })?;
+    Ok(SignedCall {
+        key_id: key_id.to_string(),
+        timestamp_text: timestamp_text.to_string(),
+        timestamp,
+        now,
+        signature,
+        tenant,
+        role: Role::parse(&role).expect("the log holds known roles"),
+        secret,
+    })
 }
 
 fn bearer(
@@ -915,7 +973,21 @@ where
             }
             let (mut parts, body) = request.into_parts();
             let (body, digest) = if parts.headers.contains_key(SIGNATURE_HEADER) {
-                match digest_body(body).await {
+                // Nothing is buffered for a call whose headers already fail.
+                if let Err(status) = auth.precheck_signed(&parts.headers) {
+                    return Ok(status.into_http());
+                }
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(SIGNED_BODY_TIMEOUT_SECONDS),
+                    digest_body(body),
+                );
+                let read = match read.await {
+                    Ok(read) => read,
+                    Err(_) => Err(Status::deadline_exceeded(
+                        "DEADLINE_EXCEEDED: the signed request's body did not arrive in time",
+                    )),
+                };
+                match read {
                     Ok((bytes, digest)) => (tonic::body::Body::new(http_body_util::Full::new(bytes)), digest),
                     Err(status) => return Ok(status.into_http()),
                 }

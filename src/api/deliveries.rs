@@ -81,7 +81,7 @@ impl DeliveriesService {
         let command = Command::UpdateEndpoint {
             endpoint_id,
             config: None,
-            status,
+            status: Some(status),
         };
         let receipt = self.submit(meta(&caller, ""), command).await?;
         let endpoint = self.endpoint(&caller.tenant, endpoint_id).await?;
@@ -255,11 +255,10 @@ impl Deliveries for DeliveriesService {
         let r = request.get_ref();
         let config = config(r.settings.as_ref())?;
         self.check_url(&config).await?;
-        let current = self.endpoint(&caller.tenant, r.endpoint_id).await?;
         let command = Command::UpdateEndpoint {
             endpoint_id: r.endpoint_id,
             config: Some(config),
-            status: current.status,
+            status: None,
         };
         let receipt = self.submit(meta(&caller, ""), command).await?;
         let endpoint = self.endpoint(&caller.tenant, r.endpoint_id).await?;

@@ -135,11 +135,12 @@ pub enum Command {
         secret_kid: String,
         secret_nonce: String,
     },
-    /// New settings (`None`: the same) and status of an endpoint.
+    /// New settings and status of an endpoint; `None`: as they are (decided against the
+    /// state, so that a settings change never undoes a pause that came before it).
     UpdateEndpoint {
         endpoint_id: u64,
         config: Option<super::delivery::EndpointConfig>,
-        status: super::delivery::EndpointStatus,
+        status: Option<super::delivery::EndpointStatus>,
     },
     /// The delivery worker is about to make an at-most-once attempt.
     DispatchDelivery {
@@ -383,7 +384,10 @@ impl Command {
             ),
             Command::UpdateEndpoint {
                 endpoint_id, status, ..
-            } => (Shape::UpdateEndpoint, &[*endpoint_id, *status as u64]),
+            } => (
+                Shape::UpdateEndpoint,
+                &[*endpoint_id, status.map_or(0, |s| s as u64 + 1)],
+            ),
             Command::DispatchDelivery {
                 endpoint_id,
                 event_seq,

@@ -250,6 +250,16 @@ fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection>
     validate_id("tenant", &meta.tenant, MAX_TENANT_BYTES)?;
     validate_id("actor", &meta.actor, MAX_ID_BYTES)?;
     match &meta.idempotency {
+        // The worker's reports and the operators' retries are idempotent by their own
+        // checks, and their records carry no request to answer a retry with.
+        Some(_)
+            if matches!(
+                command,
+                Command::DispatchDelivery { .. } | Command::RecordDelivery { .. } | Command::RetryDeliveries { .. }
+            ) =>
+        {
+            return Err(Rejection::invalid("idempotency_key", "this command takes none"));
+        }
         Some(key) => {
             validate_id("idempotency_key", &key.key, MAX_ID_BYTES)?;
             if !key.scope.is_empty() {

@@ -402,14 +402,21 @@ impl DeliveryState {
         }
     }
 
-    /// The deliveries due at `now_us` of endpoints that send, oldest event first; for an
-    /// ordered endpoint only the first unfinished delivery of each account.
+    /// The deliveries due at `now_us` of endpoints that send, oldest event first and at
+    /// most `limit / 4` (at least 1) of each endpoint, so that one endpoint's backlog does
+    /// not crowd out the others; for an ordered endpoint only the first unfinished delivery
+    /// of each account.
     pub fn due(&self, now_us: u64, limit: usize) -> Vec<(u64, u64)> {
+        let per_endpoint = (limit / 4).max(1);
         let mut due = Vec::new();
         let mut blocked: std::collections::HashSet<(u64, &str)> = std::collections::HashSet::new();
+        let mut taken: HashMap<u64, usize> = HashMap::new();
         for &(endpoint_id, event_seq) in &self.open {
             if due.len() >= limit {
                 break;
+            }
+            if taken.get(&endpoint_id).is_some_and(|n| *n >= per_endpoint) {
+                continue;
             }
             let d = &self.deliveries[&(endpoint_id, event_seq)];
             let endpoint = &self.endpoints[&endpoint_id];
@@ -431,6 +438,7 @@ impl DeliveryState {
             }
             if d.status != DeliveryStatus::Delivering && d.next_at_us <= now_us {
                 due.push((endpoint_id, event_seq));
+                *taken.entry(endpoint_id).or_default() += 1;
             }
         }
         due
@@ -562,6 +570,13 @@ pub(super) fn register(
     secret_nonce: &str,
 ) -> Result<Decision, Rejection> {
     validate_config(config)?;
+    let endpoints = ctx.state.deliveries.by_tenant.get(&ctx.meta.tenant).map_or(0, Vec::len);
+    if endpoints >= MAX_ENDPOINTS_PER_TENANT {
+        return Err(Rejection::invalid(
+            "settings",
+            format!("a program has at most {MAX_ENDPOINTS_PER_TENANT} endpoints; delete one first"),
+        ));
+    }
     let endpoint_id = ctx.state.head_seq + 1;
     Ok(Decision::Append(vec![emit(
         ctx,
@@ -580,10 +595,11 @@ pub(super) fn update(
     ctx: &Ctx<'_>,
     endpoint_id: u64,
     config: Option<&EndpointConfig>,
-    status: EndpointStatus,
+    status: Option<EndpointStatus>,
 ) -> Result<Decision, Rejection> {
     let current = endpoint(ctx, endpoint_id)?;
     let config = config.unwrap_or(&current.config);
+    let status = status.unwrap_or(current.status);
     validate_config(config)?;
     if *config == current.config && status == current.status {
         return Ok(Decision::Nothing);
@@ -754,6 +770,12 @@ pub(super) fn record(
 /// the worker recorded the 2xx answer (the receiver acked while answering).
 pub(super) fn ack(ctx: &Ctx<'_>, endpoint_id: u64, event_seq: u64, receipt: &str) -> Result<Decision, Rejection> {
     validate_text("receipt", receipt, REASON_MAX_CHARS)?;
+    if endpoint(ctx, endpoint_id)?.config.ack_mode != AckMode::Explicit {
+        return Err(Rejection::invalid(
+            "delivery_id",
+            "its endpoint does not take acks (a 2xx answer delivers)",
+        ));
+    }
     let d = delivery(ctx, endpoint_id, event_seq)?;
     match d.status {
         DeliveryStatus::Acked => Ok(Decision::Nothing),

@@ -716,7 +716,7 @@ pub fn request_of(record: &Record) -> Option<Command> {
         Event::EndpointUpdated(u) => Command::UpdateEndpoint {
             endpoint_id: u.endpoint_id,
             config: Some(u.config.clone()),
-            status: u.status,
+            status: Some(u.status),
         },
         Event::DeliveryAcked(a) => Command::AckDelivery {
             endpoint_id: a.endpoint_id,

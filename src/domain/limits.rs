@@ -132,3 +132,7 @@ pub const DELIVERIES_KEPT_PER_ENDPOINT: usize = 10_000;
 
 /// Deliveries one re-drive retries at most; ask again for more.
 pub const DELIVERY_REDRIVE_MAX: usize = 1_000;
+
+/// Endpoints one program may have: every record of the program is matched against each on
+/// the sequencer's thread, so their number bounds that work.
+pub const MAX_ENDPOINTS_PER_TENANT: usize = 100;
