@@ -936,6 +936,15 @@ async fn run_server(settings: Settings) -> ExitCode {
     slot.fill(engine.handle());
     tracing::info!(head = engine.report().head_seq, "ledger serving");
     println!("tally serving: head sequence {}", engine.report().head_seq);
+    // Every call needs a credential: say where the keys that make them are.
+    match std::env::var("TALLY_AUTH_KEYS") {
+        Ok(keys) if !keys.trim().is_empty() => println!("tally auth keys: from TALLY_AUTH_KEYS"),
+        _ => println!(
+            "tally auth keys: {} (tally token issue --keys {} --tenant T --subject S --role R)",
+            settings.auth_keys_file.display(),
+            settings.auth_keys_file.display()
+        ),
+    }
     let sweeper = sweeper::spawn(engine.handle(), settings.sweep_interval);
     let auth = slot.auth().expect("the auth settings were set before serving").clone();
     let deliverer = tally::deliverer::Deliverer::new(engine.handle(), auth, outbound);
