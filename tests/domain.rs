@@ -684,6 +684,24 @@ fn refused_comps_that_matter_are_recorded_and_leave_the_key_free() {
     h.now_us += MANUAL_REWARD_WINDOW_US + 1;
     let later = h.ok(&meta("c-over"), comp("staff-1", 99, "regular comp reason"));
     assert!(matches!(later[0].event, Event::PointsAwarded(_)), "the key stayed free");
+    // A caller whose grants lack loyalty:award (a member, a service) is refused, and that
+    // is recorded too; the same caller with the permission is not.
+    use tally::domain::access::{Permissions, Role};
+    let member = tally::domain::CommandMeta {
+        grants: Some(Permissions::of_roles(&[Role::Member])),
+        ..meta_as("t1", "staff-9", "c-member", "")
+    };
+    let start = h.records.len();
+    assert!(matches!(
+        h.refused(&member, comp("staff-9", 5, "regular comp reason")),
+        Rejection::PermissionDenied(_)
+    ));
+    assert_eq!(h.records[start].event.kind().name(), "comp.refused");
+    let staff = tally::domain::CommandMeta {
+        grants: Some(Permissions::of_roles(&[Role::Staff])),
+        ..member
+    };
+    h.ok(&staff, comp("staff-9", 5, "regular comp reason"));
     // Refusals change no balance and fold like everything else.
     assert_eq!(h.refold(), h.state);
 }

@@ -650,7 +650,7 @@ async fn credential_workload(engine: &TestEngine, h: &tally::engine::EngineHandl
         reason: "rotated".into(),
     };
     h.submit(unkeyed("admin-1"), revoke).await.unwrap();
-    let denied = Command::RecordCompDenied {
+    let denied = Command::Award {
         account: "p1".into(),
         source: AwardRequest::Manual {
             staff_id: "p1".into(),
@@ -658,9 +658,14 @@ async fn credential_workload(engine: &TestEngine, h: &tally::engine::EngineHandl
             reason: "self-service comp".into(),
             external_reward_id: String::new(),
         },
-        message: "p1 may not give comps: needs permission loyalty:award".into(),
     };
-    assert!(h.submit(unkeyed("p1"), denied).await.is_err());
+    let member = tally::domain::CommandMeta {
+        grants: Some(tally::domain::access::Permissions::of_roles(&[
+            tally::domain::access::Role::Member,
+        ])),
+        ..meta_as("t1", "p1", "comp-self", "")
+    };
+    assert!(h.submit(member, denied).await.is_err());
 }
 
 /// Endpoints and deliveries, for the golden log of version 6: an at-least-once endpoint with

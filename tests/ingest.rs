@@ -31,6 +31,7 @@ fn meta_as(actor: &str, key: &str, scope: &str) -> CommandMeta {
             key: key.into(),
             scope: scope.into(),
         }),
+        grants: None,
     }
 }
 

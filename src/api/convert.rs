@@ -30,6 +30,7 @@ pub fn meta(caller: &Caller, common: Common<'_>) -> CommandMeta {
             key: common.idempotency_key.to_string(),
             scope: common.idempotency_scope.to_string(),
         }),
+        grants: Some(caller.principal.permissions),
     }
 }
 
@@ -302,7 +303,6 @@ pub fn batch_result(command: &Command, receipt: &Receipt) -> proto::batch_result
         | Command::EndSession { .. }
         | Command::CreateApiKey { .. }
         | Command::RevokeApiKey { .. }
-        | Command::RecordCompDenied { .. }
         | Command::RegisterEndpoint { .. }
         | Command::UpdateEndpoint { .. }
         | Command::DispatchDelivery { .. }

@@ -103,6 +103,7 @@ fn meta(caller: &Caller, key: &str) -> CommandMeta {
             key: key.to_string(),
             scope: String::new(),
         }),
+        grants: Some(caller.principal.permissions),
     }
 }
 

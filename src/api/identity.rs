@@ -53,6 +53,7 @@ fn meta(caller: &Caller, key: &str, correlation_id: &str) -> CommandMeta {
             key: key.to_string(),
             scope: String::new(),
         }),
+        grants: Some(caller.principal.permissions),
     }
 }
 

@@ -63,6 +63,7 @@ pub fn ingest_command(caller: &Caller, request: &proto::IngestRequest) -> Result
             key: request.external_id.clone(),
             scope: format!("{INGEST_SCOPE_PREFIX}{}", request.source),
         }),
+        grants: Some(caller.principal.permissions),
     };
     let command = Command::Ingest {
         source: request.source.clone(),
@@ -193,6 +194,7 @@ fn operator_meta(caller: &Caller, key: &str, scope: &str, correlation_id: &str) 
             key: key.to_string(),
             scope: scope.to_string(),
         }),
+        grants: Some(caller.principal.permissions),
     })
 }
 

@@ -38,32 +38,19 @@ impl LedgerService {
         trace::submit(self.engine()?, meta, command).await
     }
 
-    /// Whether the caller may submit `command`: `Ok(None)` if so; a manual reward by a
-    /// caller without `loyalty:award` becomes the command that records the refusal for the
-    /// comp review (`Ok(Some(..))`, answered PERMISSION_DENIED by the ledger); anything
-    /// else not allowed is refused here.
-    async fn authorize(&self, caller: &Caller, command: &Command) -> Result<Option<Command>, Status> {
+    /// Whether the caller may submit `command`; refused here if not. A manual reward goes
+    /// to the ledger whatever the caller's grants: the comp rules check `loyalty:award`
+    /// themselves, so that a refusal is recorded for the comp review.
+    async fn authorize(&self, caller: &Caller, command: &Command) -> Result<(), Status> {
         use crate::domain::access::Permission::*;
         use crate::domain::AwardRequest;
         let p = &caller.principal;
         match command {
             Command::OpenAccount { .. } => p.require(AccountsOpen)?,
             Command::Award {
-                account,
-                source: source @ AwardRequest::Manual { .. },
-            } => {
-                if !p.has(LoyaltyAward) {
-                    return Ok(Some(Command::RecordCompDenied {
-                        account: account.clone(),
-                        source: source.clone(),
-                        message: format!(
-                            "{} may not give comps: needs permission {}",
-                            p.subject,
-                            LoyaltyAward.name()
-                        ),
-                    }));
-                }
-            }
+                source: AwardRequest::Manual { .. },
+                ..
+            } => {}
             Command::Award { .. } => p.require(LoyaltyAccrue)?,
             Command::Reserve { account, .. } => p.require_account(PointsHold, PointsHoldOwn, account)?,
             Command::Commit { hold_id, .. } | Command::Release { hold_id } => {
@@ -74,7 +61,7 @@ impl LedgerService {
             }
             _ => unreachable!("the ledger service submits ledger commands only"),
         }
-        Ok(None)
+        Ok(())
     }
 
     /// The account of a hold in the caller's tenant (NOT_FOUND otherwise).
@@ -87,16 +74,8 @@ impl LedgerService {
 
     /// Authorizes and submits one command of the ledger.
     async fn submit_authorized(&self, caller: &Caller, meta: CommandMeta, command: Command) -> Result<Receipt, Status> {
-        match self.authorize(caller, &command).await? {
-            None => self.submit(meta, command).await,
-            Some(refusal) => {
-                let meta = CommandMeta {
-                    idempotency: None,
-                    ..meta
-                };
-                self.submit(meta, refusal).await
-            }
-        }
+        self.authorize(caller, &command).await?;
+        self.submit(meta, command).await
     }
 
     /// Waits until queries see every command acknowledged before the call arrived.
@@ -181,17 +160,7 @@ impl Ledger for LedgerService {
         for (position, command) in commands.iter().enumerate() {
             let converted = convert::batch_command(&caller, command);
             let authorized = match converted {
-                Ok((meta, command)) => match self.authorize(&caller, &command).await {
-                    Ok(None) => Ok((meta, command)),
-                    Ok(Some(refusal)) => Ok((
-                        CommandMeta {
-                            idempotency: None,
-                            ..meta
-                        },
-                        refusal,
-                    )),
-                    Err(status) => Err(status),
-                },
+                Ok((meta, command)) => self.authorize(&caller, &command).await.map(|()| (meta, command)),
                 Err(status) => Err(status),
             };
             match authorized {

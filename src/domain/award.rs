@@ -202,23 +202,17 @@ pub(super) fn refusal(
     })
 }
 
-/// A comp the API refused because the caller may not give comps: recorded like the
-/// ledger's own comp refusals. Anything else is only answered.
-pub(super) fn denied(
-    ctx: &Ctx<'_>,
-    account_id: &str,
-    source: &AwardRequest,
-    message: &str,
-) -> Result<Decision, Rejection> {
-    let rejection = Rejection::PermissionDenied(message.to_string());
-    if !matches!(source, AwardRequest::Manual { .. }) {
-        return Err(rejection);
-    }
-    refusal(ctx, account_id, source, rejection)
-}
-
-/// The staff id of a comp is the authenticated caller, never another name.
+/// The staff id of a comp is the authenticated caller, never another name, and the caller
+/// may give comps (`loyalty:award`, when the command came with the caller's grants).
 fn validate_staff(ctx: &Ctx<'_>, staff_id: &str) -> Result<(), Rejection> {
+    use super::access::Permission::LoyaltyAward;
+    if ctx.meta.grants.is_some_and(|grants| !grants.has(LoyaltyAward)) {
+        return Err(Rejection::PermissionDenied(format!(
+            "{} may not give comps: needs permission {}",
+            ctx.meta.actor,
+            LoyaltyAward.name()
+        )));
+    }
     if staff_id.is_empty() || ctx.meta.actor.is_empty() || ctx.meta.actor == ANONYMOUS_ACTOR {
         return Err(Rejection::Unauthenticated(
             "a manual reward needs an identified staff caller".to_string(),

@@ -16,6 +16,12 @@ pub struct CommandMeta {
     pub causation_id: String,
     /// Absent only for commands the engine submits itself (the expiry and retry pulses).
     pub idempotency: Option<IdempotencyKey>,
+    /// What the authenticated caller may do, as its credential says. `None` for the
+    /// system's own callers (the sweeper, ingest retries, the delivery worker, offline
+    /// tools). The API checks permissions before it submits; the rules that must record a
+    /// refusal (a comp by a caller without `loyalty:award`) check them here. Not recorded:
+    /// the record's actor is the caller.
+    pub grants: Option<super::access::Permissions>,
 }
 
 /// The caller-chosen identity of an operation: `(tenant, key, scope)` with the tenant from
@@ -166,13 +172,6 @@ pub enum Command {
         selection: super::delivery::RetrySelection,
         reason: String,
     },
-    /// A manual reward the API refused because the caller lacks the permission to give
-    /// comps: recorded (`comp.refused`) for the comp review, answered PERMISSION_DENIED.
-    RecordCompDenied {
-        account: String,
-        source: AwardRequest,
-        message: String,
-    },
 }
 
 /// Where awarded points come from.
@@ -226,7 +225,6 @@ impl Command {
             Command::EndSession { .. } => "end_session",
             Command::CreateApiKey { .. } => "create_api_key",
             Command::RevokeApiKey { .. } => "revoke_api_key",
-            Command::RecordCompDenied { .. } => "record_comp_denied",
             Command::RegisterEndpoint { .. } => "register_endpoint",
             Command::UpdateEndpoint { .. } => "update_endpoint",
             Command::DispatchDelivery { .. } => "dispatch_delivery",
@@ -376,7 +374,6 @@ impl Command {
             Command::EndSession { session_id, reason } => (Shape::EndSession, &[text(session_id), text(reason)]),
             Command::CreateApiKey { name, role, .. } => (Shape::CreateApiKey, &[text(name), text(role)]),
             Command::RevokeApiKey { key_id, reason } => (Shape::RevokeApiKey, &[text(key_id), text(reason)]),
-            Command::RecordCompDenied { account, .. } => (Shape::RecordCompDenied, &[text(account)]),
             // The nonce is the server's, drawn anew for each request.
             Command::RegisterEndpoint { config, .. } => (
                 Shape::RegisterEndpoint,
@@ -455,7 +452,6 @@ pub enum Shape {
     EndSession,
     CreateApiKey,
     RevokeApiKey,
-    RecordCompDenied,
     RegisterEndpoint,
     UpdateEndpoint,
     DeliveryAttempt,
@@ -514,7 +510,6 @@ impl Shape {
             Shape::EndSession => &["session_id", "reason"],
             Shape::CreateApiKey => &["name", "role"],
             Shape::RevokeApiKey => &["key_id", "reason"],
-            Shape::RecordCompDenied => &["account_id"],
             Shape::RegisterEndpoint => &["url", "endpoint"],
             Shape::UpdateEndpoint => &["endpoint_id", "status"],
             Shape::DeliveryAttempt => &["endpoint_id", "event_sequence", "attempt"],

@@ -183,11 +183,6 @@ pub fn decide(
             fingerprint,
         } => session::create_key(&ctx, key_id, name, role, signing_kid, fingerprint),
         Command::RevokeApiKey { key_id, reason } => session::revoke_key(&ctx, key_id, reason),
-        Command::RecordCompDenied {
-            account,
-            source,
-            message,
-        } => award::denied(&ctx, account, source, message),
         Command::RegisterEndpoint {
             config,
             secret_kid,
@@ -286,7 +281,6 @@ fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection>
                 | Command::RetryDue
                 | Command::EndSession { .. }
                 | Command::RevokeApiKey { .. }
-                | Command::RecordCompDenied { .. }
                 | Command::UpdateEndpoint { .. }
                 | Command::DispatchDelivery { .. }
                 | Command::RecordDelivery { .. }

@@ -39,7 +39,7 @@ pub const DEAD_LETTER_DEPTH: &str = "tally_dead_letter_depth";
 pub const INGEST_RETRYING: &str = "tally_ingest_retrying";
 
 /// Command kinds, in the order of [`kind_index`].
-pub const KINDS: [&str; 26] = [
+pub const KINDS: [&str; 25] = [
     "open_account",
     "award",
     "reserve",
@@ -59,7 +59,6 @@ pub const KINDS: [&str; 26] = [
     "end_session",
     "create_api_key",
     "revoke_api_key",
-    "record_comp_denied",
     "register_endpoint",
     "update_endpoint",
     "dispatch_delivery",
@@ -145,13 +144,12 @@ pub(crate) fn kind_index(command: &Command) -> usize {
         Command::EndSession { .. } => 16,
         Command::CreateApiKey { .. } => 17,
         Command::RevokeApiKey { .. } => 18,
-        Command::RecordCompDenied { .. } => 19,
-        Command::RegisterEndpoint { .. } => 20,
-        Command::UpdateEndpoint { .. } => 21,
-        Command::DispatchDelivery { .. } => 22,
-        Command::RecordDelivery { .. } => 23,
-        Command::AckDelivery { .. } => 24,
-        Command::RetryDeliveries { .. } => 25,
+        Command::RegisterEndpoint { .. } => 19,
+        Command::UpdateEndpoint { .. } => 20,
+        Command::DispatchDelivery { .. } => 21,
+        Command::RecordDelivery { .. } => 22,
+        Command::AckDelivery { .. } => 23,
+        Command::RetryDeliveries { .. } => 24,
     }
 }
 

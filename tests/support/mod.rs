@@ -27,6 +27,7 @@ pub fn meta_as(tenant: &str, actor: &str, key: &str, scope: &str) -> CommandMeta
             key: key.into(),
             scope: scope.into(),
         }),
+        grants: None,
     }
 }
 
