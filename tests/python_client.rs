@@ -50,7 +50,14 @@ fn a_python_client_generated_by_protoc_runs_the_readme_session() {
     protoc
         .arg(format!("--python_out={}", generated.path().display()))
         .arg(format!("--grpc_python_out={}", generated.path().display()));
-    run(protoc.args(["tally/v1/ledger.proto", "tally/v1/audit.proto", "tally/v1/ingest.proto"]));
+    // Every proto, as a team generating a client would; the session uses three of them.
+    let protos: Vec<String> = std::fs::read_dir(proto.join("tally/v1"))
+        .unwrap()
+        .map(|entry| format!("tally/v1/{}", entry.unwrap().file_name().to_string_lossy()))
+        .filter(|name| name.ends_with(".proto"))
+        .collect();
+    assert!(protos.len() >= 6, "{protos:?}");
+    run(protoc.args(&protos));
 
     let data = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))

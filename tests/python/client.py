@@ -16,9 +16,11 @@ import grpc  # noqa: E402
 from tally.v1 import audit_pb2 as A, audit_pb2_grpc as AG  # noqa: E402
 from tally.v1 import ledger_pb2 as L, ledger_pb2_grpc as LG  # noqa: E402
 from tally.v1 import ingest_pb2 as I, ingest_pb2_grpc as IG  # noqa: E402
+from tally.v1 import identity_pb2 as ID, identity_pb2_grpc as IDG  # noqa: E402
 
 channel = grpc.insecure_channel(sys.argv[1])
 ledger, audit, ingest = LG.LedgerStub(channel), AG.AuditStub(channel), IG.IngestStub(channel)
+identity = IDG.IdentityStub(channel)
 service_token, auditor_token, key_id, secret = sys.argv[3:7]
 md = [("authorization", f"Bearer {service_token}")]
 auditor = [("authorization", f"Bearer {auditor_token}")]
@@ -36,6 +38,8 @@ def check(what, got, expected):
         sys.exit(f"{what}: got {got!r}, expected {expected!r}")
 
 
+me = identity.WhoAmI(ID.WhoAmIRequest(), metadata=md)
+check("who am I", (me.subject, me.tenant, list(me.roles), me.credential), ("pos-7", "casino-1", ["service"], "operator_token"))
 opened = ledger.OpenAccount(L.OpenAccountRequest(account_id="player-42", idempotency_key="open-player-42"), metadata=md)
 check("tier", opened.balance.tier, "Member")
 slip = L.RatingSlipAccrual(slip_id="S-1001", game="blackjack", average_bet_cents=2500, decisions_per_hour=70, minutes_played=185, house_edge_bps=200)
