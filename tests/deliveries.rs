@@ -393,6 +393,14 @@ async fn the_receiver_verifies_the_signature_and_acks_redeliver_until_confirmed(
     let (endpoint, secret) = c
         .register(settings(&receiver.url, EXACTLY_ONCE, EXPLICIT), "ep-ack")
         .await;
+    // A retry of the registration answers the same endpoint and secret.
+    let again = c
+        .register(settings(&receiver.url, EXACTLY_ONCE, EXPLICIT), "ep-ack")
+        .await;
+    assert_eq!(again, (endpoint, secret.clone()));
+    // The log holds the secret's reference, never the secret.
+    let log = std::fs::read(server.engine.dir.path().join("log").join(format!("{:020}.seg", 1))).unwrap();
+    assert!(!log.windows(secret.len()).any(|w| w == secret.as_bytes()));
     let seq = c.open("p1").await;
     assert_eq!(deliverer.pulse().await.unwrap(), 1);
     let got = receiver.received()[0].clone();
