@@ -803,6 +803,10 @@ pub(super) fn retry(ctx: &Ctx<'_>, selection: &RetrySelection, reason: &str) -> 
     let events: Vec<Emitted> = match selection {
         RetrySelection::One { endpoint_id, event_seq } => {
             let d = delivery(ctx, *endpoint_id, *event_seq)?;
+            // Already waiting for its next attempt (a retried retry): nothing to do.
+            if d.status == DeliveryStatus::Pending {
+                return Ok(Decision::Nothing);
+            }
             if !matches!(d.status, DeliveryStatus::FailedPermanent | DeliveryStatus::Failed) {
                 return Err(Rejection::DeliveryNotDue {
                     endpoint_id: *endpoint_id,
