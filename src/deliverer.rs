@@ -152,10 +152,12 @@ impl Deliverer {
         let interrupted: Vec<(u64, u64, u32, String)> = self
             .engine
             .inspect(|state| {
-                state
-                    .deliveries
-                    .deliveries
+                // Dispatched deliveries are open: the index, not every delivery kept.
+                let deliveries = &state.deliveries;
+                deliveries
+                    .open
                     .iter()
+                    .map(|key| (key, &deliveries.deliveries[key]))
                     .filter(|(_, d)| d.status == DeliveryStatus::Delivering)
                     .map(|(&(e, s), d)| (e, s, d.attempts.last().map_or(1, |a| a.attempt), d.tenant.clone()))
                     .collect()

@@ -111,6 +111,32 @@ fn verify_of_a_directory_without_a_log_is_a_usage_error() {
     assert_eq!(tally(&["verify", dir.path().to_str().unwrap()]).status.code(), Some(64));
 }
 
+/// A server killed when dropped, however the test ends, so that no server outlives it.
+struct Stop(std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tally serve` on a free port with the test key ring and `extra` flags; its address.
+fn serve(data_dir: &std::path::Path, extra: &[&str]) -> (Stop, String) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
+        .env("TALLY_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let address = support::wait_until_serving(server.stdout.take().unwrap());
+    (Stop(server), address)
+}
+
 /// Runs `tally` with a client subcommand against `address`; (exit code, stdout, stderr).
 fn client(address: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))
@@ -138,33 +164,7 @@ fn ingest_and_dlq_work_against_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     // One attempt: an event for a member not enrolled is dead-lettered at once, so nothing
     // here waits on the wall clock.
-    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "",
-            "--ingest-max-attempts",
-            "1",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
-        .env("TALLY_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let address = support::wait_until_serving(server.stdout.take().unwrap());
-    // Stopped however the test ends, so that no server outlives it.
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Stop(server);
+    let (_server, address) = serve(&dir.path().join("data"), &["--ingest-max-attempts", "1"]);
     let file = dir.path().join("events.jsonl");
     std::fs::write(
         &file,
@@ -339,30 +339,13 @@ fn deliveries_cli_registers_an_endpoint_and_shows_what_the_worker_delivered() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
-        .args([
-            "--deliveries-allow-private-networks",
-            "true",
-            "--deliveries-poll-interval-ms",
-            "20",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
-        .env("TALLY_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Stop(server);
-    let address = support::wait_until_serving(server.0.stdout.take().unwrap());
+    let extra = [
+        "--deliveries-allow-private-networks",
+        "true",
+        "--deliveries-poll-interval-ms",
+        "20",
+    ];
+    let (_server, address) = serve(&dir.path().join("data"), &extra);
     let (code, stdout, stderr) = client(
         &address,
         &[

@@ -11,7 +11,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use support::{token, with_token, TestEngine, TestServer, TEST_KEYS};
+use support::{token, with_token, TestEngine, TestServer};
 use tally::api::proto::{self, deliveries_client::DeliveriesClient, ledger_client::LedgerClient};
 use tally::deliverer::{Deliverer, Destinations, Outbound};
 use tally::domain::delivery::{AckMode, EndpointConfig, Semantics};
@@ -764,7 +764,6 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
         open, folded.deliveries.open,
         "the index of open deliveries is exactly the open ones"
     );
-    let _ = TEST_KEYS;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

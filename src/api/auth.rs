@@ -374,6 +374,12 @@ fn write_private(file: &Path, text: &str) -> std::io::Result<()> {
     out.sync_all()
 }
 
+/// A fresh id: 128 random bits in hex, after a prefix that says what it is.
+pub(crate) fn fresh_id(prefix: &str) -> Result<String, Status> {
+    let bytes = random_bytes().map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?;
+    Ok(format!("{prefix}{}", &crate::query::json::hex(&bytes)[..32]))
+}
+
 pub(crate) fn random_bytes() -> std::io::Result<[u8; 32]> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

@@ -34,6 +34,22 @@ pub fn meta(caller: &Caller, common: Common<'_>) -> CommandMeta {
     }
 }
 
+/// A command's metadata from its caller, with an idempotency key if the request gave one
+/// (the services whose commands may come without: identity, deliveries).
+pub fn caller_meta(caller: &Caller, key: &str, correlation_id: &str) -> CommandMeta {
+    CommandMeta {
+        tenant: caller.tenant.clone(),
+        actor: caller.actor.clone(),
+        correlation_id: correlation_id.to_string(),
+        causation_id: String::new(),
+        idempotency: (!key.is_empty()).then(|| IdempotencyKey {
+            key: key.to_string(),
+            scope: String::new(),
+        }),
+        grants: Some(caller.principal.permissions),
+    }
+}
+
 macro_rules! common {
     ($request:expr) => {
         Common {

@@ -10,7 +10,7 @@ use super::trace;
 use crate::domain::delivery::{
     AckMode, Delivery, DeliveryStatus, Endpoint, EndpointConfig, EndpointStatus, RetrySelection, Semantics,
 };
-use crate::domain::{Command, CommandMeta, Event, EventKind, IdempotencyKey, Rejection};
+use crate::domain::{Command, CommandMeta, Event, EventKind, Rejection};
 use crate::engine::{EngineHandle, Receipt};
 use tonic::{Request, Response, Status};
 
@@ -94,17 +94,7 @@ impl DeliveriesService {
 }
 
 fn meta(caller: &Caller, key: &str) -> CommandMeta {
-    CommandMeta {
-        tenant: caller.tenant.clone(),
-        actor: caller.actor.clone(),
-        correlation_id: String::new(),
-        causation_id: String::new(),
-        idempotency: (!key.is_empty()).then(|| IdempotencyKey {
-            key: key.to_string(),
-            scope: String::new(),
-        }),
-        grants: Some(caller.principal.permissions),
-    }
+    super::convert::caller_meta(caller, key, "")
 }
 
 /// The settings with their defaults filled in.
@@ -222,9 +212,7 @@ impl Deliveries for DeliveriesService {
         let config = config(r.settings.as_ref())?;
         self.check_url(&config).await?;
         let auth = self.slot.auth()?;
-        let nonce = crate::query::json::hex(
-            &super::auth::random_bytes().map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?,
-        );
+        let nonce = super::auth::fresh_id("n-")?;
         let command = Command::RegisterEndpoint {
             config,
             secret_kid: auth.keys.signing().kid.clone(),

@@ -12,7 +12,7 @@ use super::trace;
 use crate::domain::access::{Permission, Role};
 use crate::domain::event::Record;
 use crate::domain::session::{ApiKey, Session};
-use crate::domain::{Command, CommandMeta, Event, IdempotencyKey, Rejection};
+use crate::domain::{Command, CommandMeta, Event, Rejection};
 use crate::engine::Receipt;
 use tonic::{Request, Response, Status};
 
@@ -43,25 +43,8 @@ impl IdentityService {
     }
 }
 
-fn meta(caller: &Caller, key: &str, correlation_id: &str) -> CommandMeta {
-    CommandMeta {
-        tenant: caller.tenant.clone(),
-        actor: caller.actor.clone(),
-        correlation_id: correlation_id.to_string(),
-        causation_id: String::new(),
-        idempotency: (!key.is_empty()).then(|| IdempotencyKey {
-            key: key.to_string(),
-            scope: String::new(),
-        }),
-        grants: Some(caller.principal.permissions),
-    }
-}
-
-/// A fresh id: 128 random bits in hex, after a prefix that says what it is.
-fn fresh_id(prefix: &str) -> Result<String, Status> {
-    let bytes = auth::random_bytes().map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?;
-    Ok(format!("{prefix}{}", &crate::query::json::hex(&bytes)[..32]))
-}
+use super::auth::fresh_id;
+use super::convert::caller_meta as meta;
 
 /// A session's token, made from what the log says of it: the same record, the same token.
 fn session_token(settings: &AuthSettings, record: &Record, session_id: &str, session: &Session) -> String {
