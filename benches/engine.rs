@@ -8,7 +8,9 @@
 //!     cargo bench --bench engine
 //!
 //! `TALLY_BENCH_SECONDS` sets the length of each run (default 3); `TALLY_BENCH_GROWTH`
-//! the larger prefilled log (default 10000000; 0 skips cost growth).
+//! the larger prefilled log (default 10000000; 0 skips cost growth). `TALLY_BENCH_CASE`
+//! runs only the award cases whose name contains it, without limits or cost growth (for a
+//! profiler: `TALLY_BENCH_CASE="durable, 8"`; `alone` runs the sequencer's work alone).
 
 mod common;
 
@@ -21,6 +23,10 @@ use std::time::Instant;
 use tally::domain::{AwardRequest, Command, CommandMeta, IdempotencyKey};
 use tally::engine::{Engine, EngineConfig, SystemClock};
 use tally::log::Durability;
+
+/// The allocator the server runs with (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const RUNS: usize = 3;
 const ACCOUNTS: u64 = common::ACCOUNTS;
@@ -104,6 +110,80 @@ fn award_event() -> tally::domain::event::PointsAwarded {
             tier_after: "Member".into(),
         },
     }
+}
+
+/// The sequencer's own work, alone on one thread: decide each award, stage its record
+/// (envelope, MessagePack, chain hash, into the pending frame), fold it into the state, and
+/// write the frame (without fdatasync) every 1000 commands, as one producer's batch. No
+/// inbox, no answers, no followers: the ceiling of the engine rates below on this machine,
+/// whatever the other core does.
+fn sequencer_work_alone() -> f64 {
+    use tally::domain::{decide, evolve, Decision, Envelope, Policy, Record, State};
+    use tally::log::{FileLog, LogOptions, LogWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        durability: Durability::Buffered,
+        ..LogOptions::default()
+    };
+    let (mut log, _) = FileLog::open(&dir.path().join("log"), options).unwrap();
+    let policy = Policy::default();
+    let mut state = State::default();
+    let apply = |log: &mut FileLog, state: &mut State, meta: &CommandMeta, command: &Command, now_us: u64| {
+        let Ok(Decision::Append(emitted)) = decide(&policy, state, meta, command, now_us) else {
+            panic!("every bench command is accepted");
+        };
+        for e in emitted {
+            let seq = state.head_seq + 1;
+            let key = meta.idempotency.as_ref().expect("bench commands are keyed");
+            let envelope = Envelope {
+                event_id: uuid::Uuid::from_u128(seq as u128),
+                tenant: e.tenant,
+                stream: e.account,
+                actor: meta.actor.clone(),
+                idempotency_key: key.key.clone(),
+                ..Envelope::default()
+            };
+            let hash = log.stage(seq, now_us, &envelope, &e.event);
+            let record = Record {
+                seq,
+                ts_us: now_us,
+                envelope,
+                event: e.event,
+                hash,
+            };
+            evolve(state, &record);
+        }
+    };
+    let now_us = common::T0;
+    for a in 0..ACCOUNTS {
+        let meta = CommandMeta {
+            tenant: "bench".into(),
+            actor: "bench".into(),
+            idempotency: Some(IdempotencyKey {
+                key: format!("open-{a}"),
+                scope: String::new(),
+            }),
+            ..CommandMeta::default()
+        };
+        let open = Command::OpenAccount {
+            account: format!("p{a}"),
+        };
+        apply(&mut log, &mut state, &meta, &open, now_us);
+    }
+    log.commit().unwrap();
+    // The commands are made beforehand, as the producers make them on their own threads.
+    let first = NEXT_RUN.fetch_add(1 << 40, Ordering::Relaxed);
+    let commands: Vec<_> = (first..first + 200_000).map(award).collect();
+    let mut done = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < seconds() && done < commands.len() {
+        for (meta, command) in &commands[done..done + 1000] {
+            apply(&mut log, &mut state, meta, command, now_us);
+        }
+        log.commit().unwrap();
+        done += 1000;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Operations per second of `f`, over the bench's run length.
@@ -224,6 +304,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    if let Ok(only) = std::env::var("TALLY_BENCH_CASE") {
+        if only == "alone" {
+            println!("the sequencer's work alone: {:.0} awards/s", sequencer_work_alone());
+        } else {
+            award_cases(&only, None);
+        }
+        return;
+    }
     let limit = median((0..RUNS).map(|_| fdatasync_rate()).collect());
     println!("limit: fdatasync of 4 KiB on a preallocated file: {limit:.0}/s (the ceiling on durable group commits)");
     let bandwidth = median((0..RUNS).map(|_| sequential_bandwidth()).collect());
@@ -244,6 +332,25 @@ fn main() {
     );
     let (single, _) = sled_insert_rates(200_000);
     println!("limit: sled 0.34 inserts of 150-byte rows, one by one: {single:.0}/s");
+    let alone = median((0..RUNS).map(|_| sequencer_work_alone()).collect());
+    println!(
+        "limit: the sequencer's work alone on one thread (decide, stage, evolve; no fdatasync): {alone:.0} awards/s"
+    );
+    award_cases("", Some(limit));
+    let growth: u64 = std::env::var("TALLY_BENCH_GROWTH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    if growth > 0 {
+        for prefill in [0, growth / 10, growth] {
+            cost_growth(prefill);
+        }
+    }
+}
+
+/// The award cases whose name contains `only`, each the median of three runs; durable ones
+/// as a ratio to the fdatasync `limit` when it was measured.
+fn award_cases(only: &str, limit: Option<f64>) {
     let cases: [(&str, Durability, u64, u64); 4] = [
         ("durable, 1 producer, 1 command per submit", Durability::Sync, 1, 1),
         ("durable, 64 producers, 1 command per submit", Durability::Sync, 64, 1),
@@ -260,26 +367,18 @@ fn main() {
             1000,
         ),
     ];
-    for (name, durability, producers, per_submit) in cases {
+    for (name, durability, producers, per_submit) in cases.into_iter().filter(|c| c.0.contains(only)) {
         let rate = median(
             (0..RUNS)
                 .map(|_| awards_per_second(durability, producers, per_submit))
                 .collect(),
         );
-        let per_sync = if durability == Durability::Sync {
-            format!(" ({:.1}× the fdatasync ceiling)", rate / limit)
-        } else {
-            String::new()
+        let per_sync = match limit {
+            Some(limit) if durability == Durability::Sync => {
+                format!(" ({:.1}× the fdatasync ceiling)", rate / limit)
+            }
+            _ => String::new(),
         };
         println!("{name}: {rate:.0} awards/s{per_sync}");
-    }
-    let growth: u64 = std::env::var("TALLY_BENCH_GROWTH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000_000);
-    if growth > 0 {
-        for prefill in [0, growth / 10, growth] {
-            cost_growth(prefill);
-        }
     }
 }

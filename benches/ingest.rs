@@ -18,6 +18,10 @@ use tally::domain::event::ExternalBody;
 use tally::domain::{AwardRequest, Command, CommandMeta, IdempotencyKey};
 use tally::engine::{Engine, EngineConfig, EngineHandle, ManualClock};
 
+/// The allocator the server runs with (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RUNS: usize = 3;
 const MEMBERS: u64 = 10_000;
 /// Events per submit from each producer: what `tally ingest` sends per batch.

@@ -19,6 +19,10 @@ use tally::log::{Durability, LogReader};
 use tally::projection::{ProjectionName, Projections};
 use tally::query::{EventFilter, Replay, Window};
 
+/// The allocator the server runs with (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RUNS: usize = 3;
 
 fn replay_count(reader: &LogReader, window: Window, filter: EventFilter) -> u64 {

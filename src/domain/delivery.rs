@@ -187,7 +187,7 @@ pub struct DeliveryState {
     /// kept, the latest `DELIVERIES_KEPT_PER_ENDPOINT` of each endpoint; the log has all.
     pub deliveries: BTreeMap<(u64, u64), Delivery>,
     /// Per endpoint, its finished deliveries oldest first, to forget the oldest.
-    pub finished: HashMap<u64, VecDeque<u64>>,
+    pub finished: super::state::FastMap<u64, VecDeque<u64>>,
     /// The deliveries that may still be sent (pending, failing, awaiting an ack, under
     /// way), so that looking for due ones never walks the finished ones.
     pub open: std::collections::BTreeSet<(u64, u64)>,

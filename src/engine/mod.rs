@@ -227,6 +227,47 @@ impl Signal {
             .wait_timeout_while(guard, timeout, |(generation, stop)| *generation == seen && !*stop)
             .expect("signal lock");
     }
+
+    /// Waits until a stop request or the timeout, whatever notifications come meanwhile.
+    fn wait_stop(&self, timeout: Duration) {
+        let guard = self.state.lock().expect("signal lock");
+        let _ = self
+            .condvar
+            .wait_timeout_while(guard, timeout, |(_, stop)| !*stop)
+            .expect("signal lock");
+    }
+}
+
+/// Queries waiting for the sled projections to reach the head. The projector lets commits
+/// gather for a moment after one wakes it (fewer, larger sled batches); while a query waits,
+/// it does not.
+#[derive(Default)]
+pub(crate) struct Hurry {
+    waiting: std::sync::atomic::AtomicUsize,
+    signal: Signal,
+}
+
+impl Hurry {
+    /// Counts a waiting query until the guard drops, and wakes the projector.
+    fn wait(&self) -> impl Drop + '_ {
+        struct Waiting<'a>(&'a Hurry);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.signal.notify();
+        Waiting(self)
+    }
+
+    /// Waits up to `linger` unless a query is waiting or comes to wait meanwhile, or a stop.
+    fn linger(&self, linger: Duration) {
+        let asked = self.signal.generation();
+        if self.waiting.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            self.signal.wait_since(asked, linger);
+        }
+    }
 }
 
 /// What starting found.
@@ -247,6 +288,7 @@ pub struct StartReport {
 pub struct Engine {
     handle: EngineHandle,
     signal: Arc<Signal>,
+    hurry: Arc<Hurry>,
     sequencer: Option<JoinHandle<()>>,
     /// The projector and the state mirror.
     followers: Vec<JoinHandle<()>>,
@@ -290,6 +332,7 @@ impl Engine {
         let (applied_tx, applied_rx) = watch::channel(projections.applied()?);
         let (status_tx, status_rx) = watch::channel(Status::Serving);
         let signal = Arc::new(Signal::default());
+        let hurry = Arc::new(Hurry::default());
         let apply_lock = Arc::new(Mutex::new(()));
         let mirror = mirror::Mirror {
             state: state.clone(),
@@ -302,6 +345,7 @@ impl Engine {
             projections: projections.clone(),
             reader: reader.clone(),
             signal: signal.clone(),
+            hurry: hurry.clone(),
             applied: applied_tx,
             apply_lock: apply_lock.clone(),
             projection_snapshot_every: config.projection_snapshot_every,
@@ -322,6 +366,7 @@ impl Engine {
             projector: signal.clone(),
             status: status_tx,
             metrics: metrics::SequencerMetrics::register(),
+            event_ids: sequencer::EventIds::seeded(),
         };
         let spawn_error = |e: std::io::Error| EngineError::Unavailable(format!("cannot start a thread: {e}"));
         let projector = std::thread::Builder::new()
@@ -362,8 +407,10 @@ impl Engine {
                 config: Arc::new(config_for_handle),
                 credentials,
                 clock,
+                hurry: hurry.clone(),
             },
             signal,
+            hurry,
             sequencer: Some(sequencer),
             followers: vec![projector, mirror],
             report,
@@ -390,6 +437,7 @@ impl Engine {
             let _ = sequencer.join();
         }
         self.signal.stop();
+        self.hurry.signal.stop();
         for follower in self.followers.drain(..) {
             let _ = follower.join();
         }
@@ -508,6 +556,7 @@ pub struct EngineHandle {
     config: Arc<EngineConfig>,
     credentials: Arc<std::sync::RwLock<crate::domain::session::Credentials>>,
     clock: Arc<dyn Clock>,
+    hurry: Arc<Hurry>,
 }
 
 impl EngineHandle {
@@ -774,6 +823,10 @@ impl EngineHandle {
 
     async fn wait_until(&self, mut applied: watch::Receiver<u64>) -> Result<(), EngineError> {
         let target = *self.committed.borrow();
+        if *applied.borrow() >= target {
+            return Ok(());
+        }
+        let _waiting = self.hurry.wait();
         let caught_up = tokio::time::timeout(QUERY_CONSISTENCY_WAIT, applied.wait_for(|&seq| seq >= target)).await;
         match caught_up {
             Ok(Ok(_)) => Ok(()),
