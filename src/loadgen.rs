@@ -4,13 +4,15 @@
 //! Workloads: `award` (awards only) and `mixed` (award 50%, reserve 20%, commit 15%,
 //! release 10%, reads 5%). Accounts are picked uniformly or by a Zipf law (a few hot
 //! players). Every command has its own idempotency key, so a run can be repeated on the
-//! same server.
+//! same server. `ping` sends gRPC health checks instead (no credential, no engine): the
+//! ceiling of the transport itself, with this client, on this machine.
 
 use crate::api::proto::{self, ledger_client::LedgerClient};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// How commands are sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +27,8 @@ pub enum Mode {
 pub enum Workload {
     Award,
     Mixed,
+    /// `grpc.health.v1.Health/Check`, unary only: what the RPC round trip costs alone.
+    Ping,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +210,7 @@ fn award(account: u64, key: &str, points: u64) -> proto::AwardRequest {
 /// One client's share of the load.
 struct Client {
     ledger: LedgerClient<Channel>,
+    health: HealthClient<Channel>,
     rng: Rng,
     run: String,
     id: usize,
@@ -263,18 +268,22 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error:
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
-    let mut setup = LedgerClient::new(endpoint.connect().await?);
-    prepare(&config, &mut setup, &run).await?;
+    if config.workload != Workload::Ping {
+        let mut setup = LedgerClient::new(endpoint.connect().await?);
+        prepare(&config, &mut setup, &run).await?;
+    }
     let picker = std::sync::Arc::new(Picker::new(config.accounts, config.distribution));
     let start = Instant::now() + config.warmup;
     let end = start + config.duration;
     let mut tasks = Vec::new();
     for id in 0..config.clients {
-        let ledger = LedgerClient::new(endpoint.connect().await?);
+        let channel = endpoint.connect().await?;
+        let (ledger, health) = (LedgerClient::new(channel.clone()), HealthClient::new(channel));
         let (config, picker, run) = (config.clone(), picker.clone(), run.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = Client {
                 ledger,
+                health,
                 rng: Rng(config.seed ^ (id as u64).wrapping_mul(0x9E37_79B9)),
                 run,
                 id,
@@ -357,6 +366,10 @@ fn failure(status: &tonic::Status) -> Failure {
 async fn unary(client: &mut Client, config: &BenchConfig, picker: &Picker) -> (u64, Vec<Failure>) {
     use proto::batch_command::Command as C;
     let token = &config.token;
+    if config.workload == Workload::Ping {
+        let result = client.health.check(HealthCheckRequest::default()).await;
+        return (1, result.err().as_ref().map(failure).into_iter().collect());
+    }
     if config.workload == Workload::Mixed && client.rng.next() % 100 >= 95 {
         let account = account_id(picker.pick(&mut client.rng));
         let result = client

@@ -111,6 +111,13 @@ fn verify_of_a_directory_without_a_log_is_a_usage_error() {
     assert_eq!(tally(&["verify", dir.path().to_str().unwrap()]).status.code(), Some(64));
 }
 
+#[test]
+fn a_ping_load_in_batches_is_a_usage_error() {
+    let out = tally(&["bench", "--workload", "ping", "--mode", "batch", "--token", "t"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unary only"));
+}
+
 /// A server killed when dropped, however the test ends, so that no server outlives it.
 struct Stop(std::process::Child);
 

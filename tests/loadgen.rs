@@ -70,3 +70,22 @@ async fn the_load_generator_sends_valid_commands_of_every_kind() {
     }
     server.stop().await;
 }
+
+/// The ping workload measures the round trip alone: health checks that all succeed and
+/// that append nothing to the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ping_workload_checks_health_and_writes_nothing() {
+    let mut server = TestServer::start().await;
+    let before = server.engine.handle().committed_seq();
+    let mut ping = config(server.address, Mode::Unary, Workload::Ping);
+    ping.token = String::new();
+    let report = run(ping).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.rpcs > 0 && report.commands == report.rpcs && report.latency.len() == report.rpcs);
+    assert_eq!(
+        server.engine.handle().committed_seq(),
+        before,
+        "a health check writes nothing"
+    );
+    server.stop().await;
+}
