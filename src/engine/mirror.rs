@@ -36,6 +36,7 @@ pub(super) struct Mirror {
 
 impl Mirror {
     pub fn run(mut self) {
+        super::lower_priority("state mirror");
         let mut last_snapshot = self.head();
         let mut last_snapshot_at = std::time::Instant::now();
         loop {

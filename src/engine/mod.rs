@@ -238,6 +238,26 @@ impl Signal {
     }
 }
 
+/// The followers' scheduling niceness. They are background work: balance and hold reads are
+/// answered by the sequencer, history queries wait for the projector only when they come,
+/// and nothing reads the state mirror but its snapshots; so under CPU pressure the
+/// sequencer and the API go first, and the followers catch up when the load eases.
+const FOLLOWER_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's priority to [`FOLLOWER_NICENESS`] (Linux schedules threads
+/// individually).
+fn lower_priority(follower: &str) {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
+    // this thread's scheduling niceness.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, FOLLOWER_NICENESS)
+    };
+    if result != 0 {
+        tracing::debug!(follower, error = %std::io::Error::last_os_error(), "could not lower a follower's priority");
+    }
+}
+
 /// Queries waiting for the sled projections to reach the head. The projector lets commits
 /// gather for a moment after one wakes it (fewer, larger sled batches); while a query waits,
 /// it does not.

@@ -39,13 +39,9 @@ pub(super) struct Projector {
     pub projection_snapshot_dir: PathBuf,
 }
 
-/// The projector's scheduling niceness: it is background work (balance and hold reads are
-/// answered by the sequencer), so under CPU pressure commands and queries go first.
-const PROJECTOR_NICENESS: libc::c_int = 10;
-
 impl Projector {
     pub fn run(self) {
-        lower_priority();
+        super::lower_priority("projector");
         let mut last_projection_snapshot = self.projections.applied().unwrap_or(0);
         loop {
             // A stop does not wait for a backlog: projections resume from their checkpoints.
@@ -99,18 +95,5 @@ impl Projector {
         }
         self.applied.send_replace(self.projections.applied()?);
         Ok(())
-    }
-}
-
-/// Lowers this thread's priority (Linux schedules threads individually).
-fn lower_priority() {
-    // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
-    // this thread's scheduling niceness.
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PROJECTOR_NICENESS)
-    };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the projector's priority");
     }
 }
