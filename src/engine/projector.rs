@@ -61,6 +61,12 @@ impl Projector {
                     continue;
                 }
             };
+            // A rebuild brings the live projections forward itself, under the apply lock:
+            // what they reached is published here too, or queries would wait for a head
+            // they already hold until the next commit.
+            if *self.applied.borrow() != applied {
+                self.applied.send_replace(applied);
+            }
             if head > applied {
                 let to = head.min(applied + RECORDS_PER_BATCH);
                 if let Err(error) = self.apply(applied + 1, to) {
