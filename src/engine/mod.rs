@@ -386,7 +386,7 @@ impl Engine {
             projector: signal.clone(),
             status: status_tx,
             metrics: metrics::SequencerMetrics::register(),
-            event_ids: sequencer::EventIds::seeded(),
+            event_ids: sequencer::EventIds::new(),
         };
         let spawn_error = |e: std::io::Error| EngineError::Unavailable(format!("cannot start a thread: {e}"));
         let projector = std::thread::Builder::new()

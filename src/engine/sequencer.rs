@@ -189,45 +189,42 @@ impl Sequencer {
 }
 
 /// Draws event ids: UUID v7, the record's millisecond then 74 random bits. The random bits
-/// come from a counter scrambled by splitmix64 under a seed drawn once from the operating
-/// system, not from a `getrandom` call per event, which was a tenth of the sequencer's time
-/// (BENCHMARKS.md). splitmix64 is a bijection of the counter, so one process never draws
-/// the same 64 bits twice; another process starts from another seed.
+/// come from the operating system's random source, as `Uuid::now_v7` would take them, but
+/// a pool of them at a time: a `getrandom` call per event was a tenth of the sequencer's
+/// time (BENCHMARKS.md). Unpredictable, so an id tells nothing of other tenants' events.
 pub(super) struct EventIds {
-    seed: u64,
-    /// The two random bytes beside the 64 drawn ones, fixed per process.
-    spare: [u8; 2],
-    drawn: u64,
+    pool: Box<[u8; EVENT_ID_POOL_BYTES]>,
+    /// Bytes of the pool already given out.
+    used: usize,
 }
 
+/// Random bytes an event id takes (74 bits of them survive the version and variant).
+const EVENT_ID_RANDOM_BYTES: usize = 10;
+
+/// 400 ids' worth of random bytes per `getrandom` call: a syscall per 400 events costs
+/// nothing measurable, and 4 KB stays in cache.
+const EVENT_ID_POOL_BYTES: usize = 400 * EVENT_ID_RANDOM_BYTES;
+
 impl EventIds {
-    pub fn seeded() -> Self {
-        // A v7 id's last 8 bytes are random (2 bits of variant aside); bytes 6..8 hold 12.
-        let bytes = *Uuid::now_v7().as_bytes();
+    pub fn new() -> Self {
         Self {
-            seed: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
-            spare: [bytes[6], bytes[7]],
-            drawn: 0,
+            pool: Box::new([0; EVENT_ID_POOL_BYTES]),
+            used: EVENT_ID_POOL_BYTES,
         }
     }
 
     /// The next id, carrying `ts_us`'s millisecond.
     pub fn next(&mut self, ts_us: u64) -> Uuid {
-        self.drawn += 1;
-        let mut random = [0u8; 10];
-        random[..8].copy_from_slice(&splitmix64(self.seed.wrapping_add(self.drawn)).to_le_bytes());
-        random[8..].copy_from_slice(&self.spare);
-        uuid::Builder::from_unix_timestamp_millis(ts_us / 1000, &random).into_uuid()
+        if self.used + EVENT_ID_RANDOM_BYTES > EVENT_ID_POOL_BYTES {
+            getrandom::fill(&mut self.pool[..]).expect("the operating system's random source answers");
+            self.used = 0;
+        }
+        let random: &[u8; EVENT_ID_RANDOM_BYTES] = self.pool[self.used..self.used + EVENT_ID_RANDOM_BYTES]
+            .try_into()
+            .expect("ten bytes");
+        self.used += EVENT_ID_RANDOM_BYTES;
+        uuid::Builder::from_unix_timestamp_millis(ts_us / 1000, random).into_uuid()
     }
-}
-
-/// The splitmix64 finalizer (Steele, Lea and Flood): a bijection on 64 bits that spreads
-/// each input bit over the whole output.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Answers a read from the committed state.
@@ -295,8 +292,8 @@ mod tests {
     use super::EventIds;
 
     #[test]
-    fn event_ids_are_version_7_distinct_and_carry_the_record_millisecond() {
-        let mut ids = EventIds::seeded();
+    fn event_ids_are_version_7_distinct_across_pool_refills_and_carry_the_record_millisecond() {
+        let mut ids = EventIds::new();
         let ts_us = 1_767_225_600_123_456;
         let drawn: std::collections::HashSet<_> = (0..10_000).map(|_| ids.next(ts_us)).collect();
         assert_eq!(drawn.len(), 10_000);
@@ -305,7 +302,7 @@ mod tests {
             let (seconds, nanos) = id.get_timestamp().expect("v7 has a timestamp").to_unix();
             assert_eq!(seconds * 1000 + u64::from(nanos) / 1_000_000, ts_us / 1000);
         }
-        let mut other = EventIds::seeded();
-        assert!(!drawn.contains(&other.next(ts_us)), "another process draws other ids");
+        let mut other = EventIds::new();
+        assert!(!drawn.contains(&other.next(ts_us)), "another drawer draws other ids");
     }
 }
