@@ -8,6 +8,7 @@ use super::event::{AwardSource, CompRefused, Event, ManualSource, PointsAwarded,
 use super::limits::*;
 use super::rejection::Rejection;
 use super::state::{NaturalKey, NaturalKind};
+use std::borrow::Cow;
 
 /// µs in a UTC day: manual comps without an external id are deduplicated per day.
 const DAY_US: u64 = 86_400_000_000;
@@ -16,11 +17,11 @@ pub(super) fn award(ctx: &Ctx<'_>, account_id: &str, source: &AwardRequest) -> R
     validate_id("account_id", account_id, MAX_ID_BYTES)?;
     let (points, source_event) = validate_source(ctx, source)?;
     let natural = natural_key(&ctx.meta.tenant, account_id, source, ctx.now_us);
-    let command = Command::Award {
+    let command = || Command::Award {
         account: account_id.to_string(),
         source: source.clone(),
     };
-    if let Some(replay) = check_natural(ctx, &natural, &command)? {
+    if let Some(replay) = check_natural(ctx, &natural, command)? {
         return Ok(replay);
     }
     let current = account(ctx, account_id)?;
@@ -293,14 +294,14 @@ pub fn accrual(
 }
 
 /// The award's natural identity: the slip, the external reward, or the day's comp.
-pub(super) fn natural_key(tenant: &str, account: &str, source: &AwardRequest, ts_us: u64) -> NaturalKey {
+pub(super) fn natural_key<'a>(tenant: &'a str, account: &str, source: &'a AwardRequest, ts_us: u64) -> NaturalKey<'a> {
     let (kind, id) = match source {
-        AwardRequest::RatingSlip { slip_id, .. } => (NaturalKind::RatingSlip, slip_id.clone()),
+        AwardRequest::RatingSlip { slip_id, .. } => (NaturalKind::RatingSlip, Cow::Borrowed(slip_id.as_str())),
         AwardRequest::Promotion { external_reward_id, .. } => {
-            (NaturalKind::PromotionReward, external_reward_id.clone())
+            (NaturalKind::PromotionReward, Cow::Borrowed(external_reward_id.as_str()))
         }
         AwardRequest::Manual { external_reward_id, .. } if !external_reward_id.is_empty() => {
-            (NaturalKind::ManualReward, external_reward_id.clone())
+            (NaturalKind::ManualReward, Cow::Borrowed(external_reward_id.as_str()))
         }
         AwardRequest::Manual {
             staff_id,
@@ -309,14 +310,10 @@ pub(super) fn natural_key(tenant: &str, account: &str, source: &AwardRequest, ts
             ..
         } => (
             NaturalKind::ManualComp,
-            comp_id(account, staff_id, *points, reason, ts_us / DAY_US),
+            Cow::Owned(comp_id(account, staff_id, *points, reason, ts_us / DAY_US)),
         ),
     };
-    NaturalKey {
-        tenant: tenant.to_string(),
-        kind,
-        id,
-    }
+    NaturalKey { tenant, kind, id }
 }
 
 /// A comp's identity within its UTC day: blake3 over the length-prefixed fields, 128 bits.

@@ -230,13 +230,14 @@ pub(super) fn replay_or_conflict(state: &State, first_seq: u64, command: &Comman
 }
 
 /// Replay or conflict for an operation whose natural identity was seen before.
+/// `command` makes the request to compare, only when the identity was seen.
 pub(super) fn check_natural(
     ctx: &Ctx<'_>,
-    natural: &NaturalKey,
-    command: &Command,
+    natural: &NaturalKey<'_>,
+    command: impl FnOnce() -> Command,
 ) -> Result<Option<Decision>, Rejection> {
     match ctx.state.idempotency.first_seq_of_natural(natural) {
-        Some(first_seq) => replay_or_conflict(ctx.state, first_seq, command).map(Some),
+        Some(first_seq) => replay_or_conflict(ctx.state, first_seq, &command()).map(Some),
         None => Ok(None),
     }
 }
@@ -318,14 +319,18 @@ pub(super) fn validate_id(field: &'static str, value: &str, max: usize) -> Resul
     if value.len() > max {
         return Err(Rejection::invalid(field, format!("is longer than {max} bytes")));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:@/".contains(c);
-    if let Some(bad) = value.chars().find(|&c| !allowed(c)) {
-        return Err(Rejection::invalid(
-            field,
-            format!("contains {bad:?}; allowed are ASCII letters, digits and -_.:@/"),
-        ));
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@' | b'/');
+    if value.bytes().all(allowed) {
+        return Ok(());
     }
-    Ok(())
+    let bad = value
+        .chars()
+        .find(|&c| !c.is_ascii() || !allowed(c as u8))
+        .expect("a refused byte belongs to a refused character");
+    Err(Rejection::invalid(
+        field,
+        format!("contains {bad:?}; allowed are ASCII letters, digits and -_.:@/"),
+    ))
 }
 
 /// Free text that may be empty: at most `max` bytes, no control characters.

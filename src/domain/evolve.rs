@@ -739,7 +739,7 @@ pub fn request_of(record: &Record) -> Option<Command> {
     })
 }
 
-fn natural_of(record: &Record, request: &Command) -> Option<NaturalKey> {
+fn natural_of<'a>(record: &'a Record, request: &'a Command) -> Option<NaturalKey<'a>> {
     match request {
         Command::Award { account, source } => Some(natural_key(&record.envelope.tenant, account, source, record.ts_us)),
         _ => None,

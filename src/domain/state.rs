@@ -78,14 +78,16 @@ pub struct Hold {
 /// A natural identity of an operation, independent of the caller's idempotency key: a
 /// rating slip accrues once, an external reward is granted once, a comp without an external
 /// id is given once per day.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NaturalKey {
-    pub tenant: String,
+/// Borrowed from the command or record it is computed for: only its fingerprint is kept,
+/// so making one allocates nothing (but a comp's derived id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NaturalKey<'a> {
+    pub tenant: &'a str,
     pub kind: NaturalKind,
-    pub id: String,
+    pub id: std::borrow::Cow<'a, str>,
 }
 
-impl NaturalKey {
+impl NaturalKey<'_> {
     /// The key the idempotency index files it under.
     pub fn fingerprint(&self) -> Fingerprint {
         let kind: &[u8] = match self.kind {
@@ -114,12 +116,51 @@ pub type Fingerprint = [u8; 16];
 /// The fingerprint of a sequence of byte strings, each length-prefixed so that no two
 /// different sequences are fed as the same bytes.
 pub fn fingerprint(parts: &[&[u8]]) -> Fingerprint {
-    let mut hasher = blake3::Hasher::new();
-    for part in parts {
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part);
+    let total: usize = parts.iter().map(|part| 8 + part.len()).sum();
+    let hash = if total <= FINGERPRINT_STACK_BYTES {
+        let mut bytes = [0u8; FINGERPRINT_STACK_BYTES];
+        let mut at = 0;
+        for part in parts {
+            bytes[at..at + 8].copy_from_slice(&(part.len() as u64).to_le_bytes());
+            bytes[at + 8..at + 8 + part.len()].copy_from_slice(part);
+            at += 8 + part.len();
+        }
+        blake3::hash(&bytes[..at])
+    } else {
+        let mut hasher = blake3::Hasher::new();
+        for part in parts {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.finalize()
+    };
+    hash.as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+/// Identities up to this size (all of them today: four ids of at most 128 bytes and their
+/// length prefixes) are laid out on the stack and hashed in one call, which is faster for
+/// such short inputs than feeding a hasher piece by piece (the writer computes several per
+/// command; BENCHMARKS.md). Both ways hash the same bytes.
+const FINGERPRINT_STACK_BYTES: usize = 640;
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn a_fingerprint_is_the_hash_of_the_length_prefixed_parts_however_long() {
+        for len in [0usize, 1, 100, 600, 1000, 5000] {
+            let long = vec![b'x'; len];
+            let parts: [&[u8]; 3] = [b"key", &long, b"tenant"];
+            let mut concatenated = Vec::new();
+            for part in parts {
+                concatenated.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                concatenated.extend_from_slice(part);
+            }
+            let expected: [u8; 16] = blake3::hash(&concatenated).as_bytes()[..16].try_into().unwrap();
+            assert_eq!(fingerprint(&parts), expected, "parts of {len} bytes");
+        }
     }
-    hasher.finalize().as_bytes()[..16].try_into().expect("16 bytes")
 }
 
 /// The fingerprint of an idempotency identity `(tenant, scope, key)`.
@@ -163,7 +204,7 @@ impl Idempotency {
         self.by_key.get(&key_fingerprint(tenant, &key.scope, &key.key)).copied()
     }
 
-    pub fn first_seq_of_natural(&self, natural: &NaturalKey) -> Option<u64> {
+    pub fn first_seq_of_natural(&self, natural: &NaturalKey<'_>) -> Option<u64> {
         self.by_natural.get(&natural.fingerprint()).copied()
     }
 
