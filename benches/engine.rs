@@ -115,8 +115,9 @@ fn award_event() -> tally::domain::event::PointsAwarded {
 /// The sequencer's own work, alone on one thread: decide each award, stage its record
 /// (envelope, MessagePack, chain hash, into the pending frame), fold it into the state, and
 /// write the frame (without fdatasync) every 1000 commands, as one producer's batch. No
-/// inbox, no answers, no followers: the ceiling of the engine rates below on this machine,
-/// whatever the other core does.
+/// inbox, no answers, no followers, no event ids or metrics, and the records dropped once
+/// folded: the ceiling of the engine rates below on this machine, whatever the other core
+/// does.
 fn sequencer_work_alone() -> f64 {
     use tally::domain::{decide, evolve, Decision, Envelope, Policy, Record, State};
     use tally::log::{FileLog, LogOptions, LogWriter};
@@ -171,12 +172,15 @@ fn sequencer_work_alone() -> f64 {
         apply(&mut log, &mut state, &meta, &open, now_us);
     }
     log.commit().unwrap();
-    // The commands are made beforehand, as the producers make them on their own threads.
+    // The commands are made beforehand, as the producers make them on their own threads:
+    // more than the run can take, so that it lasts the bench's length and the idempotency
+    // index grows as in the engine cases.
     let first = NEXT_RUN.fetch_add(1 << 40, Ordering::Relaxed);
-    let commands: Vec<_> = (first..first + 200_000).map(award).collect();
+    let enough = (seconds().as_secs_f64() * 800_000.0) as u64;
+    let commands: Vec<_> = (first..first + enough).map(award).collect();
     let mut done = 0usize;
     let start = Instant::now();
-    while start.elapsed() < seconds() && done < commands.len() {
+    while start.elapsed() < seconds() && done + 1000 <= commands.len() {
         for (meta, command) in &commands[done..done + 1000] {
             apply(&mut log, &mut state, meta, command, now_us);
         }
