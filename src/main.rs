@@ -627,9 +627,10 @@ enum DurabilityArg {
 }
 
 /// mimalloc instead of the C library's malloc: the sequencer allocates each record's strings
-/// and frees them on other threads once answered, and glibc's arenas spent a seventh of the
+/// and frees them on other threads once answered, and glibc's arenas spent a fifth of the
 /// sequencer's time in `malloc`, `free` and consolidation; mimalloc's per-thread free
-/// lists took the durable batched award rate from 118k to 145k a second (BENCHMARKS.md).
+/// lists took the in-process durable batched award rate from 119k to 145k a second
+/// (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
