@@ -96,6 +96,26 @@ async fn state_returns_from_snapshot_and_log_tail() {
     workload(&engine, 30, 40).await;
 }
 
+/// The state mirror lets commits gather before it folds them, but folds every one: what it
+/// reached (shown as its lag on /metrics) comes to the head without any further commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_mirror_reaches_the_head_without_further_commits() {
+    let engine = TestEngine::start();
+    workload(&engine, 0, 20).await;
+    let h = engine.handle();
+    let head = h.committed_seq();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while h.mirror_seq() < head {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mirror stayed at {} of {head}",
+            h.mirror_seq()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.mirror_seq(), head);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_projections_fold_again_from_the_log() {
     let mut engine = TestEngine::start();

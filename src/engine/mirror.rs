@@ -32,6 +32,8 @@ pub(super) struct Mirror {
     /// Where the write-state snapshot file goes (the data directory).
     pub snapshot_dir: PathBuf,
     pub snapshot_every: u64,
+    /// The last record folded, for the lag on /metrics.
+    pub folded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Mirror {
@@ -73,6 +75,8 @@ impl Mirror {
         for record in self.reader.iter_range_trusted(from, to) {
             evolve(&mut self.state, &record?);
         }
+        self.folded
+            .store(self.state.head_seq, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

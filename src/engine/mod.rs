@@ -354,7 +354,9 @@ impl Engine {
         let signal = Arc::new(Signal::default());
         let hurry = Arc::new(Hurry::default());
         let apply_lock = Arc::new(Mutex::new(()));
+        let mirror_folded = Arc::new(std::sync::atomic::AtomicU64::new(state.head_seq));
         let mirror = mirror::Mirror {
+            folded: mirror_folded.clone(),
             state: state.clone(),
             reader: reader.clone(),
             signal: signal.clone(),
@@ -428,6 +430,7 @@ impl Engine {
                 credentials,
                 clock,
                 hurry: hurry.clone(),
+                mirror_folded,
             },
             signal,
             hurry,
@@ -577,6 +580,8 @@ pub struct EngineHandle {
     credentials: Arc<std::sync::RwLock<crate::domain::session::Credentials>>,
     clock: Arc<dyn Clock>,
     hurry: Arc<Hurry>,
+    /// The last record the state mirror folded.
+    mirror_folded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EngineHandle {
@@ -887,6 +892,12 @@ impl EngineHandle {
     /// Sequence number of the last committed record.
     pub fn committed_seq(&self) -> u64 {
         *self.committed.borrow()
+    }
+
+    /// Sequence number of the last record the state mirror folded: the write-state snapshot
+    /// it writes next is at most this fresh.
+    pub fn mirror_seq(&self) -> u64 {
+        self.mirror_folded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn reader(&self) -> &LogReader {
