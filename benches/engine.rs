@@ -69,16 +69,29 @@ fn sequential_bandwidth() -> f64 {
     synced_writes_per_second(256 << 20, 1 << 20) * (1 << 20) as f64
 }
 
-fn award(n: u64) -> (CommandMeta, Command) {
-    let meta = CommandMeta {
+/// A bench command's meta: tenant and actor `bench`, the idempotency key `key`.
+fn keyed(key: String) -> CommandMeta {
+    CommandMeta {
         tenant: "bench".into(),
         actor: "bench".into(),
         idempotency: Some(IdempotencyKey {
-            key: format!("award-{n}"),
+            key,
             scope: String::new(),
         }),
         ..CommandMeta::default()
+    }
+}
+
+/// Account `p{a}`'s opening.
+fn open(a: u64) -> (CommandMeta, Command) {
+    let command = Command::OpenAccount {
+        account: format!("p{a}"),
     };
+    (keyed(format!("open-{a}")), command)
+}
+
+fn award(n: u64) -> (CommandMeta, Command) {
+    let meta = keyed(format!("award-{n}"));
     let command = Command::Award {
         account: format!("p{}", n % ACCOUNTS),
         source: AwardRequest::Promotion {
@@ -157,19 +170,8 @@ fn sequencer_work_alone() -> f64 {
     };
     let now_us = common::T0;
     for a in 0..ACCOUNTS {
-        let meta = CommandMeta {
-            tenant: "bench".into(),
-            actor: "bench".into(),
-            idempotency: Some(IdempotencyKey {
-                key: format!("open-{a}"),
-                scope: String::new(),
-            }),
-            ..CommandMeta::default()
-        };
-        let open = Command::OpenAccount {
-            account: format!("p{a}"),
-        };
-        apply(&mut log, &mut state, &meta, &open, now_us);
+        let (meta, command) = open(a);
+        apply(&mut log, &mut state, &meta, &command, now_us);
     }
     log.commit().unwrap();
     // The commands are made beforehand, as the producers make them on their own threads:
@@ -250,25 +252,7 @@ fn awards_per_second_in(
         .unwrap();
     let rate = runtime.block_on(async {
         let handle = engine.handle();
-        let opens = (0..ACCOUNTS)
-            .map(|a| {
-                let meta = CommandMeta {
-                    tenant: "bench".into(),
-                    actor: "bench".into(),
-                    idempotency: Some(IdempotencyKey {
-                        key: format!("open-{a}"),
-                        scope: String::new(),
-                    }),
-                    ..CommandMeta::default()
-                };
-                (
-                    meta,
-                    Command::OpenAccount {
-                        account: format!("p{a}"),
-                    },
-                )
-            })
-            .collect::<Vec<_>>();
+        let opens = (0..ACCOUNTS).map(open).collect::<Vec<_>>();
         for chunk in opens.chunks(4096) {
             handle.submit_batch(chunk.to_vec()).await.unwrap();
         }
