@@ -85,9 +85,14 @@ impl BenchReport {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let unit = if config.workload == Workload::Ping {
+            "health checks"
+        } else {
+            "commands"
+        };
         format!(
             "workload {:?}, {:?}{}, {} clients, {} accounts ({:?}), {:.1} s measured\n\
-             throughput: {:.0} commands/s ({:.0} RPCs/s)\n\
+             throughput: {:.0} {unit}/s ({:.0} RPCs/s)\n\
              RPC latency (ms): p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n\
              errors: {errors}",
             config.workload,

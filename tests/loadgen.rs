@@ -79,8 +79,13 @@ async fn the_ping_workload_checks_health_and_writes_nothing() {
     let before = server.engine.handle().committed_seq();
     let mut ping = config(server.address, Mode::Unary, Workload::Ping);
     ping.token = String::new();
-    let report = run(ping).await.unwrap();
+    let report = run(ping.clone()).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.render(&ping).contains(" health checks/s "),
+        "{}",
+        report.render(&ping)
+    );
     assert!(report.rpcs > 0 && report.commands == report.rpcs && report.latency.len() == report.rpcs);
     assert_eq!(
         server.engine.handle().committed_seq(),
