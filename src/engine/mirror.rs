@@ -15,8 +15,8 @@ const READ_CHUNK: u64 = 4096;
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// How long the mirror lets commits gather after one wakes it. Nothing reads its state but
 /// the snapshot it writes every few minutes, so it need not follow each group commit: woken
-/// for each, it spent 14 µs of CPU a record at 10k commands a second, four times its cost
-/// in large batches (BENCHMARKS.md).
+/// for each, it spent 13 µs of CPU a command at 64 clients and 125 µs with one client;
+/// lingering, 4.5 and 11.5 (BENCHMARKS.md).
 const LINGER: Duration = Duration::from_millis(100);
 /// Least time between two periodic snapshots. A snapshot serializes the whole state on this
 /// thread, which stops folding meanwhile (seconds for millions of idempotency keys), so

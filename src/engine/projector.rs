@@ -19,10 +19,11 @@ const RECORDS_PER_BATCH: u64 = 4096;
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// How long the projector lets commits gather after one wakes it, unless a query waits for
-/// it. Each sled batch costs the same whatever its size (a checkpoint read and write per
-/// projection, the accounts' rows read back): at 10k commands a second from 64 clients,
-/// woken for every group commit, the projector spent 44 µs of CPU a record, more than the
-/// gRPC handling of the command itself (BENCHMARKS.md). 10 ms is below anything a person
+/// it. Each sled batch has a cost whatever its size (a checkpoint read and write per
+/// projection, the accounts' rows read back): with one client, woken for every group
+/// commit of one command, the projector spent 220 µs of CPU a command, and the sled threads
+/// 155 µs more, on the cores the answers needed; lingering, 65 and 21 (BENCHMARKS.md).
+/// Under heavy load the batches are large anyway. 10 ms is below anything a person
 /// notices, and a query that needs the projections cuts it short.
 const LINGER: Duration = Duration::from_millis(10);
 
