@@ -125,14 +125,15 @@ fn award_event() -> tally::domain::event::PointsAwarded {
     }
 }
 
-/// The sequencer's own work, alone on one thread: decide each award, stage its record
+/// The sequencer's own work, alone on one thread: decide each award (its identity worked
+/// out beforehand, as the producers' tasks work it out in the engine), stage its record
 /// (envelope, MessagePack, chain hash, into the pending frame), fold it into the state, and
 /// write the frame (without fdatasync) every 1000 commands, as one producer's batch. No
 /// inbox, no answers, no followers, no event ids or metrics, and the records dropped once
 /// folded: the ceiling of the engine rates below on this machine, whatever the other core
 /// does.
 fn sequencer_work_alone() -> f64 {
-    use tally::domain::{decide, evolve, Decision, Envelope, Policy, Record, State};
+    use tally::domain::{decide_identified, evolve_identified, Decision, Envelope, Identity, Policy, Record, State};
     use tally::log::{FileLog, LogOptions, LogWriter};
     let dir = tempfile::tempdir().unwrap();
     let options = LogOptions {
@@ -142,11 +143,16 @@ fn sequencer_work_alone() -> f64 {
     let (mut log, _) = FileLog::open(&dir.path().join("log"), options).unwrap();
     let policy = Policy::default();
     let mut state = State::default();
-    let apply = |log: &mut FileLog, state: &mut State, meta: &CommandMeta, command: &Command, now_us: u64| {
-        let Ok(Decision::Append(emitted)) = decide(&policy, state, meta, command, now_us) else {
+    // As the engine's sequencer does: the identities worked out beforehand, the first
+    // event folded with its command's.
+    let apply = |log: &mut FileLog,
+                 state: &mut State,
+                 (meta, command, identity): &(CommandMeta, Command, Identity),
+                 now_us: u64| {
+        let Ok(Decision::Append(emitted)) = decide_identified(&policy, state, meta, command, identity, now_us) else {
             panic!("every bench command is accepted");
         };
-        for e in emitted {
+        for (at, e) in emitted.into_iter().enumerate() {
             let seq = state.head_seq + 1;
             let key = meta.idempotency.as_ref().expect("bench commands are keyed");
             let envelope = Envelope {
@@ -165,13 +171,16 @@ fn sequencer_work_alone() -> f64 {
                 event: e.event,
                 hash,
             };
-            evolve(state, &record);
+            evolve_identified(state, &record, Some(identity).filter(|_| at == 0));
         }
+    };
+    let identified = |(meta, command): (CommandMeta, Command)| {
+        let identity = Identity::of(&meta, &command);
+        (meta, command, identity)
     };
     let now_us = common::T0;
     for a in 0..ACCOUNTS {
-        let (meta, command) = open(a);
-        apply(&mut log, &mut state, &meta, &command, now_us);
+        apply(&mut log, &mut state, &identified(open(a)), now_us);
     }
     log.commit().unwrap();
     // The commands are made beforehand, as the producers make them on their own threads:
@@ -179,12 +188,12 @@ fn sequencer_work_alone() -> f64 {
     // index grows as in the engine cases.
     let first = NEXT_RUN.fetch_add(1 << 40, Ordering::Relaxed);
     let enough = (seconds().as_secs_f64() * 800_000.0) as u64;
-    let commands: Vec<_> = (first..first + enough).map(award).collect();
+    let commands: Vec<_> = (first..first + enough).map(|n| identified(award(n))).collect();
     let mut done = 0usize;
     let start = Instant::now();
     while start.elapsed() < seconds() && done + 1000 <= commands.len() {
-        for (meta, command) in &commands[done..done + 1000] {
-            apply(&mut log, &mut state, meta, command, now_us);
+        for command in &commands[done..done + 1000] {
+            apply(&mut log, &mut state, command, now_us);
         }
         log.commit().unwrap();
         done += 1000;

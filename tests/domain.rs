@@ -727,9 +727,29 @@ fn holds_of_another_tenant_are_not_found() {
     );
 }
 
+/// The harness decides and folds as the sequencer does, with each command's identity worked
+/// out beforehand; `refold` folds the records alone: the two states must be one, for every
+/// kind of identity (keys, every award source's natural identity, a comp's daily one, a
+/// command of two events, a retry).
 #[test]
 fn folding_the_records_again_gives_the_same_state() {
     let mut h = funded(500);
+    assert_eq!(
+        h.ok(&meta("p1"), promo(10_000, "R-9")).len(),
+        2,
+        "an award and its tier change"
+    );
+    let manual = Command::Award {
+        account: "p1".into(),
+        source: AwardRequest::Manual {
+            staff_id: "staff-1".into(),
+            points: 20,
+            reason: "service recovery after a long wait".into(),
+            external_reward_id: "M-1".into(),
+        },
+    };
+    h.ok(&meta("m0"), manual.clone());
+    assert!(matches!(h.run(&meta("m0"), manual), Ok(Decision::Replay { .. })));
     let hold = hold_id(&h.ok(&meta("r1"), reserve(40, 60)));
     h.ok(
         &meta("c1"),

@@ -21,7 +21,7 @@ pub(super) fn award(ctx: &Ctx<'_>, account_id: &str, source: &AwardRequest) -> R
         account: account_id.to_string(),
         source: source.clone(),
     };
-    if let Some(replay) = check_natural(ctx, &natural, command)? {
+    if let Some(replay) = check_natural(ctx, &natural, ctx.identity.and_then(|i| i.natural), command)? {
         return Ok(replay);
     }
     let current = account(ctx, account_id)?;
@@ -295,25 +295,41 @@ pub fn accrual(
 
 /// The award's natural identity: the slip, the external reward, or the day's comp.
 pub(super) fn natural_key<'a>(tenant: &'a str, account: &str, source: &'a AwardRequest, ts_us: u64) -> NaturalKey<'a> {
-    let (kind, id) = match source {
-        AwardRequest::RatingSlip { slip_id, .. } => (NaturalKind::RatingSlip, Cow::Borrowed(slip_id.as_str())),
-        AwardRequest::Promotion { external_reward_id, .. } => {
-            (NaturalKind::PromotionReward, Cow::Borrowed(external_reward_id.as_str()))
-        }
-        AwardRequest::Manual { external_reward_id, .. } if !external_reward_id.is_empty() => {
-            (NaturalKind::ManualReward, Cow::Borrowed(external_reward_id.as_str()))
-        }
-        AwardRequest::Manual {
-            staff_id,
-            points,
-            reason,
-            ..
-        } => (
-            NaturalKind::ManualComp,
-            Cow::Owned(comp_id(account, staff_id, *points, reason, ts_us / DAY_US)),
-        ),
+    if let Some(natural) = timeless_natural_key(tenant, source) {
+        return natural;
+    }
+    let AwardRequest::Manual {
+        staff_id,
+        points,
+        reason,
+        ..
+    } = source
+    else {
+        unreachable!("only a comp without an external id has a natural identity that depends on the day")
     };
-    NaturalKey { tenant, kind, id }
+    NaturalKey {
+        tenant,
+        kind: NaturalKind::ManualComp,
+        id: Cow::Owned(comp_id(account, staff_id, *points, reason, ts_us / DAY_US)),
+    }
+}
+
+/// An award's natural identity when it does not depend on the day it is recorded: every
+/// source's but a comp's without an external id (`None`).
+pub(super) fn timeless_natural_key<'a>(tenant: &'a str, source: &'a AwardRequest) -> Option<NaturalKey<'a>> {
+    let (kind, id) = match source {
+        AwardRequest::RatingSlip { slip_id, .. } => (NaturalKind::RatingSlip, slip_id),
+        AwardRequest::Promotion { external_reward_id, .. } => (NaturalKind::PromotionReward, external_reward_id),
+        AwardRequest::Manual { external_reward_id, .. } if !external_reward_id.is_empty() => {
+            (NaturalKind::ManualReward, external_reward_id)
+        }
+        AwardRequest::Manual { .. } => return None,
+    };
+    Some(NaturalKey {
+        tenant,
+        kind,
+        id: Cow::Borrowed(id.as_str()),
+    })
 }
 
 /// A comp's identity within its UTC day: blake3 over the length-prefixed fields, 128 bits.

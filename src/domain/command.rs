@@ -518,7 +518,8 @@ impl Shape {
         }
     }
 
-    fn is_award(self) -> bool {
+    /// Whether the request was an award, of any source.
+    pub fn is_award(self) -> bool {
         matches!(
             self,
             Shape::AwardRatingSlip | Shape::AwardManual | Shape::AwardPromotion

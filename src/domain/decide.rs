@@ -5,7 +5,7 @@ use super::command::{Command, CommandMeta};
 use super::event::{Effect, Event, TierChanged};
 use super::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES, MAX_TRACE_ID_BYTES};
 use super::rejection::Rejection;
-use super::state::{Account, NaturalKey, State};
+use super::state::{Account, Fingerprint, Identity, NaturalKey, State};
 use super::tier::TierPolicy;
 use super::{account, award, delivery, hold, ingest, link, session};
 
@@ -101,6 +101,9 @@ pub(super) struct Ctx<'a> {
     pub state: &'a State,
     pub meta: &'a CommandMeta,
     pub now_us: u64,
+    /// The identities of the command being decided, worked out beforehand; `None` where a
+    /// handler decides on behalf of another request (the ingest pipeline's awards).
+    pub identity: Option<&'a Identity>,
 }
 
 /// Decides `command` against `state` at `now_us` (the timestamp its events will carry).
@@ -114,8 +117,23 @@ pub fn decide(
     command: &Command,
     now_us: u64,
 ) -> Result<Decision, Rejection> {
-    if let Some(key) = &meta.idempotency {
-        if let Some(first_seq) = state.idempotency.first_seq_of_key(&meta.tenant, key) {
+    decide_identified(policy, state, meta, command, &Identity::of(meta, command), now_us)
+}
+
+/// [`decide`], given the command's [`Identity`] (which must be `Identity::of(meta,
+/// command)`): the engine works it out on the caller's task, so that the one writer does
+/// not hash the command's texts.
+pub fn decide_identified(
+    policy: &Policy,
+    state: &State,
+    meta: &CommandMeta,
+    command: &Command,
+    identity: &Identity,
+    now_us: u64,
+) -> Result<Decision, Rejection> {
+    debug_assert_eq!(identity, &Identity::of(meta, command), "an identity is its command's");
+    if let Some(key) = identity.key {
+        if let Some(&first_seq) = state.idempotency.by_key.get(&key) {
             return replay_or_conflict(state, first_seq, command);
         }
     }
@@ -125,6 +143,7 @@ pub fn decide(
         state,
         meta,
         now_us,
+        identity: Some(identity),
     };
     match command {
         Command::OpenAccount { account } => account::open(&ctx, account),
@@ -230,13 +249,17 @@ pub(super) fn replay_or_conflict(state: &State, first_seq: u64, command: &Comman
 }
 
 /// Replay or conflict for an operation whose natural identity was seen before.
-/// `command` makes the request to compare, only when the identity was seen.
+/// `known` is the identity's fingerprint if it was worked out beforehand; `command` makes
+/// the request to compare, only when the identity was seen.
 pub(super) fn check_natural(
     ctx: &Ctx<'_>,
     natural: &NaturalKey<'_>,
+    known: Option<Fingerprint>,
     command: impl FnOnce() -> Command,
 ) -> Result<Option<Decision>, Rejection> {
-    match ctx.state.idempotency.first_seq_of_natural(natural) {
+    debug_assert!(known.is_none_or(|known| known == natural.fingerprint()));
+    let fingerprint = known.unwrap_or_else(|| natural.fingerprint());
+    match ctx.state.idempotency.by_natural.get(&fingerprint).copied() {
         Some(first_seq) => replay_or_conflict(ctx.state, first_seq, &command()).map(Some),
         None => Ok(None),
     }

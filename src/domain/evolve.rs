@@ -3,17 +3,28 @@
 //! because a state that does not add up must never answer another command.
 
 use super::award::natural_key;
+use super::command::RequestPrint;
 use super::command::{AwardRequest, Command};
 use super::event::{AwardSource, Effect, Event, Record};
 use super::event::{ExternalBody, LinkStatus};
 use super::limits::MANUAL_REWARDS_PER_STAFF_PER_MINUTE;
 use super::state::{
     content_fingerprint, external_account_fingerprint, external_fingerprint, key_fingerprint, Account, AccountKey,
-    Applied, Hold, HoldStatus, Link, NaturalKey, Receipt, ReceiptStatus, Resolution, Resolved, Reversible, State,
+    Applied, Fingerprint, Hold, HoldStatus, Identity, Link, NaturalKey, Receipt, ReceiptStatus, Resolution, Resolved,
+    Reversible, State,
 };
 
 /// Applies `record` to `state`. Records must come in sequence order, gapless.
 pub fn evolve(state: &mut State, record: &Record) {
+    evolve_identified(state, record, None);
+}
+
+/// [`evolve`], given the [`Identity`] of the command whose first event `record` is, when it
+/// is (the writer's: it worked the identity out before deciding). The state it leaves is
+/// the one `evolve` leaves; debug builds check that the identity is the record's. Where
+/// the record answers another request than the command's (an award that an external event
+/// carried), the identity is not used.
+pub fn evolve_identified(state: &mut State, record: &Record, first_of: Option<&Identity>) {
     assert_eq!(record.seq, state.head_seq + 1, "records fold in gapless sequence");
     assert!(record.ts_us >= state.head_ts_us, "timestamps never decrease");
     let key = AccountKey::new(&record.envelope.tenant, &record.envelope.stream);
@@ -186,7 +197,7 @@ pub fn evolve(state: &mut State, record: &Record) {
         | Event::DeliveryRetried(_) => {}
     }
     state.deliveries.apply(record);
-    remember_identity(state, record);
+    remember_identity(state, record, first_of);
     state.head_seq = record.seq;
     state.head_ts_us = record.ts_us;
 }
@@ -270,22 +281,28 @@ fn resolve(
 /// event, and extends the command's range at the ones after. An award that is not the first
 /// event of its command (one applied by the ingest pipeline) still takes its natural
 /// identity, so that the same rating slip never accrues twice, whichever way it came.
-fn remember_identity(state: &mut State, record: &Record) {
+fn remember_identity(state: &mut State, record: &Record, first_of: Option<&Identity>) {
     let envelope = &record.envelope;
     if !envelope.idempotency_key.is_empty() {
         let index = &mut state.idempotency;
-        let identity = key_fingerprint(&envelope.tenant, &envelope.idempotency_scope, &envelope.idempotency_key);
+        let of_record = || key_fingerprint(&envelope.tenant, &envelope.idempotency_scope, &envelope.idempotency_key);
+        let identity = match first_of.and_then(|known| known.key) {
+            Some(known) => {
+                debug_assert_eq!(known, of_record(), "seq {}: the key is the record's", record.seq);
+                known
+            }
+            None => of_record(),
+        };
         let Some(&first_seq) = index.by_key.get(&identity) else {
-            let request = request_of(record)
-                .unwrap_or_else(|| panic!("seq {}: a command's first event must carry its request", record.seq));
-            if let Some(natural) = natural_of(record, &request) {
-                index.by_natural.insert(natural.fingerprint(), record.seq);
+            let (request, natural) = request_identity(record, first_of);
+            if let Some(natural) = natural {
+                index.by_natural.insert(natural, record.seq);
             }
             index.by_key.insert(identity, record.seq);
             index.applied.insert(
                 record.seq,
                 Applied {
-                    request: request.print(),
+                    request,
                     last_seq: record.seq,
                 },
             );
@@ -296,10 +313,10 @@ fn remember_identity(state: &mut State, record: &Record) {
         applied.last_seq = record.seq;
     }
     if let Event::PointsAwarded(_) = &record.event {
-        let request = request_of(record).expect("an award carries its request");
-        let natural = natural_of(record, &request).expect("an award has a natural identity");
+        let (request, natural) = request_identity(record, first_of);
+        let natural = natural.expect("an award has a natural identity");
         let index = &mut state.idempotency;
-        let previous = index.by_natural.insert(natural.fingerprint(), record.seq);
+        let previous = index.by_natural.insert(natural, record.seq);
         assert!(
             previous.is_none(),
             "seq {}: an award's natural identity is new",
@@ -308,10 +325,38 @@ fn remember_identity(state: &mut State, record: &Record) {
         index.applied.insert(
             record.seq,
             Applied {
-                request: request.print(),
+                request,
                 last_seq: record.seq,
             },
         );
+    }
+}
+
+/// The print of the request that `record` answers, and the fingerprint of its natural
+/// identity (an award's): `first_of`'s when it is that request's identity, unless the
+/// natural identity depends on the record's day (a comp's); else worked out from the
+/// record.
+fn request_identity(record: &Record, first_of: Option<&Identity>) -> (RequestPrint, Option<Fingerprint>) {
+    let of_record = || {
+        let request = request_of(record)
+            .unwrap_or_else(|| panic!("seq {}: a command's first event must carry its request", record.seq));
+        let natural = natural_of(record, &request).map(|natural| natural.fingerprint());
+        (request.print(), natural)
+    };
+    // A keyed command's first event answers the command; an award answers the command
+    // only if the command was that award.
+    let award = matches!(record.event, Event::PointsAwarded(_));
+    match first_of {
+        Some(known) if !award || (known.print.shape.is_award() && known.natural.is_some()) => {
+            debug_assert_eq!(
+                (known.print, known.natural),
+                of_record(),
+                "seq {}: the identity is the record's",
+                record.seq
+            );
+            (known.print, known.natural)
+        }
+        _ => of_record(),
     }
 }
 

@@ -354,7 +354,13 @@ fn attempt(ctx: &Ctx<'_>, receipt: &Receipt, receipt_seq: u64, why: Attempting, 
         tenant: receipt.tenant.clone(),
         ..ctx.meta.clone()
     };
-    let as_member = Ctx { meta: &meta, ..*ctx };
+    // The member's awards are decided for the external event, not for the command that
+    // carries it: their identities are their own.
+    let as_member = Ctx {
+        meta: &meta,
+        identity: None,
+        ..*ctx
+    };
     let number = receipt.attempts + 1;
     let redriven = why == Attempting::Redrive;
     let processed = |first: u64, last: u64, points: u64, already_applied: bool| {

@@ -23,10 +23,10 @@ pub mod tier;
 
 pub use award::{accrual, ANONYMOUS_ACTOR};
 pub use command::{AwardRequest, Command, CommandMeta, IdempotencyKey};
-pub use decide::{decide, Decision, Emitted, IngestPolicy, Policy, RateTable};
+pub use decide::{decide, decide_identified, Decision, Emitted, IngestPolicy, Policy, RateTable};
 pub use event::{Effect, Envelope, Event, EventKind, HoldStatus, Record};
-pub use evolve::{evolve, request_of};
+pub use evolve::{evolve, evolve_identified, request_of};
 pub use ingest::{validate_body, validate_identity, INGEST_SCOPE_PREFIX};
 pub use rejection::Rejection;
-pub use state::State;
+pub use state::{Identity, State};
 pub use tier::TierPolicy;

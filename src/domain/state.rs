@@ -2,7 +2,7 @@
 //! log (`evolve`); the engine keeps it in memory and snapshots it (msgpack) as a cache that
 //! can always be rebuilt from the log.
 
-use super::command::{IdempotencyKey, RequestPrint};
+use super::command::{Command, CommandMeta, IdempotencyKey, RequestPrint};
 use super::event::{ExternalBody, LinkStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -199,13 +199,49 @@ pub struct Idempotency {
     pub applied: FastMap<u64, Applied>,
 }
 
+/// What the idempotency index files a command under, worked out from the command alone:
+/// its key's fingerprint, its natural identity's fingerprint, its request's print. The
+/// engine works these out on the callers' tasks, in parallel, and hands them to the writer
+/// with the command (`decide_identified`, `evolve_identified`): otherwise the one writer
+/// hashes the same texts twice per command, once to decide and once to fold, and those
+/// hashes were most of its blake3 time (BENCHMARKS.md). `decide` and `evolve` alone work
+/// them out themselves, from the command and from the record; debug builds check that the
+/// two agree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// [`key_fingerprint`] of the command's idempotency key, if it has one.
+    pub key: Option<Fingerprint>,
+    /// [`NaturalKey::fingerprint`] of an award's natural identity, unless it depends on
+    /// the day the award is recorded (a comp without an external id): the writer works
+    /// that one out.
+    pub natural: Option<Fingerprint>,
+    /// The request's print, as the index keeps it.
+    pub print: RequestPrint,
+}
+
+impl Identity {
+    pub fn of(meta: &CommandMeta, command: &Command) -> Self {
+        let key = meta
+            .idempotency
+            .as_ref()
+            .map(|key| key_fingerprint(&meta.tenant, &key.scope, &key.key));
+        let natural = match command {
+            Command::Award { source, .. } => {
+                super::award::timeless_natural_key(&meta.tenant, source).map(|natural| natural.fingerprint())
+            }
+            _ => None,
+        };
+        Self {
+            key,
+            natural,
+            print: command.print(),
+        }
+    }
+}
+
 impl Idempotency {
     pub fn first_seq_of_key(&self, tenant: &str, key: &IdempotencyKey) -> Option<u64> {
         self.by_key.get(&key_fingerprint(tenant, &key.scope, &key.key)).copied()
-    }
-
-    pub fn first_seq_of_natural(&self, natural: &NaturalKey<'_>) -> Option<u64> {
-        self.by_natural.get(&natural.fingerprint()).copied()
     }
 
     pub fn applied(&self, first_seq: u64) -> &Applied {

@@ -21,7 +21,7 @@ pub use pipeline::{LetterFilter, LetterPage, LetterView, PipelineStats, ReceiptS
 pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
 
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
-use crate::domain::{evolve, Command, CommandMeta, Policy, Record, Rejection, State};
+use crate::domain::{evolve, Command, CommandMeta, Identity, Policy, Record, Rejection, State};
 use crate::log::{self, Durability, FileLog, LogError, LogOptions, LogReader, LogWriter};
 use crate::projection::{ProjectionName, Projections, StoreError};
 use std::path::PathBuf;
@@ -127,6 +127,9 @@ pub(crate) enum Outcome {
 
 pub(crate) struct Job {
     commands: Vec<(CommandMeta, Command)>,
+    /// Each command's [`Identity`], worked out by the submitting task so that the sequencer
+    /// does not hash the commands' texts itself.
+    identities: Vec<Identity>,
     reply: oneshot::Sender<Vec<Outcome>>,
 }
 
@@ -634,7 +637,15 @@ impl EngineHandle {
         commands: Vec<(CommandMeta, Command)>,
     ) -> Result<Vec<Result<Receipt, Rejection>>, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Job(Job { commands, reply }))?;
+        let identities = commands
+            .iter()
+            .map(|(meta, command)| Identity::of(meta, command))
+            .collect();
+        self.send(Msg::Job(Job {
+            commands,
+            identities,
+            reply,
+        }))?;
         let outcomes = answer.await.map_err(|_| self.unavailable())?;
         let ranges: Vec<(u64, u64)> = outcomes
             .iter()

@@ -9,7 +9,9 @@
 
 use super::metrics::{Outcome as Counted, SequencerMetrics};
 use super::{Answer, Clock, Job, Msg, Outcome, Query, Read, Signal, Status};
-use crate::domain::{decide, evolve, Command, CommandMeta, Decision, Envelope, Policy, Record, State};
+use crate::domain::{
+    decide_identified, evolve_identified, Command, CommandMeta, Decision, Envelope, Identity, Policy, Record, State,
+};
 use crate::log::LogWriter;
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,8 +121,9 @@ impl Sequencer {
         let now_us = self.clock.now_us().max(self.state.head_ts_us);
         job.commands
             .iter()
-            .map(|(meta, command)| {
-                let outcome = self.decide_one(meta, command, now_us);
+            .zip(&job.identities)
+            .map(|((meta, command), identity)| {
+                let outcome = self.decide_one(meta, command, identity, now_us);
                 match &outcome {
                     Outcome::Appended(records) => {
                         self.metrics.count(command, Counted::Appended);
@@ -136,8 +139,8 @@ impl Sequencer {
     }
 
     /// Decides one command and, if it appends, stages and folds its events.
-    fn decide_one(&mut self, meta: &CommandMeta, command: &Command, now_us: u64) -> Outcome {
-        let emitted = match decide(&self.policy, &self.state, meta, command, now_us) {
+    fn decide_one(&mut self, meta: &CommandMeta, command: &Command, identity: &Identity, now_us: u64) -> Outcome {
+        let emitted = match decide_identified(&self.policy, &self.state, meta, command, identity, now_us) {
             Ok(Decision::Append(emitted)) => emitted,
             Ok(Decision::Replay { first_seq, last_seq }) => return Outcome::Replayed { first_seq, last_seq },
             Ok(Decision::Nothing) => return Outcome::Nothing,
@@ -147,18 +150,25 @@ impl Sequencer {
                     idempotency: None,
                     ..meta.clone()
                 };
-                self.stage(&unkeyed, events, now_us);
+                self.stage(&unkeyed, events, None, now_us);
                 return Outcome::Rejected(rejection);
             }
             Err(rejection) => return Outcome::Rejected(rejection),
         };
-        Outcome::Appended(self.stage(meta, emitted, now_us))
+        Outcome::Appended(self.stage(meta, emitted, Some(identity), now_us))
     }
 
-    /// Stamps, stages and folds a command's events.
-    fn stage(&mut self, meta: &CommandMeta, emitted: Vec<crate::domain::Emitted>, now_us: u64) -> Vec<Record> {
+    /// Stamps, stages and folds a command's events; `first_of` is the identity of the
+    /// command they answer, if they do (a recorded refusal does not).
+    fn stage(
+        &mut self,
+        meta: &CommandMeta,
+        emitted: Vec<crate::domain::Emitted>,
+        first_of: Option<&Identity>,
+        now_us: u64,
+    ) -> Vec<Record> {
         let mut records = Vec::with_capacity(emitted.len());
-        for e in emitted {
+        for (at, e) in emitted.into_iter().enumerate() {
             let envelope = Envelope {
                 event_id: self.event_ids.next(now_us),
                 tenant: e.tenant,
@@ -178,7 +188,7 @@ impl Sequencer {
                 event: e.event,
                 hash,
             };
-            evolve(&mut self.state, &record);
+            evolve_identified(&mut self.state, &record, first_of.filter(|_| at == 0));
             if record.event.kind().is_credential() {
                 self.credential_records.push(record.clone());
             }

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 use tally::domain::{
-    decide, evolve, Command, CommandMeta, Decision, Envelope, IdempotencyKey, Policy, Record, Rejection, State,
+    decide_identified, evolve, evolve_identified, Command, CommandMeta, Decision, Envelope, IdempotencyKey, Identity,
+    Policy, Record, Rejection, State,
 };
 use tally::engine::{Engine, EngineConfig, EngineHandle, ManualClock};
 use tally::log::Durability;
@@ -53,26 +54,29 @@ impl Default for Harness {
 impl Harness {
     /// Decides and, if accepted, appends and folds the events. Returns the decision. A
     /// recorded refusal appends its events without the key, as the sequencer does, and is
-    /// returned as the rejection.
+    /// returned as the rejection. Like the sequencer, it works out the command's identity
+    /// first and folds the records with it; [`Harness::refold`] folds them without, so
+    /// comparing the two checks that both ways give one state.
     pub fn run(&mut self, meta: &CommandMeta, command: Command) -> Result<Decision, Rejection> {
-        let decision = decide(&self.policy, &self.state, meta, &command, self.now_us)?;
+        let identity = Identity::of(meta, &command);
+        let decision = decide_identified(&self.policy, &self.state, meta, &command, &identity, self.now_us)?;
         if let Decision::Refuse { events, rejection } = decision {
             let unkeyed = CommandMeta {
                 idempotency: None,
                 ..meta.clone()
             };
-            self.append(&unkeyed, &events);
+            self.append(&unkeyed, &events, None);
             return Err(rejection);
         }
         if let Decision::Append(emitted) = &decision {
-            self.append(meta, emitted);
+            self.append(meta, emitted, Some(&identity));
         }
         Ok(decision)
     }
 
-    fn append(&mut self, meta: &CommandMeta, emitted: &[tally::domain::Emitted]) {
+    fn append(&mut self, meta: &CommandMeta, emitted: &[tally::domain::Emitted], first_of: Option<&Identity>) {
         {
-            for e in emitted {
+            for (at, e) in emitted.iter().enumerate() {
                 let record = Record {
                     seq: self.state.head_seq + 1,
                     ts_us: self.now_us,
@@ -88,7 +92,7 @@ impl Harness {
                     event: e.event.clone(),
                     hash: [0; 32],
                 };
-                evolve(&mut self.state, &record);
+                evolve_identified(&mut self.state, &record, first_of.filter(|_| at == 0));
                 self.records.push(record);
             }
         }
