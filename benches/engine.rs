@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{generate, median, producers_rate, seconds, sled_insert_rates, timed, Keys};
+use common::{generate, median, producers_rate, seconds, sled_insert_rates, timed, Keys, Measured};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -236,7 +236,7 @@ fn cpu_limits(record_bytes: usize) -> (f64, f64, f64) {
 
 /// Awards per second from `producers` concurrent tasks, each submitting `per_submit`
 /// commands at a time and waiting for the answer before the next.
-fn awards_per_second(durability: Durability, producers: u64, per_submit: u64) -> f64 {
+fn awards_per_second(durability: Durability, producers: u64, per_submit: u64) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     awards_per_second_in(dir.path(), durability, producers, per_submit).0
 }
@@ -248,7 +248,7 @@ fn awards_per_second_in(
     durability: Durability,
     producers: u64,
     per_submit: u64,
-) -> (f64, f64) {
+) -> (Measured, f64) {
     let config = EngineConfig {
         durability,
         ..EngineConfig::new(data_dir)
@@ -289,7 +289,7 @@ fn cost_growth(prefill: u64) {
     let (engine, restore) = timed(|| Engine::start(config, Arc::new(SystemClock)).unwrap());
     engine.shutdown();
     let rates = (0..RUNS)
-        .map(|_| awards_per_second_in(dir.path(), Durability::Sync, 8, 1000).0)
+        .map(|_| awards_per_second_in(dir.path(), Durability::Sync, 8, 1000).0.per_second)
         .collect();
     println!(
         "durable, 8 producers, 1000 per submit, {prefill} events already in the log: {:.0} awards/s (restore {restore:.1} s)",
@@ -365,11 +365,12 @@ fn award_cases(only: &str, limit: Option<f64>) {
         ),
     ];
     for (name, durability, producers, per_submit) in cases.into_iter().filter(|c| c.0.contains(only)) {
-        let rate = median(
-            (0..RUNS)
-                .map(|_| awards_per_second(durability, producers, per_submit))
-                .collect(),
-        );
+        let mut runs: Vec<Measured> = (0..RUNS)
+            .map(|_| awards_per_second(durability, producers, per_submit))
+            .collect();
+        runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+        let median_run = &runs[RUNS / 2];
+        let rate = median_run.per_second;
         let per_sync = match limit {
             Some(limit) if durability == Durability::Sync => {
                 format!(" ({:.1}× the fdatasync ceiling)", rate / limit)
@@ -377,5 +378,6 @@ fn award_cases(only: &str, limit: Option<f64>) {
             _ => String::new(),
         };
         println!("{name}: {rate:.0} awards/s{per_sync}");
+        println!("  where the CPU went (that run): {}", median_run.cpu_split());
     }
 }

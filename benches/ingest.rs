@@ -101,7 +101,7 @@ fn rate(make: fn(u64) -> (CommandMeta, Command)) -> f64 {
     let rate = runtime.block_on(async {
         let handle = engine.handle();
         open_members(&handle).await;
-        producers_rate(&handle, PRODUCERS, PER_SUBMIT, 0, make).await
+        producers_rate(&handle, PRODUCERS, PER_SUBMIT, 0, make).await.per_second
     });
     drop(runtime);
     engine.shutdown();
