@@ -171,7 +171,7 @@ fn sequencer_work_alone() -> f64 {
                 event: e.event,
                 hash,
             };
-            evolve_identified(state, &record, Some(identity).filter(|_| at == 0));
+            evolve_identified(state, &record, identity.for_record(meta, at, &record.envelope.tenant));
         }
     };
     let identified = |(meta, command): (CommandMeta, Command)| {

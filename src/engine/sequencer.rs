@@ -188,13 +188,8 @@ impl Sequencer {
                 event: e.event,
                 hash,
             };
-            // The identity was worked out with the caller's tenant, and `evolve` works it out
-            // with the record's: handlers emit into the caller's tenant only (others' holds,
-            // links and receipts are not found), and where that ever failed to hold, the
-            // state would silently differ from a refold. A string comparison keeps it so in
-            // release builds too.
-            let answers_command = at == 0 && record.envelope.tenant == meta.tenant;
-            evolve_identified(&mut self.state, &record, first_of.filter(|_| answers_command));
+            let identity = first_of.and_then(|identity| identity.for_record(meta, at, &record.envelope.tenant));
+            evolve_identified(&mut self.state, &record, identity);
             if record.event.kind().is_credential() {
                 self.credential_records.push(record.clone());
             }

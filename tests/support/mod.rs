@@ -92,7 +92,8 @@ impl Harness {
                     event: e.event.clone(),
                     hash: [0; 32],
                 };
-                evolve_identified(&mut self.state, &record, first_of.filter(|_| at == 0));
+                let identity = first_of.and_then(|identity| identity.for_record(meta, at, &record.envelope.tenant));
+                evolve_identified(&mut self.state, &record, identity);
                 self.records.push(record);
             }
         }
