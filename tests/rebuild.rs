@@ -132,10 +132,12 @@ async fn a_corrupted_projection_is_caught_by_verify_and_repaired_by_rebuild() {
         tally(&["rebuild", &data, "--verify"]).status.success(),
         "a sound store verifies"
     );
+    let corrupted_key;
     {
         let db = sled::open(engine.dir.path().join("projections")).unwrap();
         let accounts = live_tree(&db, "accounts");
         let (key, _) = accounts.iter().next().unwrap().unwrap();
+        corrupted_key = key.escape_ascii().to_string();
         accounts.insert(key, b"\x91\xa5bogus".to_vec()).unwrap();
         db.flush().unwrap();
     }
@@ -145,6 +147,12 @@ async fn a_corrupted_projection_is_caught_by_verify_and_repaired_by_rebuild() {
     assert!(
         stdout.contains("DIFFERS from the live projection") && stdout.contains("verified only"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "first differing row \"{corrupted_key}\": left 7 bytes 91a5626f677573"
+        )),
+        "the mismatch names the row that differs and the live bytes: {stdout}"
     );
     let repaired = tally(&["rebuild", &data, "--projection", "accounts"]);
     assert!(repaired.status.success() && String::from_utf8_lossy(&repaired.stdout).contains("swapped in"));

@@ -140,8 +140,12 @@ pub fn describe(outcome: &RebuildOutcome) -> String {
     let start = outcome
         .from_snapshot
         .map_or("from the start".to_string(), |s| format!("from the snapshot at {s}"));
+    let difference = outcome
+        .first_difference
+        .as_ref()
+        .map_or(String::new(), |d| format!(" ({d}; left is live, right rebuilt)"));
     format!(
-        "{}: rebuilt {start} to sequence {}, digest {} {verdict} ({}); {action}",
+        "{}: rebuilt {start} to sequence {}, digest {} {verdict} ({}) at the same sequence{difference}; {action}",
         outcome.projection.name(),
         outcome.seq,
         json::hex(&outcome.rebuilt_digest),

@@ -293,6 +293,13 @@ impl Projections {
         digest_of(&self.tree(name))
     }
 
+    /// Compares a projection here (`left`) with the same projection in `other` (`right`):
+    /// both heads, both digests and, when they differ, the first row that does. A digest
+    /// alone says that two folds disagree; this says where to look.
+    pub fn compare(&self, other: &Projections, name: ProjectionName) -> Result<Comparison, StoreError> {
+        compare_trees(name, &self.tree(name), &other.tree(name))
+    }
+
     /// A tree for other durable, non-ledger records (the operations history).
     pub fn aux_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(format!("aux.{name}"))?)
@@ -336,6 +343,141 @@ pub(crate) fn apply_to(name: ProjectionName, tree: &sled::Tree, records: &[Recor
         tree.apply_batch(batch)?;
     }
     Ok(())
+}
+
+/// Two folds of one projection side by side; see [`Projections::compare`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    pub projection: ProjectionName,
+    /// The checkpoint (last applied sequence number) of each side: the head its rows speak of.
+    pub left_seq: u64,
+    pub right_seq: u64,
+    pub left_digest: [u8; 32],
+    pub right_digest: [u8; 32],
+    /// The first row, in key order, that one side lacks or holds with other bytes.
+    pub first_difference: Option<RowDifference>,
+}
+
+impl Comparison {
+    /// Whether both sides hold the same rows.
+    pub fn equal(&self) -> bool {
+        self.left_digest == self.right_digest
+    }
+}
+
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "projection {}: left at sequence {} digest {}, right at sequence {} digest {}",
+            self.projection.name(),
+            self.left_seq,
+            crate::query::json::hex(&self.left_digest),
+            self.right_seq,
+            crate::query::json::hex(&self.right_digest),
+        )?;
+        match &self.first_difference {
+            Some(difference) => write!(f, "; {difference}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The first row where two folds of a projection part ways.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowDifference {
+    pub key: Vec<u8>,
+    /// The row's value on each side; `None` where that side has no such row.
+    pub left: Option<Vec<u8>>,
+    pub right: Option<Vec<u8>>,
+}
+
+/// Bytes of a differing value shown in a message; rows are small, but a message stays short.
+const DIFFERENCE_SHOWN_BYTES: usize = 64;
+
+impl std::fmt::Display for RowDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |value: &Option<Vec<u8>>| match value {
+            None => "absent".to_string(),
+            Some(bytes) => {
+                let shown = &bytes[..bytes.len().min(DIFFERENCE_SHOWN_BYTES)];
+                let more = if bytes.len() > shown.len() { "…" } else { "" };
+                format!("{} bytes {}{more}", bytes.len(), crate::query::json::hex(shown))
+            }
+        };
+        write!(
+            f,
+            "first differing row \"{}\": left {}, right {}",
+            self.key.escape_ascii(),
+            show(&self.left),
+            show(&self.right)
+        )
+    }
+}
+
+pub(crate) fn compare_trees(
+    projection: ProjectionName,
+    left: &sled::Tree,
+    right: &sled::Tree,
+) -> Result<Comparison, StoreError> {
+    let left_digest = digest_of(left)?;
+    let right_digest = digest_of(right)?;
+    let first_difference = if left_digest == right_digest {
+        None
+    } else {
+        first_difference(left, right)?
+    };
+    Ok(Comparison {
+        projection,
+        left_seq: checkpoint_of(left)?,
+        right_seq: checkpoint_of(right)?,
+        left_digest,
+        right_digest,
+        first_difference,
+    })
+}
+
+/// Walks both trees in key order, checkpoints excluded, to the first row that differs.
+fn first_difference(left: &sled::Tree, right: &sled::Tree) -> Result<Option<RowDifference>, StoreError> {
+    let rows = |tree: &sled::Tree| {
+        tree.iter()
+            .filter(|row| !matches!(row, Ok((key, _)) if key.as_ref() == CHECKPOINT_KEY))
+    };
+    let (mut left_rows, mut right_rows) = (rows(left), rows(right));
+    loop {
+        let difference = match (left_rows.next().transpose()?, right_rows.next().transpose()?) {
+            (None, None) => return Ok(None),
+            (Some((key, value)), None) => RowDifference {
+                key: key.to_vec(),
+                left: Some(value.to_vec()),
+                right: None,
+            },
+            (None, Some((key, value))) => RowDifference {
+                key: key.to_vec(),
+                left: None,
+                right: Some(value.to_vec()),
+            },
+            (Some((lk, lv)), Some((rk, rv))) if lk == rk && lv == rv => continue,
+            (Some((lk, lv)), Some((rk, rv))) => match lk.cmp(&rk) {
+                std::cmp::Ordering::Equal => RowDifference {
+                    key: lk.to_vec(),
+                    left: Some(lv.to_vec()),
+                    right: Some(rv.to_vec()),
+                },
+                std::cmp::Ordering::Less => RowDifference {
+                    key: lk.to_vec(),
+                    left: Some(lv.to_vec()),
+                    right: None,
+                },
+                std::cmp::Ordering::Greater => RowDifference {
+                    key: rk.to_vec(),
+                    left: None,
+                    right: Some(rv.to_vec()),
+                },
+            },
+        };
+        return Ok(Some(difference));
+    }
 }
 
 pub(crate) fn checkpoint_of(tree: &sled::Tree) -> Result<u64, StoreError> {

@@ -13,7 +13,8 @@
 //! digest against the rows (the file is intact).
 
 use super::{
-    apply_to, checkpoint_of, generation_of, tree_name, ProjectionName, Projections, StoreError, CHECKPOINT_KEY,
+    apply_to, checkpoint_of, compare_trees, generation_of, tree_name, ProjectionName, Projections, RowDifference,
+    StoreError, CHECKPOINT_KEY,
 };
 use crate::domain::Record;
 use std::fs::{self, File};
@@ -43,6 +44,8 @@ pub struct RebuildOutcome {
     pub rebuilt_digest: [u8; 32],
     pub swapped: bool,
     pub from_snapshot: Option<u64>,
+    /// Where the two part ways, when the digests differ (left: live, right: rebuilt).
+    pub first_difference: Option<RowDifference>,
 }
 
 impl RebuildOutcome {
@@ -165,13 +168,15 @@ impl Projections {
             seq,
             "a rebuild is compared at the live checkpoint"
         );
+        let comparison = compare_trees(name, &live, &rebuild.tree)?;
         let outcome = RebuildOutcome {
             projection: name,
             seq,
-            live_digest: super::digest_of(&live)?,
-            rebuilt_digest: super::digest_of(&rebuild.tree)?,
+            live_digest: comparison.left_digest,
+            rebuilt_digest: comparison.right_digest,
             swapped: swap,
             from_snapshot: rebuild.from_snapshot,
+            first_difference: comparison.first_difference,
         };
         if swap {
             self.adopt_rebuild(rebuild)?;
