@@ -841,6 +841,14 @@ fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode {
 
 /// Opens the ports first, then recovers: health answers NOT_SERVING until the engine serves.
 async fn run_server(settings: Settings) -> ExitCode {
+    // One owner per data directory: a second server exits here, before it opens a port.
+    let owner = match tally::engine::DataDirLock::acquire(&settings.engine.data_dir) {
+        Ok(owner) => owner,
+        Err(error) => {
+            eprintln!("tally: {error}");
+            return ExitCode::from(75);
+        }
+    };
     let metrics = match tally::telemetry::install() {
         Ok(handle) => handle,
         Err(error) => {
@@ -928,13 +936,16 @@ async fn run_server(settings: Settings) -> ExitCode {
         .map(|listener| tokio::spawn(tally::telemetry::serve(listener, metrics, slot.clone(), stopped())));
     let server = tokio::spawn(tally::api::serve_slot(slot.clone(), listener, stopped()));
     let config = settings.engine.clone();
-    let started = tokio::task::spawn_blocking(move || Engine::start(config, Arc::new(SystemClock))).await;
+    let started = tokio::task::spawn_blocking(move || Engine::start_owned(config, Arc::new(SystemClock), owner)).await;
     let engine = match started.expect("engine start does not panic") {
         Ok(engine) => engine,
         Err(error) => {
             tracing::error!(%error, "cannot start the ledger");
             eprintln!("tally: cannot start: {error}");
-            let corrupt = matches!(error, EngineError::Log(LogError::Corrupt { .. }));
+            let corrupt = matches!(
+                error,
+                EngineError::Log(LogError::Corrupt { .. }) | EngineError::LogBehind { .. }
+            );
             if corrupt && settings.on_corrupt_log == OnCorruptLog::Stay {
                 slot.refuse(error.to_string());
                 eprintln!("tally: health answers NOT_SERVING and every call DATA_LOSS until stopped");
@@ -1318,17 +1329,21 @@ mod offline {
                 None => return usage(format!("unknown projection {name:?}")),
             },
         };
+        if !data_dir.join("log").is_dir() {
+            return usage(format!("{} has no log directory", data_dir.display()));
+        }
+        // A rebuild writes the projections: it owns the directory while it runs.
+        let _owner = match tally::engine::DataDirLock::acquire(data_dir) {
+            Ok(owner) => owner,
+            Err(e) => return fail(format!("{e}; a running server rebuilds with the StartRebuild RPC")),
+        };
         let reader = match open_log(data_dir) {
             Ok(reader) => reader,
             Err(code) => return code,
         };
         let projections = match Projections::open(&data_dir.join("projections")) {
             Ok(p) => p,
-            Err(e) => {
-                return fail(format!(
-                    "{e} (is a server running on this directory? use the StartRebuild RPC then)"
-                ))
-            }
+            Err(e) => return fail(e),
         };
         let snapshot_dir = data_dir.join("projection-snapshots");
         let lock = Mutex::new(());

@@ -1,6 +1,8 @@
-//! Protects the log's promises: a torn tail (at any byte of the last frame) is cut off and
-//! the log goes on from the record before it; a flipped bit anywhere in an earlier record
-//! is refused with that record's sequence number, by opening and by `verify`; the chain
+//! Protects the log's promises: a torn tail (the file cut at any byte of the last frame, or
+//! any of its sectors never written) is cut off and the log goes on from the record before
+//! it; a complete last frame that fails its checks is corruption, never cut off as a tear;
+//! a flipped bit anywhere in an earlier record is refused with that record's sequence
+//! number, by opening and by `verify`; the chain
 //! continues across segments and restarts; readers return exactly the committed records by
 //! sequence number and by time.
 
@@ -131,39 +133,148 @@ fn records_survive_reopen_and_the_chain_continues() {
     }
 }
 
+/// Bytes a disk writes atomically (the log's own assumption, `SECTOR_BYTES` in scan.rs).
+const SECTOR: usize = 512;
+
+/// A log of five one-record frames and a last frame of eight records (6 to 13) that spans
+/// several sectors: the segment and the last frame's offset and length.
+fn log_with_a_long_last_frame(dir: &Path) -> (PathBuf, usize, usize) {
+    let (mut log, _) = FileLog::open(dir, options()).expect("open");
+    append(&mut log, 1, 5, 1);
+    append(&mut log, 6, 13, 8);
+    drop(log);
+    let segment = segments(dir).pop().unwrap();
+    let (offset, len, first, count) = *frames(&segment).last().unwrap();
+    assert_eq!((first, count), (6, 8));
+    assert!(len > 2 * SECTOR, "the last frame spans several sectors");
+    (segment, offset, len)
+}
+
+/// Applies `damage` to a copy of `dir`'s segment and returns the copy.
+fn damaged_copy(dir: &Path, segment: &Path, damage: impl FnOnce(&fs::File)) -> tempfile::TempDir {
+    let copy = copy_dir(dir);
+    let path = copy.path().join(segment.file_name().unwrap());
+    damage(&OpenOptions::new().read(true).write(true).open(&path).unwrap());
+    copy
+}
+
+/// The frame's sector pieces: its bytes cut at every sector boundary of the file.
+fn sector_pieces(offset: usize, len: usize) -> Vec<(usize, usize)> {
+    let mut pieces = Vec::new();
+    let mut start = offset;
+    while start < offset + len {
+        let end = ((start / SECTOR + 1) * SECTOR).min(offset + len);
+        pieces.push((start, end));
+        start = end;
+    }
+    pieces
+}
+
+/// One way to tear the last frame, applied to the segment file.
+type Tear = Box<dyn Fn(&fs::File)>;
+
 #[test]
-fn a_torn_tail_at_every_byte_of_the_last_frame_is_cut_off() {
+fn a_torn_tail_is_cut_off_whichever_of_its_sectors_reached_the_disk() {
     let dir = tempfile::tempdir().unwrap();
-    write_log(dir.path(), 6, 1);
-    let segment = segments(dir.path()).pop().unwrap();
-    let (offset, len, first, _) = *frames(&segment).last().unwrap();
-    assert_eq!(first, 6);
-    for cut in 0..len {
-        // Two ways a crash leaves the frame: its later pages never written (zeros in the
-        // preallocated file), or the file itself cut short.
-        for zero_fill in [true, false] {
-            let copy = copy_dir(dir.path());
-            let path = copy.path().join(segment.file_name().unwrap());
-            let file = OpenOptions::new().write(true).open(&path).unwrap();
-            if zero_fill {
-                file.write_all_at(&vec![0; len - cut], (offset + cut) as u64).unwrap();
-            } else {
-                file.set_len((offset + cut) as u64).unwrap();
+    let (segment, offset, len) = log_with_a_long_last_frame(dir.path());
+    let pieces = sector_pieces(offset, len);
+    // What a crash can leave of the last group commit: the file cut short at any byte; the
+    // frame's later sectors never written (zeros in the preallocated file); or any one
+    // sector of it not written while the others were (a disk may reorder them).
+    let mut tears: Vec<(String, Tear)> = Vec::new();
+    for cut in 1..len {
+        tears.push((
+            format!("file cut at frame byte {cut}"),
+            Box::new(move |file: &fs::File| file.set_len((offset + cut) as u64).unwrap()),
+        ));
+    }
+    for (at, &(start, _)) in pieces.iter().enumerate().skip(1) {
+        tears.push((
+            format!("sectors from piece {at} on never written"),
+            Box::new(move |file: &fs::File| file.write_all_at(&vec![0; offset + len - start], start as u64).unwrap()),
+        ));
+    }
+    for (at, &(start, end)) in pieces.iter().enumerate() {
+        tears.push((
+            format!("sector piece {at} alone never written"),
+            Box::new(move |file: &fs::File| file.write_all_at(&vec![0; end - start], start as u64).unwrap()),
+        ));
+    }
+    for (what, tear) in tears {
+        let copy = damaged_copy(dir.path(), &segment, tear);
+        let verified = log::verify(copy.path()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(verified.head.seq, 5, "{what}");
+        assert_eq!(
+            verified.torn_tail.map(|t| t.0),
+            Some(6),
+            "{what}: a torn tail is reported"
+        );
+        let (mut log, report) = FileLog::open(copy.path(), options()).unwrap();
+        assert_eq!(report.head.seq, 5, "{what}");
+        assert_eq!(report.truncated.map(|t| t.0), Some(6), "{what}");
+        // The log goes on from the record before the tear, and verifies.
+        append(&mut log, 6, 7, 1);
+        drop(log);
+        assert_eq!(log::verify(copy.path()).unwrap().head.seq, 7, "{what}");
+    }
+}
+
+#[test]
+fn a_complete_last_frame_that_fails_its_checks_is_corruption_not_a_tear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, offset, len) = log_with_a_long_last_frame(dir.path());
+    let bytes = fs::read(&segment).unwrap();
+    // Which record each byte of the frame belongs to (header bytes: the first).
+    let mut bounds = Vec::new();
+    let mut at = offset + 56;
+    for seq in 6..=13u64 {
+        let record_len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        bounds.push((at, at + record_len, seq));
+        at += record_len;
+    }
+    // A record's bytes name that record; the frame header's name a record of the frame (a
+    // damaged length makes the first record that no longer fits the one named).
+    let record_of = |byte: usize| {
+        bounds
+            .iter()
+            .find(|b| (b.0..b.1).contains(&byte))
+            .map_or(6..=13, |b| b.2..=b.2)
+    };
+    // Bit rot anywhere in the frame, header included (a damaged length must not make the
+    // zeros after the frame look like an unwritten part of it), and the frame's last bytes
+    // zeroed within a sector that was written.
+    let mut damage: Vec<(usize, Vec<u8>, std::ops::RangeInclusive<u64>)> = Vec::new();
+    for (byte, &value) in bytes.iter().enumerate().skip(offset).take(len) {
+        for bit in [0, 7] {
+            damage.push((byte, vec![value ^ (1 << bit)], record_of(byte)));
+        }
+    }
+    let (last_start, last_end) = *sector_pieces(offset, len).last().unwrap();
+    for zeros in 1..(last_end - last_start) {
+        // Only where the sector still holds a written byte: a sector of nothing but zeros
+        // is exactly what an unwritten one looks like.
+        let changes = bytes[last_end - zeros..last_end].iter().any(|&b| b != 0);
+        if changes && bytes[last_start..last_end - zeros].iter().any(|&b| b != 0) {
+            damage.push((last_end - zeros, vec![0; zeros], 13..=13));
+        }
+    }
+    for (at, new_bytes, expected) in damage {
+        let copy = damaged_copy(dir.path(), &segment, |file| {
+            file.write_all_at(&new_bytes, at as u64).unwrap()
+        });
+        for result in [log::verify(copy.path()).map(|_| ()), head_seq(copy.path()).map(|_| ())] {
+            match result {
+                Err(LogError::Corrupt { seq, .. }) => {
+                    assert!(
+                        expected.contains(&seq),
+                        "byte {at} changed to {new_bytes:?}: seq {seq}, expected {expected:?}"
+                    )
+                }
+                other => panic!(
+                    "{} bytes from {at} changed (seq {expected:?}) and not refused: {other:?}",
+                    new_bytes.len()
+                ),
             }
-            let verified = log::verify(copy.path()).unwrap();
-            assert_eq!(verified.head.seq, 5, "cut at {cut} (zero fill {zero_fill})");
-            assert_eq!(
-                verified.torn_tail.is_some(),
-                cut > 0,
-                "cut at {cut}: a torn tail is reported"
-            );
-            let (mut log, report) = FileLog::open(copy.path(), options()).unwrap();
-            assert_eq!(report.head.seq, 5, "cut at {cut}");
-            assert_eq!(report.truncated.map(|t| t.0), (cut > 0).then_some(6));
-            // The log goes on from the record before the tear, and verifies.
-            append(&mut log, 6, 7, 1);
-            drop(log);
-            assert_eq!(log::verify(copy.path()).unwrap().head.seq, 7);
         }
     }
 }
@@ -178,7 +289,7 @@ fn refuse_policy_reports_a_torn_tail_instead_of_cutting_it() {
         .write(true)
         .open(&segment)
         .unwrap()
-        .write_all_at(&[0xAB], (offset + len - 1) as u64)
+        .set_len((offset + len - 1) as u64)
         .unwrap();
     let refused = FileLog::open(
         dir.path(),

@@ -1,8 +1,10 @@
 //! Protects restarts: the write-side state comes back from the snapshot file plus the log
-//! after it (or from the log alone, when the snapshot is missing or belongs to another
-//! log), projections catch up from their checkpoints or fold again
-//! from scratch when their store is gone, and a log corrupted before its tail stops the
-//! engine from starting, naming the bad sequence number.
+//! after it (or from the log alone, when the snapshot is missing, belongs to another log,
+//! or has any bit flipped: a damaged snapshot is never trusted, and a retried command stays
+//! a replay), projections catch up from their checkpoints or fold again from scratch when
+//! their store is gone, a log corrupted before its tail stops the engine from starting,
+//! naming the bad sequence number, and a snapshot or projection that folded further than
+//! the log now reaches (the log lost acknowledged records) stops it too, naming both heads.
 
 mod support;
 
@@ -182,5 +184,127 @@ async fn a_corrupt_log_refuses_to_start_and_names_the_sequence() {
         Err(EngineError::Log(LogError::Corrupt { seq, .. })) => assert_eq!(seq, 1),
         Err(other) => panic!("expected corruption, got {other}"),
         Ok(_) => panic!("a corrupt log must not be served"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_any_flipped_bit_is_never_trusted() {
+    let mut engine = TestEngine::start();
+    workload(&engine, 0, 12).await;
+    let before = engine.digests().await;
+    let head = engine.handle().committed_seq();
+    engine.engine.take().unwrap().shutdown();
+    let path = tally::engine::snapshot::path(engine.dir.path());
+    let sound = std::fs::read(&path).unwrap();
+    let mut rng = support::Rng(0x5eed);
+    // The header, the start of the state, and random bits through the body and checksum.
+    let mut bits: Vec<u64> = (0..60 * 8).step_by(7).collect();
+    bits.extend((0..40).map(|_| rng.below(sound.len() as u64 * 8)));
+    for bit in bits {
+        let mut damaged = sound.clone();
+        damaged[(bit / 8) as usize] ^= 1 << (bit % 8);
+        std::fs::write(&path, &damaged).unwrap();
+        engine.engine = Some(Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
+        let report = engine.engine.as_ref().unwrap().report().clone();
+        assert_eq!(
+            (report.snapshot_seq, report.folded),
+            (None, head),
+            "bit {bit} flipped: the snapshot is not used, the log is folded"
+        );
+        // A retried reserve is the original hold, not a second one.
+        let retry = engine
+            .handle()
+            .submit(
+                meta("r3"),
+                Command::Reserve {
+                    account: "p0".into(),
+                    amount: 5,
+                    ttl_seconds: 60,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(retry.replayed, "bit {bit} flipped: the retry is answered, not applied");
+        assert_eq!(engine.digests().await, before, "bit {bit} flipped");
+        engine.engine.take().unwrap().shutdown();
+    }
+    std::fs::write(&path, &sound).unwrap();
+    engine.engine = Some(Engine::start(engine.config.clone(), engine.clock.clone()).unwrap());
+    assert_eq!(
+        engine.engine.as_ref().unwrap().report().snapshot_seq,
+        Some(head),
+        "a sound one is"
+    );
+}
+
+/// Two engines' data directories: one whose log is shorter than the other's.
+async fn shorter_and_longer() -> (TestEngine, TestEngine) {
+    let mut shorter = TestEngine::start();
+    workload(&shorter, 0, 5).await;
+    let mut longer = TestEngine::start();
+    workload(&longer, 0, 9).await;
+    longer.digests().await;
+    shorter.digests().await;
+    shorter.engine.take().unwrap().shutdown();
+    longer.engine.take().unwrap().shutdown();
+    (shorter, longer)
+}
+
+fn refused_as_behind(engine: &TestEngine, folded_by: &str, expect_folded: u64) {
+    let log_head = tally::log::verify(&engine.dir.path().join("log")).unwrap().head.seq;
+    let error = match Engine::start(engine.config.clone(), engine.clock.clone()) {
+        Err(error) => error,
+        Ok(_) => panic!("a log shorter than what was folded from it must not be served"),
+    };
+    let message = error.to_string();
+    let EngineError::LogBehind {
+        what,
+        folded,
+        log_head: said_head,
+        first_lost,
+    } = error
+    else {
+        panic!("expected a refusal naming both heads, got {message}")
+    };
+    assert!(what.contains(folded_by), "{message}");
+    assert_eq!(
+        (folded, said_head, first_lost),
+        (expect_folded, log_head, log_head + 1),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_beyond_the_log_refuses_to_start_naming_both_heads() {
+    let (shorter, longer) = shorter_and_longer().await;
+    let longer_head = tally::log::verify(&longer.dir.path().join("log")).unwrap().head.seq;
+    std::fs::copy(
+        tally::engine::snapshot::path(longer.dir.path()),
+        tally::engine::snapshot::path(shorter.dir.path()),
+    )
+    .unwrap();
+    refused_as_behind(&shorter, "write-state snapshot", longer_head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_beyond_the_log_refuses_to_start_naming_both_heads() {
+    let (shorter, longer) = shorter_and_longer().await;
+    let longer_head = tally::log::verify(&longer.dir.path().join("log")).unwrap().head.seq;
+    let projections = shorter.dir.path().join("projections");
+    std::fs::remove_dir_all(&projections).unwrap();
+    copy_dir(&longer.dir.path().join("projections"), &projections);
+    refused_as_behind(&shorter, "projection", longer_head);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
     }
 }

@@ -29,6 +29,13 @@ pub fn classify(error: &EngineError) -> Classified {
         EngineError::Log(LogError::Corrupt { seq, .. }) => {
             with(Code::DataLoss, "LOG_CORRUPT", error, [("sequence", seq.to_string())])
         }
+        EngineError::LogBehind { first_lost, .. } => with(
+            Code::DataLoss,
+            "LOG_BEHIND",
+            error,
+            [("sequence", first_lost.to_string())],
+        ),
+        EngineError::Owner(_) => plain(Code::Unavailable, "DATA_DIR_IN_USE", error),
         EngineError::Log(_) | EngineError::Store(_) => plain(Code::Internal, "STORAGE_ERROR", error),
     }
 }

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 mod mirror;
 pub mod operations;
+pub mod owner;
 pub mod pipeline;
 mod projector;
 mod sequencer;
@@ -17,6 +18,7 @@ pub mod sweeper;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use operations::{JobControl, JobError, OperationRecord, OperationState, Operations};
+pub use owner::{DataDirLock, OwnerError};
 pub use pipeline::{LetterFilter, LetterPage, LetterView, PipelineStats, ReceiptState, RedriveSelection};
 pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
 
@@ -99,6 +101,21 @@ pub enum EngineError {
     Log(#[from] LogError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another process owns the data directory.
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
+    /// Something folded from the log (a snapshot, a projection) stands further than the log
+    /// now reaches: the log lost records that were acknowledged. Refused, never cut.
+    #[error(
+        "{what} has folded the log to sequence {folded}, but the log ends at {log_head}: \
+         records {first_lost} and on, acknowledged once, are missing from the log; refusing to serve"
+    )]
+    LogBehind {
+        what: String,
+        folded: u64,
+        log_head: u64,
+        first_lost: u64,
+    },
 }
 
 /// Where the engine stands.
@@ -316,6 +333,9 @@ pub struct Engine {
     /// The projector and the state mirror.
     followers: Vec<JoinHandle<()>>,
     report: StartReport,
+    /// The data directory's lock; the threads hold it too, so it is released when the last
+    /// of them ends.
+    _owner: Arc<DataDirLock>,
 }
 
 impl Engine {
@@ -323,6 +343,17 @@ impl Engine {
     /// from the latest snapshot plus the log after it, and starts the sequencer and the
     /// projector threads.
     pub fn start(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Engine, EngineError> {
+        let owner = DataDirLock::acquire(&config.data_dir)?;
+        Self::start_owned(config, clock, owner)
+    }
+
+    /// [`Engine::start`] for a caller that already owns the data directory (`serve` takes
+    /// the lock before it opens its ports, so that a second server exits at once).
+    pub fn start_owned(config: EngineConfig, clock: Arc<dyn Clock>, owner: DataDirLock) -> Result<Engine, EngineError> {
+        assert_eq!(owner.dir(), config.data_dir, "the lock is the data directory's");
+        // Every thread that writes holds the lock until it ends, even if the engine is
+        // dropped without a shutdown.
+        let owner = Arc::new(owner);
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
             durability: config.durability,
@@ -333,12 +364,14 @@ impl Engine {
         let projections = Arc::new(Projections::open(&config.data_dir.join("projections"))?);
         let head = log.head();
         for name in ProjectionName::ALL {
-            if projections.checkpoint(name)? > head.seq {
-                tracing::warn!(
-                    projection = name.name(),
-                    "projection is ahead of the log; folding it again"
-                );
-                projections.clear(name)?;
+            let checkpoint = projections.checkpoint(name)?;
+            if checkpoint > head.seq {
+                return Err(EngineError::LogBehind {
+                    what: format!("projection {}", name.name()),
+                    folded: checkpoint,
+                    log_head: head.seq,
+                    first_lost: head.seq + 1,
+                });
             }
         }
         let adopted = adopt_projection_snapshots(&projections, &reader, &config.projection_snapshot_dir())?;
@@ -394,17 +427,27 @@ impl Engine {
             event_ids: sequencer::EventIds::new(),
         };
         let spawn_error = |e: std::io::Error| EngineError::Unavailable(format!("cannot start a thread: {e}"));
+        let owned = owner.clone();
         let projector = std::thread::Builder::new()
             .name("tally-projector".into())
-            .spawn(move || projector.run())
+            .spawn(move || {
+                let _owner = owned;
+                projector.run()
+            })
             .map_err(spawn_error)?;
+        let owned = owner.clone();
         let mirror = std::thread::Builder::new()
             .name("tally-mirror".into())
-            .spawn(move || mirror.run())
+            .spawn(move || {
+                let _owner = owned;
+                mirror.run()
+            })
             .map_err(spawn_error)?;
+        let owned = owner.clone();
         let sequencer = std::thread::Builder::new()
             .name("tally-sequencer".into())
             .spawn(move || {
+                let _owner = owned;
                 // A broken invariant panics the sequencer (by design); say so to callers and
                 // to health checks rather than looking like a shutdown.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sequencer.run()));
@@ -440,6 +483,7 @@ impl Engine {
             sequencer: Some(sequencer),
             followers: vec![projector, mirror],
             report,
+            _owner: owner,
         })
     }
 
@@ -477,16 +521,37 @@ fn restore(data_dir: &std::path::Path, reader: &LogReader, head_seq: u64) -> Res
         ..StartReport::default()
     };
     let mut state = match snapshot::load(data_dir) {
-        Some((snapshot, hash)) if reader.hash_at(snapshot.head_seq)? == Some(hash) => {
-            report.snapshot_seq = Some(snapshot.head_seq);
-            snapshot
+        Ok(Some(loaded)) if loaded.state.head_seq > head_seq => {
+            return Err(EngineError::LogBehind {
+                what: format!("the write-state snapshot {}", snapshot::path(data_dir).display()),
+                folded: loaded.state.head_seq,
+                log_head: head_seq,
+                first_lost: head_seq + 1,
+            })
         }
-        Some(_) => {
-            tracing::warn!("write-state snapshot does not match the log; folding the log from the start");
-            snapshot::remove(data_dir);
+        Ok(Some(loaded)) if reader.hash_at(loaded.state.head_seq)? == Some(loaded.hash) => {
+            report.snapshot_seq = Some(loaded.state.head_seq);
+            loaded.state
+        }
+        Ok(Some(loaded)) => {
+            // The same sequence number with another chain hash: another log's snapshot, or a
+            // log rewritten under it. The log is the truth; the snapshot is not used.
+            tracing::error!(
+                seq = loaded.state.head_seq,
+                "the write-state snapshot disagrees with the log's chain hash at its sequence number; \
+                 not using it, folding the log from the start"
+            );
             State::default()
         }
-        None => State::default(),
+        Ok(None) => State::default(),
+        Err(error @ snapshot::SnapshotError::OtherVersion { .. }) => {
+            tracing::info!(%error, "folding the log from the start");
+            State::default()
+        }
+        Err(error) => {
+            tracing::error!(%error, "not using the write-state snapshot; folding the log from the start");
+            State::default()
+        }
     };
     // Opening the log has just checked every hash of the chain: read it back trusted.
     for record in reader.iter_range_trusted(state.head_seq + 1, head_seq) {

@@ -2,10 +2,13 @@
 //! when opening the log for writing (with repair of a torn tail) and by `tally verify`
 //! (read-only).
 //!
-//! A bad frame is a *torn tail* when it is in the last segment and no valid frame follows it:
-//! the crash cut the last group commit short, and nobody heard "ok" for it. Anything else —
-//! a bad frame followed by a good one, or a bad frame in an earlier segment — is corruption,
-//! named by the sequence number of the first bad record.
+//! A bad frame is a *torn tail* when it is the last thing written in the last segment and it
+//! is incomplete: the file ends inside it, or one of the disk sectors it spans was never
+//! written (still zeros in the preallocated file). The crash cut the last group commit
+//! short, and nobody heard "ok" for it. Anything else — a complete frame that fails its
+//! checks (bit rot in acknowledged data), a bad frame followed by a good one, or a bad frame
+//! in an earlier segment — is corruption, named by the sequence number of the first bad
+//! record.
 
 use super::codec::{self, DecodeError, FRAME_HEADER_LEN};
 use super::{Head, LogError};
@@ -164,6 +167,10 @@ fn walk_frame(
     let (mut pos, mut prev, mut seq, mut ts) = (FRAME_HEADER_LEN, *prev_hash, expected_seq, last_ts);
     let mut first_ts = None;
     for _ in 0..header.record_count {
+        if pos == header.frame_len {
+            // Every record the frame's length holds is read: the count is what is wrong.
+            return Err(fail("frame header counts more records than it holds"));
+        }
         let record = codec::decode_raw(&frame[pos..], &prev, seq, true)?;
         if record.ts_us < ts {
             return Err(DecodeError {
@@ -190,6 +197,62 @@ fn walk_frame(
         last_ts: ts,
         last_hash: prev,
     }))
+}
+
+/// Bytes a disk writes atomically. A power cut leaves each sector of an unfinished write
+/// wholly old or wholly new, never part of each; a process killed mid-write leaves whole
+/// pages (a multiple of this) unwritten. The log's segments are preallocated with zeros,
+/// so a part of a frame that was never written is a run of zeros covering whole sectors.
+pub(crate) const SECTOR_BYTES: usize = 512;
+
+/// Whether the bad frame at `offset` of the last segment (`bytes`, the whole file) is a
+/// write cut short rather than damage. A frame is acknowledged only after its every sector
+/// is on disk, so one that is incomplete — the file ends inside it, or a sector it spans
+/// holds only zeros where the frame should be — was never acknowledged. A complete frame
+/// that fails its checks had its bytes changed after they were written: corruption. So is
+/// a frame whose every record is there and verifies, continuing the chain from `prev_hash`,
+/// while its header disagrees (its length or count damaged, which would otherwise make
+/// the zeros after it look like part of it).
+fn incomplete_frame(bytes: &[u8], offset: usize, expected_seq: u64, prev_hash: &[u8; 32]) -> bool {
+    if offset + FRAME_HEADER_LEN > bytes.len() {
+        return true;
+    }
+    let end = if codec::u32_at(bytes, offset) == codec::FRAME_MAGIC {
+        let declared_records = codec::u32_at(bytes, offset + 8);
+        if records_that_verify(bytes, offset, expected_seq, prev_hash, declared_records) == declared_records {
+            return false;
+        }
+        offset + (codec::u32_at(bytes, offset + 4) as usize).max(FRAME_HEADER_LEN)
+    } else {
+        // No frame length to trust: the frame reaches at most to the last written byte.
+        let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(offset, |at| at + 1);
+        dirty_end.max(offset + FRAME_HEADER_LEN)
+    };
+    if end > bytes.len() {
+        return true;
+    }
+    let mut start = offset;
+    while start < end {
+        let sector_end = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
+        if bytes[start..end.min(sector_end)].iter().all(|&b| b == 0) {
+            return true;
+        }
+        start = sector_end;
+    }
+    false
+}
+
+/// How many records, at most `max`, follow the frame header at `offset` one after the
+/// other with their hashes continuing the chain.
+fn records_that_verify(bytes: &[u8], offset: usize, mut seq: u64, prev_hash: &[u8; 32], max: u32) -> u32 {
+    let (mut at, mut prev, mut verified) = (offset + FRAME_HEADER_LEN, *prev_hash, 0);
+    while verified < max {
+        match codec::decode_raw(&bytes[at..], &prev, seq, true) {
+            Ok(record) => (at, prev, seq, verified) = (at + record.len, record.hash, seq + 1, verified + 1),
+            Err(_) => break,
+        }
+    }
+    verified
 }
 
 /// Is there a frame after `from` that checks out on its own and lies beyond `head_seq`?
@@ -287,14 +350,19 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
             }
         };
         if let Some(error) = failure {
-            if !last || valid_frame_after(&bytes, offset + 1, result.head.seq) {
+            let head = result.head;
+            if !last
+                || valid_frame_after(&bytes, offset + 1, head.seq)
+                || !incomplete_frame(&bytes, offset, head.seq + 1, &head.hash)
+            {
                 return Err(corrupt(error.seq, offset, error.reason));
             }
             let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(offset, |at| at + 1);
             result.torn = Some(Torn {
                 path: path.clone(),
                 offset: offset as u64,
-                seq: error.seq,
+                // The whole frame is cut: its first record is the first one lost.
+                seq: head.seq + 1,
                 reason: error.reason,
                 dirty_end: dirty_end as u64,
                 header_torn: false,

@@ -96,14 +96,14 @@ pub struct Projections {
 }
 
 impl Projections {
-    /// Opens the store in `dir`. A store sled cannot open is moved aside (it is only a
-    /// cache of the log) and a fresh one is folded from the log.
+    /// Opens the store in `dir`; the caller owns the data directory (`engine::DataDirLock`).
+    /// A store sled finds damaged is moved aside (it is only a cache of the log) and a fresh
+    /// one is folded from the log. An I/O error — a lock held by another process among them —
+    /// is returned as it is: a store that is merely busy or unreachable is never moved.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = match sled::Config::new().path(dir).open() {
+        let db = match open_sled(dir) {
             Ok(db) => db,
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(sled::Error::Io(e).into())
-            }
+            Err(sled::Error::Io(e)) => return Err(sled::Error::Io(e).into()),
             Err(error) => {
                 let aside = PathBuf::from(format!("{}.unreadable-{}", dir.display(), std::process::id()));
                 tracing::warn!(%error, moved_to = %aside.display(), "projection store unreadable; rebuilding from the log");
@@ -309,6 +309,26 @@ impl Projections {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// How long opening waits for sled's own lock on the store. The caller owns the data
+/// directory, so no other process holds it: only the last handles of an engine this process
+/// just stopped (a read finishing on a blocking thread, a server task ending) can, briefly.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            // sled 0.34 says so only in the message of an `Other` I/O error.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            opened => return opened,
+        }
     }
 }
 
