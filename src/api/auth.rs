@@ -127,14 +127,15 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/tally.v1.Audit/ListByActor", Access::AnyOf(&[AuditRead])),
     ("/tally.v1.Audit/GetByIdempotencyKey", Access::AnyOf(&[AuditRead])),
     ("/tally.v1.Audit/GetAccountAsOf", Access::AnyOf(&[AuditRead])),
-    ("/tally.v1.Operations/StartRebuild", Access::AnyOf(&[OperationsRun])),
+    // Rebuilds and snapshots act on every tenant's rows at once: the server's operator only.
+    ("/tally.v1.Operations/StartRebuild", Access::AnyOf(&[ServerManage])),
     (
         "/tally.v1.Operations/StartReplayToFile",
         Access::AnyOf(&[OperationsRun]),
     ),
     (
         "/tally.v1.Operations/StartProjectionSnapshot",
-        Access::AnyOf(&[OperationsRun]),
+        Access::AnyOf(&[ServerManage]),
     ),
     ("/tally.v1.Operations/GetOperation", Access::AnyOf(&[OperationsRead])),
     ("/tally.v1.Operations/ListOperations", Access::AnyOf(&[OperationsRead])),

@@ -327,6 +327,17 @@ pub fn not_found(reason: &'static str, message: impl Into<String>) -> Status {
     .into_status()
 }
 
+/// INTERNAL / STORAGE_ERROR for an I/O failure outside the engine (files the API makes).
+pub fn storage(message: impl Into<String>) -> Status {
+    Classified {
+        code: Code::Internal,
+        reason: "STORAGE_ERROR",
+        message: message.into(),
+        metadata: HashMap::new(),
+    }
+    .into_status()
+}
+
 /// UNAVAILABLE while the server opens its log and restores state: retry shortly.
 pub fn recovering() -> Status {
     Classified {

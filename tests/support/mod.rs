@@ -279,7 +279,7 @@ pub fn token(tenant: &str, subject: &str, roles: &[&str]) -> String {
 }
 
 /// Every role: what the tests of the ledger's rules call with.
-pub const ALL_ROLES: [&str; 5] = ["member", "staff", "service", "auditor", "admin"];
+pub const ALL_ROLES: [&str; 6] = ["member", "staff", "service", "auditor", "admin", "server-admin"];
 
 /// A request from `actor` in `tenant`, with every role's permissions.
 pub fn request<T>(message: T, tenant: &str, actor: &str) -> tonic::Request<T> {
