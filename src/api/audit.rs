@@ -167,29 +167,39 @@ impl Audit for AuditService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// The chain hash at the head, or at one of the caller's tenant's records. The head is
+    /// the log's, whoever wrote it: its hash commits to every record, the caller's among
+    /// them, and shows nothing of the others; its time is not shown, since the record there
+    /// may be another tenant's. A record of another tenant is NOT_FOUND exactly like one
+    /// beyond the head.
     async fn get_digest(&self, request: Request<proto::GetDigestRequest>) -> Result<Response<proto::Digest>, Status> {
+        let caller = Caller::of(&request)?;
         let head = self.engine()?.reader().head();
-        let sequence = match request.get_ref().sequence {
-            0 => head.seq,
-            n => n,
-        };
+        let sequence = request.get_ref().sequence;
         if sequence == 0 {
             return Ok(Response::new(proto::Digest {
+                sequence: head.seq,
+                timestamp_us: 0,
                 hash: crate::query::json::hex(&head.hash),
-                ..Default::default()
+                head_sequence: head.seq,
             }));
+        }
+        let missing = || {
+            not_found(
+                "SEQUENCE_NOT_FOUND",
+                format!("no record {sequence} in tenant {:?}", caller.tenant),
+            )
+        };
+        if sequence > head.seq {
+            return Err(missing());
         }
         let reader = self.engine()?.reader().clone();
         let record = tokio::task::spawn_blocking(move || crate::log::read_one(&reader, sequence))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| to_status(e.into()))?
-            .ok_or_else(|| {
-                not_found(
-                    "SEQUENCE_NOT_FOUND",
-                    format!("no record {sequence}; the head is {}", head.seq),
-                )
-            })?;
+            .filter(|record| record.envelope.tenant == caller.tenant)
+            .ok_or_else(missing)?;
         Ok(Response::new(proto::Digest {
             sequence,
             timestamp_us: record.ts_us,
