@@ -156,3 +156,14 @@ impl Rejection {
         }
     }
 }
+
+/// A caller's input as an error may show it: quoted like `{:?}`, at most
+/// [`QUOTED_INPUT_MAX_CHARS`](super::limits::QUOTED_INPUT_MAX_CHARS) characters, then `…`
+/// and its length if it was longer.
+pub fn quote(input: &str) -> String {
+    use super::limits::QUOTED_INPUT_MAX_CHARS;
+    match input.char_indices().nth(QUOTED_INPUT_MAX_CHARS) {
+        None => format!("{input:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &input[..end], input.len()),
+    }
+}
