@@ -1292,7 +1292,7 @@ async fn the_ingest_service_end_to_end() {
         fields.insert("points".to_string(), field(Kind::NumberValue(points)));
         fields.insert("promotion_id".to_string(), field(Kind::StringValue("struct".into())));
         proto::IngestRequest {
-            payload: Some(prost_types::Struct { fields }),
+            payload: Some(prost_types::Struct { fields }.into()),
             ..ingest_request("promo", &format!("st-{points}"), "points.award", "")
         }
     };
@@ -1306,6 +1306,17 @@ async fn the_ingest_service_end_to_end() {
         status.message().contains("payload.points") && status.message().contains("whole number"),
         "{status:?}"
     );
+    // A Struct whose map names `points` twice on the wire: refused, not the last one taken.
+    let mut twice = structured(1.0);
+    let mut second = twice.payload.as_ref().unwrap().entries[1].clone();
+    assert_eq!(second.key, "points");
+    second.value = Some(prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(999_999.0)),
+    });
+    twice.payload.as_mut().unwrap().entries.push(second);
+    let status = client.ingest(call(twice)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("the key \"points\" twice"), "{status:?}");
     let both = proto::IngestRequest {
         payload_json: r#"{"member_id":"m1"}"#.into(),
         ..structured(1.0)

@@ -4,6 +4,7 @@
 //! are the domain's (`domain::validate_body`), so a body that passes here and there is one
 //! the ledger can record.
 
+use super::payload::PayloadStruct;
 use crate::domain::event::{ExternalBody, ExternalKind, ReversePolicy};
 use crate::domain::{validate_body, Rejection};
 use serde_json::{Map, Value};
@@ -64,13 +65,23 @@ fn kind(type_name: &str) -> Result<ExternalKind, Rejection> {
 /// generated clients send for a JSON object). Struct numbers are doubles: a whole number
 /// up to 2^53 becomes that integer; any other number stays fractional and is refused by
 /// the schema as not a whole number.
-pub fn parse_struct(type_name: &str, payload: &prost_types::Struct) -> Result<ExternalBody, Rejection> {
+///
+/// A key the Struct carries twice is refused, as in JSON text (`parse_json`).
+pub fn parse_struct(type_name: &str, payload: &PayloadStruct) -> Result<ExternalBody, Rejection> {
     let kind = kind(type_name)?;
-    let object = payload
-        .fields
-        .iter()
-        .map(|(name, value)| (name.clone(), struct_value(value)))
-        .collect();
+    let mut object = Map::new();
+    for entry in &payload.entries {
+        let value = entry.value.as_ref().map_or(Value::Null, struct_value);
+        if object.insert(entry.key.clone(), value).is_some() {
+            return Err(Rejection::invalid(
+                "payload",
+                format!(
+                    "names the key {} twice; each key may appear once",
+                    crate::domain::quote(&entry.key)
+                ),
+            ));
+        }
+    }
     from_object(kind, &object)
 }
 

@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod limits;
 pub mod links;
 pub mod operations;
+pub mod payload;
 pub mod proto;
 pub mod slot;
 pub mod status;
