@@ -6,6 +6,7 @@ use super::convert;
 use super::proto::{self, audit_server::Audit};
 use super::slot::EngineSlot;
 use super::status::{invalid, not_found, to_status};
+use crate::domain::quote;
 use crate::engine::EngineError;
 use crate::projection::HistoryView;
 use crate::query::{self, subscribe::Delivery, Replay};
@@ -272,8 +273,9 @@ impl Audit for AuditService {
                 not_found(
                     "IDEMPOTENCY_KEY_NOT_FOUND",
                     format!(
-                        "no command with key {:?} in scope {:?}",
-                        r.idempotency_key, r.idempotency_scope
+                        "no command with key {} in scope {}",
+                        quote(&r.idempotency_key),
+                        quote(&r.idempotency_scope)
                     ),
                 )
             })?;
@@ -317,7 +319,7 @@ impl Audit for AuditService {
             query::asof::account_as_of(sequence, &rows, |id| projections.hold(id).ok().flatten()).ok_or_else(|| {
                 not_found(
                     "ACCOUNT_NOT_FOUND",
-                    format!("account {:?} was not open at sequence {sequence}", r.account_id),
+                    format!("account {} was not open at sequence {sequence}", quote(&r.account_id)),
                 )
             })?;
         Ok(Response::new(proto::AccountAsOf {

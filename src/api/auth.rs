@@ -21,9 +21,10 @@
 //! log holds only the secret's fingerprint.
 
 use super::slot::EngineSlot;
-use super::status::ERROR_DOMAIN;
+use super::status::error_status;
 use crate::domain::access::{Permission, Permissions, Role};
 use crate::domain::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES};
+use crate::domain::quote;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
@@ -33,7 +34,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -243,7 +243,11 @@ impl Principal {
             return Ok(());
         }
         let message = if self.has(own) {
-            format!("{} may act on its own account only, not {account:?}", self.subject)
+            format!(
+                "{} may act on its own account only, not {}",
+                self.subject,
+                quote(account)
+            )
         } else {
             format!("needs permission {}", any.name())
         };
@@ -472,7 +476,10 @@ impl AuthSettings {
         let key = self.keys.get(kid).ok_or_else(|| {
             unauthenticated(
                 "SIGNATURE_INVALID",
-                format!("the token is signed with key {kid:?}, which this server does not hold"),
+                format!(
+                    "the token is signed with key {}, which this server does not hold",
+                    quote(kid)
+                ),
             )
         })?;
         let tag = B64.decode(tag).map_err(|_| malformed("has an unreadable signature"))?;
@@ -491,8 +498,11 @@ impl AuthSettings {
             return Err(unauthenticated(
                 "TOKEN_NOT_FOR_US",
                 format!(
-                    "the token is from {:?} for {:?}; this server accepts {:?} for {:?}",
-                    claims.iss, claims.aud, self.issuer, self.audience
+                    "the token is from {} for {}; this server accepts {:?} for {:?}",
+                    quote(&claims.iss),
+                    quote(&claims.aud),
+                    self.issuer,
+                    self.audience
                 ),
             ));
         }
@@ -627,11 +637,11 @@ impl SeenSignatures {
         }
         let mine = self.per_key.get(key_id).copied().unwrap_or(0);
         if self.seen.len() >= MAX_REMEMBERED_SIGNATURES || mine >= MAX_REMEMBERED_SIGNATURES_PER_KEY {
-            let details = ErrorDetails::with_error_info("SIGNED_CALLS_EXHAUSTED", ERROR_DOMAIN, HashMap::new());
-            return Err(Status::with_error_details(
+            return Err(error_status(
                 Code::ResourceExhausted,
-                "SIGNED_CALLS_EXHAUSTED: too many signed calls within the replay window; send batches or retry shortly",
-                details,
+                "SIGNED_CALLS_EXHAUSTED",
+                "too many signed calls within the replay window; send batches or retry shortly",
+                HashMap::new(),
             ));
         }
         self.seen.insert(signature);
@@ -669,7 +679,7 @@ impl Authenticator {
         let access = access_of(path).ok_or_else(|| {
             denied(
                 "METHOD_NOT_AUTHORIZED",
-                format!("no permission is defined for {path}; nobody may call it"),
+                format!("no permission is defined for {}; nobody may call it", quote(path)),
                 [],
             )
         })?;
@@ -788,7 +798,7 @@ fn signed_headers(
         let key = credentials
             .api_keys
             .get(key_id)
-            .ok_or_else(|| unauthenticated("KEY_UNKNOWN", format!("no API key {key_id:?}")))?;
+            .ok_or_else(|| unauthenticated("KEY_UNKNOWN", format!("no API key {}", quote(key_id))))?;
         if key.revoked_at_us.is_some() {
             return Err(unauthenticated("KEY_REVOKED", format!("API key {key_id:?} is revoked")));
         }
@@ -844,7 +854,7 @@ fn bearer(
         roles.push(Role::parse(name).ok_or_else(|| {
             unauthenticated(
                 "CREDENTIAL_MALFORMED",
-                format!("the token names an unknown role {name:?}"),
+                format!("the token names an unknown role {}", quote(name)),
             )
         })?);
     }
@@ -892,8 +902,8 @@ fn check_names(principal: &Principal, headers: &http::HeaderMap) -> Result<(), S
                 return Err(denied(
                     reason,
                     format!(
-                        "{header} names {:?} but the credential is for {expected:?}",
-                        String::from_utf8_lossy(value.as_bytes())
+                        "{header} names {} but the credential is for {expected:?}",
+                        quote(&String::from_utf8_lossy(value.as_bytes()))
                     ),
                     [],
                 ));
@@ -904,9 +914,7 @@ fn check_names(principal: &Principal, headers: &http::HeaderMap) -> Result<(), S
 }
 
 pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Status {
-    let message = message.into();
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(Code::Unauthenticated, format!("{reason}: {message}"), details)
+    error_status(Code::Unauthenticated, reason, &message.into(), HashMap::new())
 }
 
 pub fn denied<const N: usize>(
@@ -914,10 +922,8 @@ pub fn denied<const N: usize>(
     message: impl Into<String>,
     metadata: [(&str, String); N],
 ) -> Status {
-    let message = message.into();
     let metadata: HashMap<String, String> = metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
-    Status::with_error_details(Code::PermissionDenied, format!("{reason}: {message}"), details)
+    error_status(Code::PermissionDenied, reason, &message.into(), metadata)
 }
 
 /// The tower layer that puts the door in front of every service.

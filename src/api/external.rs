@@ -6,7 +6,7 @@
 
 use super::payload::PayloadStruct;
 use crate::domain::event::{ExternalBody, ExternalKind, ReversePolicy};
-use crate::domain::{validate_body, Rejection};
+use crate::domain::{quote, validate_body, Rejection};
 use serde_json::{Map, Value};
 
 /// Longest JSON payload of one external event: the largest valid one (a rating slip with
@@ -56,7 +56,7 @@ fn kind(type_name: &str) -> Result<ExternalKind, Rejection> {
         let known: Vec<_> = ExternalKind::ALL.iter().map(|k| k.name()).collect();
         Rejection::invalid(
             "type",
-            format!("unknown event type {type_name:?}; known: {}", known.join(", ")),
+            format!("unknown event type {}; known: {}", quote(type_name), known.join(", ")),
         )
     })
 }
@@ -75,10 +75,7 @@ pub fn parse_struct(type_name: &str, payload: &PayloadStruct) -> Result<External
         if object.insert(entry.key.clone(), value).is_some() {
             return Err(Rejection::invalid(
                 "payload",
-                format!(
-                    "names the key {} twice; each key may appear once",
-                    crate::domain::quote(&entry.key)
-                ),
+                format!("names the key {} twice; each key may appear once", quote(&entry.key)),
             ));
         }
     }
@@ -210,7 +207,7 @@ impl<'de> serde::de::Visitor<'de> for DistinctVisitor {
             if object.contains_key(&key) {
                 return Err(serde::de::Error::custom(format!(
                     "names the key {} twice; each key may appear once",
-                    crate::domain::quote(&key)
+                    quote(&key)
                 )));
             }
             let Distinct(value) = map.next_value()?;
@@ -228,7 +225,8 @@ pub fn from_object(kind: ExternalKind, object: &Map<String, Value>) -> Result<Ex
         return Err(Rejection::invalid(
             "payload",
             format!(
-                "unknown field {unknown:?} for {}; expected: {}",
+                "unknown field {} for {}; expected: {}",
+                quote(unknown),
                 kind.name(),
                 expected.join(", ")
             ),
@@ -295,7 +293,10 @@ pub fn from_object(kind: ExternalKind, object: &Map<String, Value>) -> Result<Ex
                 other => {
                     return Err(Rejection::invalid(
                         "payload.policy",
-                        format!("must be \"cap_to_available\" or \"all_or_nothing\", got {other:?}"),
+                        format!(
+                            "must be \"cap_to_available\" or \"all_or_nothing\", got {}",
+                            quote(other)
+                        ),
                     ))
                 }
             },
@@ -311,7 +312,7 @@ fn describe(value: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("boolean {b}"),
         Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {s:?}"),
+        Value::String(s) => format!("string {}", quote(s)),
         Value::Array(_) => "an array".into(),
         Value::Object(_) => "an object".into(),
     }

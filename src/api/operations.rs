@@ -31,7 +31,10 @@ impl OperationsService {
 }
 
 fn unknown(id: &str) -> Status {
-    not_found("OPERATION_NOT_FOUND", format!("no operation {id:?}"))
+    not_found(
+        "OPERATION_NOT_FOUND",
+        format!("no operation {}", crate::domain::quote(id)),
+    )
 }
 
 /// Whose operations `caller` may see.
@@ -56,7 +59,11 @@ impl Operations for OperationsService {
                 let known: Vec<&str> = ProjectionName::ALL.iter().map(|p| p.name()).collect();
                 invalid(
                     "projection",
-                    format!("unknown projection {name:?}; known: {}", known.join(", ")),
+                    format!(
+                        "unknown projection {}; known: {}",
+                        crate::domain::quote(name),
+                        known.join(", ")
+                    ),
                 )
             })?),
         };

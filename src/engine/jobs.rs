@@ -175,7 +175,8 @@ pub fn export_path(exports: &Path, file_name: &str) -> Result<PathBuf, String> {
         && !file_name.starts_with('.');
     if !valid {
         return Err(format!(
-            "{file_name:?} must be 1 to 128 of A-Z a-z 0-9 - _ . and not start with a dot"
+            "{} must be 1 to 128 of A-Z a-z 0-9 - _ . and not start with a dot",
+            crate::domain::quote(file_name)
         ));
     }
     Ok(exports.join(file_name))
