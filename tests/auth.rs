@@ -17,78 +17,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use support::{request, token, with_token, TestServer};
+use support::{raw_call as call, request, token, with_token, TestServer};
 use tally::api::proto::operations_client::OperationsClient;
 use tally::api::proto::{self, award_request, identity_client::IdentityClient, ledger_client::LedgerClient};
 use tally::api::proto::{audit_client::AuditClient, ingest_client::IngestClient, links_client::LinksClient};
 use tally::engine::Clock;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
 
 const SECOND: u64 = 1_000_000;
-
-/// A codec that passes message bytes through, so one loop can call any method.
-#[derive(Default, Clone)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        use bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-/// Calls `path` with `body` and `headers`; a server-streaming method succeeds once its
-/// first message (or its clean end) arrives.
-async fn call(
-    channel: &tonic::transport::Channel,
-    path: &str,
-    streaming: bool,
-    body: Vec<u8>,
-    headers: &[(&'static str, String)],
-) -> Result<(), Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
-    let mut request = tonic::Request::new(body);
-    for (name, value) in headers {
-        request.metadata_mut().insert(*name, value.parse().unwrap());
-    }
-    let path = http::uri::PathAndQuery::try_from(path).unwrap();
-    if streaming {
-        let mut stream = grpc.server_streaming(request, path, Raw).await?.into_inner();
-        stream.message().await?;
-    } else {
-        grpc.unary(request, path, Raw).await?;
-    }
-    Ok(())
-}
 
 /// Request metadata: name and value.
 type Headers = Vec<(&'static str, String)>;

@@ -1,7 +1,9 @@
 //! Protects the gRPC API on 127.0.0.1:0: every RPC, every error code the API can produce
 //! with its machine-readable reason, replays and conflicts over the wire, tenant
 //! isolation, batches with per-command results, read-after-write queries, paging, health
-//! and reflection (v1 and v1alpha); errors quote at most a short prefix of any input.
+//! and reflection (v1 and v1alpha); errors quote at most a short prefix of any input; a
+//! request that does not decode is INVALID_ARGUMENT and one too large RESOURCE_EXHAUSTED,
+//! each with its reason, never INTERNAL.
 
 mod support;
 
@@ -874,5 +876,115 @@ async fn errors_quote_at_most_a_short_prefix_of_any_input() {
     );
     // A comp refused for a megabyte staff id is answered, not recorded: the log holds ids.
     assert_eq!(server.engine.handle().status(), tally::engine::Status::Serving);
+    server.stop().await;
+}
+
+/// An ingest payload whose one field nests `depth` objects.
+fn nested_payload(depth: usize) -> tally::api::payload::PayloadStruct {
+    use prost_types::value::Kind;
+    let mut value = prost_types::Value {
+        kind: Some(Kind::StringValue("deep".into())),
+    };
+    for _ in 0..depth {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("x".to_string(), value);
+        value = prost_types::Value {
+            kind: Some(Kind::StructValue(prost_types::Struct { fields })),
+        };
+    }
+    tally::api::payload::PayloadStruct {
+        entries: vec![tally::api::payload::PayloadEntry {
+            key: "member_id".into(),
+            value: Some(value),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_the_callers_errors_with_a_reason() {
+    use prost::Message;
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let token = support::token("t1", "svc", &support::ALL_ROLES);
+    let headers = vec![("authorization", format!("Bearer {token}"))];
+    let deep = IngestRequest {
+        source: "promo".into(),
+        external_id: "deep-1".into(),
+        r#type: "member.enrolled".into(),
+        payload: Some(nested_payload(60)),
+        ..Default::default()
+    };
+    let get_account = "/tally.v1.Ledger/GetAccount";
+    let cases: Vec<(&str, &str, Vec<u8>, Code, &str)> = vec![
+        // account_id (1, a string) holding bytes that are not UTF-8
+        (
+            "invalid UTF-8",
+            get_account,
+            vec![0x0a, 0x02, 0xff, 0xfe],
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        // account_id sent as a varint
+        (
+            "wrong wire type",
+            get_account,
+            vec![0x08, 0x01],
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        // a string of 5 bytes cut after one
+        (
+            "truncated",
+            get_account,
+            vec![0x0a, 0x05, b'p'],
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "nested 60 deep",
+            "/tally.v1.Ingest/Ingest",
+            deep.encode_to_vec(),
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "over 4 MiB",
+            get_account,
+            GetAccountRequest {
+                account_id: "p".repeat(5 << 20),
+            }
+            .encode_to_vec(),
+            Code::ResourceExhausted,
+            "MESSAGE_TOO_LARGE",
+        ),
+    ];
+    for (case, path, body, code, reason) in cases {
+        let status = support::raw_call(&channel, path, false, body, &headers)
+            .await
+            .unwrap_err();
+        let info = status
+            .get_details_error_info()
+            .unwrap_or_else(|| panic!("{case}: no ErrorInfo in {status:?}"));
+        assert_eq!(
+            (status.code(), info.reason.as_str()),
+            (code, reason),
+            "{case}: {status:?}"
+        );
+        assert!(status.message().starts_with(reason), "{case}: {}", status.message());
+    }
+    // The door still comes first: an undecodable call without a credential is refused as such.
+    let status = support::raw_call(&channel, get_account, false, vec![0x08, 0x01], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // A well-formed request right after is served as ever.
+    let fine = GetAccountRequest {
+        account_id: "p1".into(),
+    }
+    .encode_to_vec();
+    let status = support::raw_call(&channel, get_account, false, fine, &headers)
+        .await
+        .unwrap_err();
+    assert_eq!(error(status).1, "ACCOUNT_NOT_FOUND");
     server.stop().await;
 }
