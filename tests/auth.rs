@@ -10,6 +10,9 @@
 //! missing permission, the 11th comp in a minute, 10,001 points, a short reason, the same
 //! comp twice in a day and again the next day), and a member confined to its own account.
 //!
+//! Memory: what unauthenticated signed calls (a real key id, a garbage signature) make the
+//! server hold before their signatures are checked stays under a fixed bound.
+//!
 //! Tenants: one tenant's operations are invisible to another (listed, fetched, cancelled:
 //! NOT_FOUND as if they did not exist), exports go to a directory per tenant and report no
 //! server path, and rebuilds and snapshots need the server's role, which no tenant's admin has.
@@ -1594,5 +1597,120 @@ async fn operations_belong_to_their_tenant_and_server_jobs_to_the_servers_operat
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+/// Starts a call to `path` signed with `headers` whose body is one message of `bytes`
+/// bytes, kept open after it (the server cannot check the signature until the body ends).
+fn held_open_call(
+    channel: &tonic::transport::Channel,
+    path: &'static str,
+    bytes: usize,
+    headers: Headers,
+) -> tokio::task::JoinHandle<Result<(), Status>> {
+    use tokio_stream::StreamExt;
+    let channel = channel.clone();
+    tokio::spawn(async move {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+        let body = tokio_stream::iter(vec![vec![0x55u8; bytes]]).chain(tokio_stream::pending());
+        let mut request = tonic::Request::new(body);
+        for (name, value) in headers {
+            request.metadata_mut().insert(name, value.parse().unwrap());
+        }
+        let path = http::uri::PathAndQuery::from_static(path);
+        grpc.client_streaming(request, path, support::Raw).await.map(|_| ())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_signed_bodies_are_bounded_in_memory() {
+    use prost::Message;
+    use tally::api::auth::{MAX_UNVERIFIED_BODY_BYTES_PER_KEY, SIGNATURE_HEADER};
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let mut identity = IdentityClient::new(channel.clone());
+    let create = proto::CreateApiKeyRequest {
+        name: "partner".into(),
+        idempotency_key: "key-partner".into(),
+        ..Default::default()
+    };
+    let created = identity
+        .create_api_key(with_token(create, &token("t1", "root", &["admin"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let key_id = created.key.unwrap().key_id;
+    let now = server.engine.clock.now_us() / SECOND;
+    // A valid key id and a fresh timestamp pass the checks of the headers; the signature is
+    // garbage, which only the whole body can show.
+    let garbage = |n: u64| {
+        let mut headers = signed(
+            &key_id,
+            "tk_not-the-secret",
+            "/tally.v1.Ingest/IngestBatch",
+            now - n,
+            b"",
+        );
+        headers.retain(|(name, _)| *name != SIGNATURE_HEADER);
+        headers.push((SIGNATURE_HEADER, format!("{n:064x}")));
+        headers
+    };
+    let body_bytes = 1 << 20;
+    let calls = 40;
+    let mut handles = Vec::new();
+    for n in 0..calls {
+        handles.push(held_open_call(
+            &channel,
+            "/tally.v1.Ingest/IngestBatch",
+            body_bytes,
+            garbage(n),
+        ));
+    }
+    // The calls the budget cannot hold are refused at once; the rest stay open, held (until
+    // the body's 10 s run out). Wait for the refusals, then a little longer for any more.
+    let bound = MAX_UNVERIFIED_BODY_BYTES_PER_KEY / body_bytes;
+    let finished = |handles: &[tokio::task::JoinHandle<_>]| handles.iter().filter(|h| h.is_finished()).count();
+    for _ in 0..100 {
+        if finished(&handles) >= calls as usize - bound {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (mut refused, mut held) = (0, 0);
+    for handle in handles {
+        if !handle.is_finished() {
+            held += 1;
+            handle.abort();
+            continue;
+        }
+        let status = handle.await.unwrap().unwrap_err();
+        assert_eq!(
+            (status.code(), reason(&status)),
+            (Code::ResourceExhausted, "SIGNED_BODIES_EXHAUSTED".into()),
+            "{status:?}"
+        );
+        refused += 1;
+    }
+    assert!(
+        refused >= calls as usize - bound,
+        "{refused} refused of {calls}; at most {bound} fit"
+    );
+    assert!(held <= bound, "{held} bodies held; the bound is {bound}");
+    assert!(held > 0, "some calls are held: the budget is for them");
+    // The held calls went away: what they held is given back, and a signed call works.
+    let path = "/tally.v1.Identity/WhoAmI";
+    let mut answer = Err(Status::unknown("not tried"));
+    for n in 0..100 {
+        let body = proto::WhoAmIRequest {}.encode_to_vec();
+        let headers = signed(&key_id, &created.secret, path, now - 100 - n, &body);
+        answer = call(&channel, path, false, body, &headers).await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(answer.is_ok(), "{answer:?}");
     server.stop().await;
 }
