@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("tally_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
+        // The ingest payload keeps a map's entries in wire order, so that a key sent twice
+        // is refused instead of the last one winning (src/api/payload.rs).
+        .extern_path(".google.protobuf.Struct", "crate::api::payload::PayloadStruct")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -210,7 +210,8 @@ enum TokenCommand {
         /// Who the token is for; recorded as the actor of what it does.
         #[arg(long)]
         subject: String,
-        /// member, staff, service, auditor or admin; repeat for several.
+        /// member, staff, service, auditor, admin (a tenant's) or server-admin (the
+        /// server's: rebuilds, snapshots, every tenant's operations); repeat for several.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
         /// At most 86400.
@@ -1004,7 +1005,8 @@ fn issue_token(tenant: &str, subject: &str, roles: &[String], ttl_seconds: u64, 
         match Role::parse(name) {
             Some(role) => parsed.push(role),
             None => {
-                eprintln!("tally token issue: unknown role {name:?} (member, staff, service, auditor, admin)");
+                let known: Vec<_> = Role::ALL.iter().map(|r| r.name()).collect();
+                eprintln!("tally token issue: unknown role {name:?} ({})", known.join(", "));
                 return ExitCode::from(64);
             }
         }

@@ -106,7 +106,11 @@ pub async fn ingest_lines(target: &Target, input: impl BufRead) -> Result<Ingest
             continue;
         }
         report.lines += 1;
-        match serde_json::from_str::<Line>(&line) {
+        // Read strictly first: a key named twice (in the payload too) is refused here, since
+        // the payload re-serialized from the line would keep only one of them.
+        let parsed = crate::api::external::parse_json(&line)
+            .and_then(|value| serde_json::from_value::<Line>(value).map_err(|e| format!("does not fit: {e}")));
+        match parsed {
             Ok(event) => batch.push((
                 number,
                 proto::IngestRequest {
@@ -118,7 +122,9 @@ pub async fn ingest_lines(target: &Target, input: impl BufRead) -> Result<Ingest
                     payload: None,
                 },
             )),
-            Err(e) => report.rejected.push((number, format!("INVALID_ARGUMENT: {e}"))),
+            Err(e) => report
+                .rejected
+                .push((number, format!("INVALID_ARGUMENT: the line {e}"))),
         }
         if batch.len() == INGEST_BATCH_EVENTS {
             send(target, &mut client, std::mem::take(&mut batch), &mut report).await?;

@@ -2,7 +2,7 @@
 //! or a time agrees with a reference fold of the log up to that point; everything with a
 //! correlation id, everything an actor did in a time window, and what an idempotency key
 //! produced equal a filtered scan of the log; digests name the chain hash at the head and at
-//! any sequence number.
+//! any of the caller's tenant's records, and another tenant's record is not found.
 
 mod support;
 
@@ -227,17 +227,37 @@ async fn digests_name_the_chain_hash_at_the_head_and_any_sequence() {
         (head.sequence, head.head_sequence, head.hash.clone()),
         (last.seq, last.seq, tally::query::json::hex(&last.hash))
     );
+    assert_eq!(
+        head.timestamp_us, 0,
+        "the head's record may be another tenant's: no time"
+    );
+    // At one of the caller's records: its time and hash.
+    let own = records
+        .iter()
+        .find(|r| r.seq > 10 && r.envelope.tenant == "t1")
+        .unwrap();
     let at = client
-        .get_digest(request(GetDigestRequest { sequence: 42 }, "t1", "auditor"))
+        .get_digest(request(GetDigestRequest { sequence: own.seq }, "t1", "auditor"))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((at.sequence, at.hash), (42, tally::query::json::hex(&records[41].hash)));
-    let beyond = client
-        .get_digest(request(GetDigestRequest { sequence: last.seq + 1 }, "t1", "auditor"))
-        .await
-        .unwrap_err();
-    assert_eq!(beyond.code(), tonic::Code::NotFound);
+    assert_eq!(
+        (at.sequence, at.timestamp_us, at.hash),
+        (own.seq, own.ts_us, tally::query::json::hex(&own.hash))
+    );
+    // Another tenant's record is answered exactly as one that does not exist.
+    let theirs = records.iter().find(|r| r.envelope.tenant == "t2").unwrap();
+    for sequence in [theirs.seq, last.seq + 1] {
+        let refused = client
+            .get_digest(request(GetDigestRequest { sequence }, "t1", "auditor"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+        assert_eq!(
+            refused.message(),
+            format!("SEQUENCE_NOT_FOUND: no record {sequence} in tenant \"t1\"")
+        );
+    }
     // The saved digest checks out offline against the log, and a wrong one does not.
     server.stop().await;
     let data = server.engine.dir.path().to_str().unwrap().to_string();

@@ -9,81 +9,25 @@
 //! replay, wrong key, revoked key), manual rewards bound to the caller (spoofed staff id,
 //! missing permission, the 11th comp in a minute, 10,001 points, a short reason, the same
 //! comp twice in a day and again the next day), and a member confined to its own account.
+//!
+//! Memory: what unauthenticated signed calls (a real key id, a garbage signature) make the
+//! server hold before their signatures are checked stays under a fixed bound.
+//!
+//! Tenants: one tenant's operations are invisible to another (listed, fetched, cancelled:
+//! NOT_FOUND as if they did not exist), exports go to a directory per tenant and report no
+//! server path, and rebuilds and snapshots need the server's role, which no tenant's admin has.
 
 mod support;
 
 use std::collections::BTreeSet;
-use support::{request, token, with_token, TestServer};
+use support::{raw_call as call, request, token, with_token, TestServer};
+use tally::api::proto::operations_client::OperationsClient;
 use tally::api::proto::{self, award_request, identity_client::IdentityClient, ledger_client::LedgerClient};
 use tally::api::proto::{audit_client::AuditClient, ingest_client::IngestClient, links_client::LinksClient};
 use tally::engine::Clock;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Status};
 
 const SECOND: u64 = 1_000_000;
-
-/// A codec that passes message bytes through, so one loop can call any method.
-#[derive(Default, Clone)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        use bytes::Buf;
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
-/// Calls `path` with `body` and `headers`; a server-streaming method succeeds once its
-/// first message (or its clean end) arrives.
-async fn call(
-    channel: &tonic::transport::Channel,
-    path: &str,
-    streaming: bool,
-    body: Vec<u8>,
-    headers: &[(&'static str, String)],
-) -> Result<(), Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
-    let mut request = tonic::Request::new(body);
-    for (name, value) in headers {
-        request.metadata_mut().insert(*name, value.parse().unwrap());
-    }
-    let path = http::uri::PathAndQuery::try_from(path).unwrap();
-    if streaming {
-        let mut stream = grpc.server_streaming(request, path, Raw).await?.into_inner();
-        stream.message().await?;
-    } else {
-        grpc.unary(request, path, Raw).await?;
-    }
-    Ok(())
-}
 
 /// Request metadata: name and value.
 type Headers = Vec<(&'static str, String)>;
@@ -249,7 +193,17 @@ async fn fixtures(server: &TestServer) -> Fixtures {
     let verify_link = link(1).await;
     let revoke_link = link(2).await.0;
     let _ = &mut links;
-    let operation_id = server.engine.handle().start_projection_snapshot().id;
+    let export = proto::StartReplayToFileRequest {
+        replay: Some(proto::ReplayRequest::default()),
+        file_name: "fixture.jsonl".into(),
+    };
+    let mut operations = OperationsClient::new(channel.clone());
+    let operation_id = operations
+        .start_replay_to_file(setup(export))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
     let start = |subject: &str, key: &str| proto::StartSessionRequest {
         subject: subject.into(),
         role: "member".into(),
@@ -469,9 +423,10 @@ fn row(path: &str, f: &Fixtures) -> Row {
             }
             .encode_to_vec(),
         ),
+        // Server-wide: a tenant's admin may not.
         ("tally.v1.Operations", "StartRebuild") => r(
+            "server-admin",
             "admin",
-            "auditor",
             proto::StartRebuildRequest {
                 projection: "accounts".into(),
                 verify_only: true,
@@ -489,8 +444,8 @@ fn row(path: &str, f: &Fixtures) -> Row {
             .encode_to_vec(),
         ),
         ("tally.v1.Operations", "StartProjectionSnapshot") => r(
+            "server-admin",
             "admin",
-            "service",
             proto::StartProjectionSnapshotRequest::default().encode_to_vec(),
         ),
         ("tally.v1.Operations", "GetOperation") => r(
@@ -1460,5 +1415,302 @@ async fn keys_rotate_without_logging_anyone_out_and_tokens_are_for_this_server_o
         (refused.code(), reason(&refused)),
         (Code::Unauthenticated, "CREDENTIAL_MALFORMED".into())
     );
+    server.stop().await;
+}
+
+/// Waits until the operation `id` has finished.
+fn finished(server: &TestServer, id: &str) -> tally::engine::OperationRecord {
+    use tally::engine::operations::Viewer;
+    let operations = server.engine.handle().operations().clone();
+    operations.wait(id, std::time::Duration::from_secs(60));
+    operations.get(id, Viewer::Server).expect("the operation exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_belong_to_their_tenant_and_server_jobs_to_the_servers_operator() {
+    use tally::engine::operations::Viewer;
+    let mut server = TestServer::start().await;
+    support::random_workload(&server.engine, &mut support::Rng(17), 80).await;
+    let mut operations = OperationsClient::new(server.channel().await);
+    let admin_a = token("t1", "admin-a", &["admin"]);
+    let admin_b = token("t2", "admin-b", &["admin"]);
+    let auditor_b = token("t2", "auditor-b", &["auditor"]);
+    let operator = token("ops", "ana", &["server-admin"]);
+    let export = |file_name: &str| proto::StartReplayToFileRequest {
+        replay: Some(proto::ReplayRequest::default()),
+        file_name: file_name.into(),
+    };
+
+    // The same file name from two tenants: two files, each with its tenant's events only.
+    let a = operations
+        .start_replay_to_file(with_token(export("same.jsonl"), &admin_a))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = finished(&server, &a.id);
+    let b = operations
+        .start_replay_to_file(with_token(export("same.jsonl"), &admin_b))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = finished(&server, &b.id);
+    let data = server.engine.dir.path();
+    for (tenant, op) in [("t1", &a), ("t2", &b)] {
+        let lines = std::fs::read_to_string(data.join("exports").join(tenant).join("same.jsonl")).unwrap();
+        assert!(lines.lines().count() > 0, "{tenant} has events");
+        assert!(
+            lines.lines().all(|l| l.contains(&format!("\"tenant\":\"{tenant}\""))),
+            "{tenant}'s export holds its own events only"
+        );
+        let shown = format!("exports/{tenant}/same.jsonl");
+        assert!(
+            op.description.ends_with(&shown) && op.result.ends_with(&shown),
+            "{op:?}"
+        );
+        assert!(
+            !format!("{op:?}").contains(data.to_str().unwrap()),
+            "no server path: {op:?}"
+        );
+    }
+    assert!(!data.join("exports/same.jsonl").exists());
+
+    // Another tenant's operation does not exist for B: not listed, not fetched, not
+    // cancelled, and the refusal is the one a made-up id gets.
+    let client = operations.clone();
+    let listed = |token: String| {
+        let mut operations = client.clone();
+        async move {
+            let listed = operations
+                .list_operations(with_token(proto::ListOperationsRequest {}, &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .operations;
+            listed.into_iter().map(|o| o.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(admin_b.clone()).await, vec![b.id.clone()]);
+    assert_eq!(listed(auditor_b.clone()).await, vec![b.id.clone()]);
+    assert_eq!(listed(admin_a.clone()).await, vec![a.id.clone()]);
+    let made_up = "0190c0de-0000-7000-8000-00000000ffff";
+    for id in [a.id.as_str(), made_up] {
+        let get = proto::GetOperationRequest { id: id.into() };
+        let got = operations.get_operation(with_token(get, &auditor_b)).await.unwrap_err();
+        let cancel = proto::CancelOperationRequest { id: id.into() };
+        let cancelled = operations
+            .cancel_operation(with_token(cancel, &admin_b))
+            .await
+            .unwrap_err();
+        for status in [got, cancelled] {
+            assert_eq!(
+                (status.code(), reason(&status)),
+                (Code::NotFound, "OPERATION_NOT_FOUND".into())
+            );
+            assert_eq!(
+                status.message().replace(id, "ID"),
+                "OPERATION_NOT_FOUND: no operation \"ID\""
+            );
+        }
+    }
+    // A running job of A's: B's cancel does not reach it, A's does.
+    let registry = server.engine.handle().operations().clone();
+    let running = registry.start("test", Some("t1"), "waits to be cancelled".into(), |control| loop {
+        control.check()?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    });
+    let cancel = |id: &str| proto::CancelOperationRequest { id: id.into() };
+    let refused = operations
+        .cancel_operation(with_token(cancel(&running.id), &admin_b))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let still = registry.get(&running.id, Viewer::Server).unwrap();
+    assert_eq!(still.state, tally::engine::OperationState::Running);
+    operations
+        .cancel_operation(with_token(cancel(&running.id), &admin_a))
+        .await
+        .unwrap();
+    assert_eq!(
+        finished(&server, &running.id).state,
+        tally::engine::OperationState::Cancelled
+    );
+
+    // Rebuilds and snapshots serve every tenant: a tenant's admin may not start them, the
+    // server's operator may, and tenants do not see them.
+    let rebuild = proto::StartRebuildRequest {
+        projection: "accounts".into(),
+        verify_only: true,
+        ..Default::default()
+    };
+    for token in [&admin_a, &admin_b] {
+        let refused = operations
+            .start_rebuild(with_token(rebuild.clone(), token))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.code(), reason(&refused)),
+            (Code::PermissionDenied, "PERMISSION_MISSING".into())
+        );
+        let refused = operations
+            .start_projection_snapshot(with_token(proto::StartProjectionSnapshotRequest {}, token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+    }
+    let rebuilt = operations
+        .start_rebuild(with_token(rebuild, &operator))
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = operations
+        .start_projection_snapshot(with_token(proto::StartProjectionSnapshotRequest {}, &operator))
+        .await
+        .unwrap()
+        .into_inner();
+    for id in [&rebuilt.id, &snapshot.id] {
+        assert_eq!(finished(&server, id).tenant, None, "the server's job");
+    }
+    assert_eq!(listed(admin_a.clone()).await, [running.id.clone(), a.id.clone()]);
+    assert_eq!(listed(admin_b.clone()).await, vec![b.id.clone()]);
+    let everything = listed(operator.clone()).await;
+    assert_eq!(everything.len(), 5, "the operator sees every operation: {everything:?}");
+    // The server's role is not for sessions or API keys, which a tenant makes.
+    let key = proto::CreateApiKeyRequest {
+        name: "escalate".into(),
+        role: "server-admin".into(),
+        idempotency_key: "key-escalate".into(),
+    };
+    let refused = IdentityClient::new(server.channel().await)
+        .create_api_key(with_token(key, &admin_a))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let session = proto::StartSessionRequest {
+        subject: "eve".into(),
+        role: "server-admin".into(),
+        idempotency_key: "session-escalate".into(),
+        ..Default::default()
+    };
+    let refused = IdentityClient::new(server.channel().await)
+        .start_session(with_token(session, &token("t1", "sso", &["service"])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+/// Starts a call to `path` signed with `headers` whose body is one message of `bytes`
+/// bytes, kept open after it (the server cannot check the signature until the body ends).
+fn held_open_call(
+    channel: &tonic::transport::Channel,
+    path: &'static str,
+    bytes: usize,
+    headers: Headers,
+) -> tokio::task::JoinHandle<Result<(), Status>> {
+    use tokio_stream::StreamExt;
+    let channel = channel.clone();
+    tokio::spawn(async move {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+        let body = tokio_stream::iter(vec![vec![0x55u8; bytes]]).chain(tokio_stream::pending());
+        let mut request = tonic::Request::new(body);
+        for (name, value) in headers {
+            request.metadata_mut().insert(name, value.parse().unwrap());
+        }
+        let path = http::uri::PathAndQuery::from_static(path);
+        grpc.client_streaming(request, path, support::Raw).await.map(|_| ())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_signed_bodies_are_bounded_in_memory() {
+    use prost::Message;
+    use tally::api::auth::{MAX_UNVERIFIED_BODY_BYTES_PER_KEY, SIGNATURE_HEADER};
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let mut identity = IdentityClient::new(channel.clone());
+    let create = proto::CreateApiKeyRequest {
+        name: "partner".into(),
+        idempotency_key: "key-partner".into(),
+        ..Default::default()
+    };
+    let created = identity
+        .create_api_key(with_token(create, &token("t1", "root", &["admin"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let key_id = created.key.unwrap().key_id;
+    let now = server.engine.clock.now_us() / SECOND;
+    // A valid key id and a fresh timestamp pass the checks of the headers; the signature is
+    // garbage, which only the whole body can show.
+    let garbage = |n: u64| {
+        let mut headers = signed(
+            &key_id,
+            "tk_not-the-secret",
+            "/tally.v1.Ingest/IngestBatch",
+            now - n,
+            b"",
+        );
+        headers.retain(|(name, _)| *name != SIGNATURE_HEADER);
+        headers.push((SIGNATURE_HEADER, format!("{n:064x}")));
+        headers
+    };
+    let body_bytes = 1 << 20;
+    let calls = 40;
+    let mut handles = Vec::new();
+    for n in 0..calls {
+        handles.push(held_open_call(
+            &channel,
+            "/tally.v1.Ingest/IngestBatch",
+            body_bytes,
+            garbage(n),
+        ));
+    }
+    // The calls the budget cannot hold are refused at once; the rest stay open, held (until
+    // the body's 10 s run out). Wait for the refusals, then a little longer for any more.
+    let bound = MAX_UNVERIFIED_BODY_BYTES_PER_KEY / body_bytes;
+    let finished = |handles: &[tokio::task::JoinHandle<_>]| handles.iter().filter(|h| h.is_finished()).count();
+    for _ in 0..100 {
+        if finished(&handles) >= calls as usize - bound {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (mut refused, mut held) = (0, 0);
+    for handle in handles {
+        if !handle.is_finished() {
+            held += 1;
+            handle.abort();
+            continue;
+        }
+        let status = handle.await.unwrap().unwrap_err();
+        assert_eq!(
+            (status.code(), reason(&status)),
+            (Code::ResourceExhausted, "SIGNED_BODIES_EXHAUSTED".into()),
+            "{status:?}"
+        );
+        refused += 1;
+    }
+    assert!(
+        refused >= calls as usize - bound,
+        "{refused} refused of {calls}; at most {bound} fit"
+    );
+    assert!(held <= bound, "{held} bodies held; the bound is {bound}");
+    assert!(held > 0, "some calls are held: the budget is for them");
+    // The held calls went away: what they held is given back, and a signed call works.
+    let path = "/tally.v1.Identity/WhoAmI";
+    let mut answer = Err(Status::unknown("not tried"));
+    for n in 0..100 {
+        let body = proto::WhoAmIRequest {}.encode_to_vec();
+        let headers = signed(&key_id, &created.secret, path, now - 100 - n, &body);
+        answer = call(&channel, path, false, body, &headers).await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(answer.is_ok(), "{answer:?}");
     server.stop().await;
 }

@@ -2,7 +2,8 @@
 //! sound log and exits 0, and exits 2 naming the bad sequence number of a corrupt one;
 //! `tally serve` refuses to start on a corrupt log and says why; `tally ingest` loads a
 //! JSON-lines file into a running server (twice without applying anything twice) and
-//! `tally dlq` lists, shows, re-drives and discards its dead letters; `tally token issue`
+//! `tally dlq` lists, shows, re-drives and discards its dead letters (a line naming a key
+//! twice is refused before it is sent); `tally token issue`
 //! signs with an existing key ring only and refuses unknown roles, long lives and bad ids;
 //! `tally deliveries` registers an endpoint and shows what the server's worker delivered.
 
@@ -183,16 +184,21 @@ fn ingest_and_dlq_work_against_a_running_server() {
             "",
             r#"{"source":"promo","external_id":"p4","type":"points.award","payload":{"member_id":"m1","points":-1,"promotion_id":"x"}}"#,
             r#"{"source":"promo","external_id":"p5","type":"points.award","payload":{"member_id":"m1","points":1,"promotion_id":"x"},"extra":1}"#,
+            r#"{"source":"promo","external_id":"p6","type":"points.award","payload":{"member_id":"m1","points":1,"promotion_id":"dk","points":999999}}"#,
         ]
         .join("\n"),
     )
     .unwrap();
     let path = file.to_str().unwrap();
     let (code, stdout, stderr) = client(&address, &["ingest", path]);
-    assert_eq!(code, 1, "two lines are refused: {stdout} {stderr}");
+    assert_eq!(code, 1, "three lines are refused: {stdout} {stderr}");
     assert!(
-        stdout.contains("6 lines, 1 dead_lettered, 1 parked, 2 processed, 0 duplicates, 2 rejected"),
+        stdout.contains("7 lines, 1 dead_lettered, 1 parked, 2 processed, 0 duplicates, 3 rejected"),
         "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 8: ") && stderr.contains("names the key \"points\" twice"),
+        "{stderr}"
     );
     assert!(
         stderr.contains("line 6: ") && stderr.contains("payload.points"),
@@ -204,7 +210,7 @@ fn ingest_and_dlq_work_against_a_running_server() {
     );
     // Again: nothing is applied twice.
     let (_, stdout, _) = client(&address, &["ingest", path]);
-    assert!(stdout.contains("4 duplicates, 2 rejected"), "{stdout}");
+    assert!(stdout.contains("4 duplicates, 3 rejected"), "{stdout}");
 
     let (code, stdout, _) = client(&address, &["dlq", "list"]);
     assert_eq!(code, 0);

@@ -1,7 +1,9 @@
 //! Protects the gRPC API on 127.0.0.1:0: every RPC, every error code the API can produce
 //! with its machine-readable reason, replays and conflicts over the wire, tenant
 //! isolation, batches with per-command results, read-after-write queries, paging, health
-//! and reflection (v1 and v1alpha).
+//! and reflection (v1 and v1alpha); errors quote at most a short prefix of any input; a
+//! request that does not decode is INVALID_ARGUMENT and one too large RESOURCE_EXHAUSTED,
+//! each with its reason, never INTERNAL.
 
 mod support;
 
@@ -659,5 +661,330 @@ async fn a_stopped_ledger_answers_unavailable_and_not_serving() {
         "health never reported NOT_SERVING: {seen:?}"
     );
     drop(handle);
+    server.stop().await;
+}
+
+/// A 1 MiB value, and what an error may show of it: its first 64 characters, then `…`.
+fn huge() -> (String, String) {
+    ("x".repeat(1 << 20), format!("\"{}\"…", "x".repeat(64)))
+}
+
+/// The status quotes at most a short prefix of the input: a short message, short metadata.
+fn quotes_briefly(case: &str, status: &tonic::Status, prefix: &str) {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("{case}: no ErrorInfo in {status:?}"));
+    assert!(
+        status.message().len() <= 1024 && status.message().contains(prefix),
+        "{case}: {} bytes: {:.300}",
+        status.message().len(),
+        status.message()
+    );
+    assert!(
+        !status.message().contains(&"x".repeat(65)),
+        "{case}: more than the prefix"
+    );
+    for (key, value) in &info.metadata {
+        assert!(
+            value.chars().count() <= 128,
+            "{case}: metadata {key} has {} bytes",
+            value.len()
+        );
+    }
+    assert!(
+        status.details().len() <= 4096,
+        "{case}: details of {} bytes",
+        status.details().len()
+    );
+    if status.code() == Code::InvalidArgument {
+        let field = info.metadata.get("field").expect("a field");
+        let violations = status.get_details_bad_request().expect("a BadRequest").field_violations;
+        assert_eq!(violations[0].field, *field, "{case}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_quote_at_most_a_short_prefix_of_any_input() {
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let (big, prefix) = huge();
+    fn call<T>(message: T) -> tonic::Request<T> {
+        request(message, "t1", "staff-1")
+    }
+    let mut ledger = server.client().await;
+    let mut ingest = ingest_client::IngestClient::new(channel.clone());
+    let mut operations = operations_client::OperationsClient::new(channel.clone());
+    let mut identity = identity_client::IdentityClient::new(channel.clone());
+    let mut deliveries = deliveries_client::DeliveriesClient::new(channel.clone());
+    let mut audit = audit_client::AuditClient::new(channel.clone());
+    let event = |r#type: &str, payload_json: String| IngestRequest {
+        source: "promo".into(),
+        external_id: "e1".into(),
+        r#type: r#type.into(),
+        payload_json,
+        ..Default::default()
+    };
+    let unknown_field = format!(r#"{{"member_id":"m1","{}":1}}"#, "x".repeat(15_000));
+    let replay = ReplayRequest {
+        filter: Some(EventFilter {
+            kinds: vec![big.clone()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let endpoint = RegisterEndpointRequest {
+        settings: Some(EndpointSettings {
+            url: "http://93.184.216.34/hooks".into(),
+            event_kinds: vec![big.clone()],
+            ..Default::default()
+        }),
+        idempotency_key: "ep-1".into(),
+    };
+    let comp = AwardRequest {
+        account_id: "p1".into(),
+        idempotency_key: "comp-1".into(),
+        source: Some(award_request::Source::Manual(ManualReward {
+            points: 5,
+            reason: "birthday dinner".into(),
+            staff_id: big.clone(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let cases: Vec<(&str, tonic::Status, &str)> = vec![
+        (
+            "Ingest.type",
+            ingest.ingest(call(event(&big, "{}".into()))).await.unwrap_err(),
+            &prefix,
+        ),
+        (
+            "Ingest.payload_json unknown field",
+            ingest
+                .ingest(call(event("member.enrolled", unknown_field)))
+                .await
+                .unwrap_err(),
+            &prefix,
+        ),
+        (
+            "StartRebuild.projection",
+            operations
+                .start_rebuild(call(StartRebuildRequest {
+                    projection: big.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err(),
+            &prefix,
+        ),
+        (
+            "StartReplayToFile.file_name",
+            operations
+                .start_replay_to_file(call(StartReplayToFileRequest {
+                    replay: None,
+                    file_name: big.clone(),
+                }))
+                .await
+                .unwrap_err(),
+            &prefix,
+        ),
+        (
+            "GetOperation.id",
+            operations
+                .get_operation(call(GetOperationRequest { id: big.clone() }))
+                .await
+                .unwrap_err(),
+            &prefix,
+        ),
+        (
+            "StartSession.role",
+            identity
+                .start_session(call(StartSessionRequest {
+                    subject: "p1".into(),
+                    role: big.clone(),
+                    idempotency_key: "s-1".into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err(),
+            &prefix,
+        ),
+        (
+            "EndSession.session_id",
+            identity
+                .end_session(call(EndSessionRequest {
+                    session_id: big.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err(),
+            &prefix,
+        ),
+        (
+            "RegisterEndpoint.event_kinds",
+            deliveries.register_endpoint(call(endpoint)).await.unwrap_err(),
+            &prefix,
+        ),
+        (
+            "GetAccount.account_id",
+            ledger
+                .get_account(call(GetAccountRequest {
+                    account_id: big.clone(),
+                }))
+                .await
+                .unwrap_err(),
+            &prefix,
+        ),
+        (
+            "Replay.filter.kinds",
+            match audit.replay(call(replay)).await {
+                Err(status) => status,
+                Ok(_) => panic!("an unknown kind is refused"),
+            },
+            &prefix,
+        ),
+        (
+            "Award.manual.staff_id",
+            ledger.award(call(comp.clone())).await.unwrap_err(),
+            &prefix,
+        ),
+    ];
+    for (case, status, prefix) in &cases {
+        quotes_briefly(case, status, prefix);
+    }
+    // In a batch, each command's error is bounded the same way.
+    let batch = SubmitBatchRequest {
+        commands: vec![BatchCommand {
+            command: Some(batch_command::Command::Award(AwardRequest {
+                idempotency_key: "comp-2".into(),
+                ..comp.clone()
+            })),
+        }],
+    };
+    let results = ledger.submit_batch(call(batch)).await.unwrap().into_inner().results;
+    let Some(batch_result::Result::Error(error)) = &results[0].result else {
+        panic!("{results:?}")
+    };
+    assert!(
+        error.message.len() <= 1024 && error.message.contains(&prefix),
+        "{:.300}",
+        error.message
+    );
+    assert!(
+        error.metadata.values().all(|v| v.chars().count() <= 128),
+        "{:?}",
+        error.metadata.keys()
+    );
+    // A comp refused for a megabyte staff id is answered, not recorded: the log holds ids.
+    assert_eq!(server.engine.handle().status(), tally::engine::Status::Serving);
+    server.stop().await;
+}
+
+/// An ingest payload whose one field nests `depth` objects.
+fn nested_payload(depth: usize) -> tally::api::payload::PayloadStruct {
+    use prost_types::value::Kind;
+    let mut value = prost_types::Value {
+        kind: Some(Kind::StringValue("deep".into())),
+    };
+    for _ in 0..depth {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("x".to_string(), value);
+        value = prost_types::Value {
+            kind: Some(Kind::StructValue(prost_types::Struct { fields })),
+        };
+    }
+    tally::api::payload::PayloadStruct {
+        entries: vec![tally::api::payload::PayloadEntry {
+            key: "member_id".into(),
+            value: Some(value),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_the_callers_errors_with_a_reason() {
+    use prost::Message;
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let token = support::token("t1", "svc", &support::ALL_ROLES);
+    let headers = vec![("authorization", format!("Bearer {token}"))];
+    let deep = IngestRequest {
+        source: "promo".into(),
+        external_id: "deep-1".into(),
+        r#type: "member.enrolled".into(),
+        payload: Some(nested_payload(60)),
+        ..Default::default()
+    };
+    let get_account = "/tally.v1.Ledger/GetAccount";
+    let cases: Vec<(&str, &str, Vec<u8>, Code, &str)> = vec![
+        // account_id (1, a string) holding bytes that are not UTF-8
+        (
+            "invalid UTF-8",
+            get_account,
+            vec![0x0a, 0x02, 0xff, 0xfe],
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        // account_id sent as a varint
+        (
+            "wrong wire type",
+            get_account,
+            vec![0x08, 0x01],
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        // a string of 5 bytes cut after one
+        (
+            "truncated",
+            get_account,
+            vec![0x0a, 0x05, b'p'],
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "nested 60 deep",
+            "/tally.v1.Ingest/Ingest",
+            deep.encode_to_vec(),
+            Code::InvalidArgument,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "over 4 MiB",
+            get_account,
+            GetAccountRequest {
+                account_id: "p".repeat(5 << 20),
+            }
+            .encode_to_vec(),
+            Code::ResourceExhausted,
+            "MESSAGE_TOO_LARGE",
+        ),
+    ];
+    for (case, path, body, code, reason) in cases {
+        let status = support::raw_call(&channel, path, false, body, &headers)
+            .await
+            .unwrap_err();
+        let info = status
+            .get_details_error_info()
+            .unwrap_or_else(|| panic!("{case}: no ErrorInfo in {status:?}"));
+        assert_eq!(
+            (status.code(), info.reason.as_str()),
+            (code, reason),
+            "{case}: {status:?}"
+        );
+        assert!(status.message().starts_with(reason), "{case}: {}", status.message());
+    }
+    // The door still comes first: an undecodable call without a credential is refused as such.
+    let status = support::raw_call(&channel, get_account, false, vec![0x08, 0x01], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // A well-formed request right after is served as ever.
+    let fine = GetAccountRequest {
+        account_id: "p1".into(),
+    }
+    .encode_to_vec();
+    let status = support::raw_call(&channel, get_account, false, fine, &headers)
+        .await
+        .unwrap_err();
+    assert_eq!(error(status).1, "ACCOUNT_NOT_FOUND");
     server.stop().await;
 }

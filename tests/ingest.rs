@@ -1,5 +1,6 @@
 //! Protects the ingest pipeline (`docs/INGEST.md`): strict validation of external events
-//! (a table of bad inputs per type, each with the error it must get); nothing lost and
+//! (a table of bad inputs per type, each with the error it must get, a key named twice
+//! among them); nothing lost and
 //! nothing applied twice under transient failures, duplicates and restarts, checked against
 //! a reference model; an account's later events parked behind its dead letter and applied
 //! in order after a re-drive; idempotent re-drives; audited discards; the queue's bounds;
@@ -371,6 +372,25 @@ fn bad_inputs_are_refused_with_an_error_naming_the_field() {
                 .into(),
             "payload",
             "unknown field \"points\"",
+        ),
+        // A key named twice: readers disagree on which counts, so it is refused, named.
+        (
+            "points.award",
+            r#"{"member_id":"b-1","points":1,"promotion_id":"dk","points":999999}"#.into(),
+            "payload",
+            "names the key \"points\" twice",
+        ),
+        (
+            "member.enrolled",
+            r#"{"member_id":"m1","member_id":"m1"}"#.into(),
+            "payload",
+            "names the key \"member_id\" twice",
+        ),
+        (
+            "member.enrolled",
+            r#"{"member_id":"m1","x":{"a":1,"a":2}}"#.into(),
+            "payload",
+            "names the key \"a\" twice",
         ),
     ];
     for (type_name, payload, field, contains) in table {
@@ -1220,6 +1240,30 @@ async fn the_ingest_service_end_to_end() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     let info = status.get_details_error_info().expect("error info");
     assert_eq!(info.metadata.get("field").map(String::as_str), Some("payload.points"));
+    // A key named twice is refused, naming it; nothing is received or credited.
+    let twice = r#"{"member_id":"m1","points":1,"promotion_id":"dk","points":999999}"#;
+    for _ in 0..2 {
+        let status = client
+            .ingest(call(ingest_request("promo", "dk-1", "points.award", twice)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("the key \"points\" twice"),
+            "{}",
+            status.message()
+        );
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.metadata.get("field").map(String::as_str), Some("payload"));
+    }
+    let batch = proto::IngestBatchRequest {
+        events: vec![ingest_request("promo", "dk-2", "points.award", twice)],
+    };
+    let results = client.ingest_batch(call(batch)).await.unwrap().into_inner().results;
+    assert!(
+        matches!(&results[0].result, Some(proto::ingest_result::Result::Error(e)) if e.code == "INVALID_ARGUMENT" && e.message.contains("\"points\" twice")),
+        "{results:?}"
+    );
     // A batch: each event its own result, a bad one in place.
     let batch = proto::IngestBatchRequest {
         events: vec![
@@ -1249,7 +1293,7 @@ async fn the_ingest_service_end_to_end() {
         fields.insert("points".to_string(), field(Kind::NumberValue(points)));
         fields.insert("promotion_id".to_string(), field(Kind::StringValue("struct".into())));
         proto::IngestRequest {
-            payload: Some(prost_types::Struct { fields }),
+            payload: Some(prost_types::Struct { fields }.into()),
             ..ingest_request("promo", &format!("st-{points}"), "points.award", "")
         }
     };
@@ -1263,6 +1307,17 @@ async fn the_ingest_service_end_to_end() {
         status.message().contains("payload.points") && status.message().contains("whole number"),
         "{status:?}"
     );
+    // A Struct whose map names `points` twice on the wire: refused, not the last one taken.
+    let mut twice = structured(1.0);
+    let mut second = twice.payload.as_ref().unwrap().entries[1].clone();
+    assert_eq!(second.key, "points");
+    second.value = Some(prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(999_999.0)),
+    });
+    twice.payload.as_mut().unwrap().entries.push(second);
+    let status = client.ingest(call(twice)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("the key \"points\" twice"), "{status:?}");
     let both = proto::IngestRequest {
         payload_json: r#"{"member_id":"m1"}"#.into(),
         ..structured(1.0)

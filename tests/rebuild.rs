@@ -3,12 +3,14 @@
 //! restarts, and while the server keeps writing; a deliberately corrupted projection is
 //! caught by `tally rebuild --verify` and repaired by `tally rebuild`; a lost projection
 //! store starts again from its snapshot files; rebuilds run as operations with state,
-//! progress and history, over gRPC too.
+//! progress and history, over gRPC too, and history written before operations had owners
+//! still loads, as the server's.
 
 mod support;
 
 use std::time::Duration;
 use support::{random_workload, request, Rng, TestEngine, TestServer};
+use tally::engine::operations::Viewer;
 use tally::engine::OperationState;
 use tally::projection::ProjectionName;
 
@@ -199,7 +201,11 @@ async fn operations_over_grpc_have_state_progress_and_history() {
         .into_inner();
     let export = server.engine.handle().operations().wait(&export.id, WAIT).unwrap();
     assert_eq!(export.state, tally::engine::OperationState::Completed, "{export:?}");
-    let lines = std::fs::read_to_string(server.engine.dir.path().join("exports/all.jsonl")).unwrap();
+    let lines = std::fs::read_to_string(server.engine.dir.path().join("exports/t1/all.jsonl")).unwrap();
+    assert_eq!(
+        export.result,
+        format!("{} events written to exports/t1/all.jsonl", lines.lines().count())
+    );
     assert!(
         lines.lines().all(|l| l.contains("\"tenant\":\"t1\"")),
         "a replay to file is confined to the caller's tenant"
@@ -247,7 +253,63 @@ async fn operations_over_grpc_have_state_progress_and_history() {
     // Finished operations are history that survives a restart.
     server.stop().await;
     server.engine.restart();
-    let kept = server.engine.handle().operations().list();
+    let kept = server.engine.handle().operations().list(Viewer::Server);
     assert_eq!(kept.len(), 2);
     assert!(kept.iter().all(|o| o.state == tally::engine::OperationState::Completed));
+}
+
+/// An operation as the history kept it before operations had owners: the same fields in
+/// the same order, without `tenant`.
+#[derive(serde::Serialize)]
+struct OwnerlessRecord {
+    id: String,
+    kind: String,
+    description: String,
+    state: OperationState,
+    done: u64,
+    total: u64,
+    started_at_us: u64,
+    ended_at_us: u64,
+    result: String,
+    error: String,
+}
+
+#[test]
+fn operations_kept_before_they_had_owners_load_as_the_servers() {
+    use tally::engine::{ManualClock, Operations};
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let tree = db.open_tree("operations").unwrap();
+    let old = OwnerlessRecord {
+        id: "0190c0de-0000-7000-8000-000000000001".into(),
+        kind: "replay_to_file".into(),
+        description: "replay to /srv/tally/exports/a.jsonl".into(),
+        state: OperationState::Completed,
+        done: 100,
+        total: 100,
+        started_at_us: support::T0,
+        ended_at_us: support::T0 + 5,
+        result: "3 events written".into(),
+        error: String::new(),
+    };
+    tree.insert(old.id.as_bytes(), rmp_serde::to_vec(&old).unwrap())
+        .unwrap();
+    let operations = Operations::load(tree, std::sync::Arc::new(ManualClock::new(support::T0)));
+    let loaded = operations
+        .get(&old.id, Viewer::Server)
+        .expect("an old record still loads");
+    assert_eq!(
+        (
+            loaded.kind.as_str(),
+            loaded.state,
+            loaded.result.as_str(),
+            loaded.tenant
+        ),
+        ("replay_to_file", OperationState::Completed, "3 events written", None)
+    );
+    for tenant in ["t1", ""] {
+        assert_eq!(operations.get(&old.id, Viewer::Tenant(tenant)), None, "{tenant:?}");
+        assert!(operations.list(Viewer::Tenant(tenant)).is_empty());
+        assert_eq!(operations.cancel(&old.id, Viewer::Tenant(tenant)), None);
+    }
+    assert_eq!(operations.list(Viewer::Server).len(), 1);
 }

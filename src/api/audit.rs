@@ -6,6 +6,7 @@ use super::convert;
 use super::proto::{self, audit_server::Audit};
 use super::slot::EngineSlot;
 use super::status::{invalid, not_found, to_status};
+use crate::domain::quote;
 use crate::engine::EngineError;
 use crate::projection::HistoryView;
 use crate::query::{self, subscribe::Delivery, Replay};
@@ -167,29 +168,39 @@ impl Audit for AuditService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// The chain hash at the head, or at one of the caller's tenant's records. The head is
+    /// the log's, whoever wrote it: its hash commits to every record, the caller's among
+    /// them, and shows nothing of the others; its time is not shown, since the record there
+    /// may be another tenant's. A record of another tenant is NOT_FOUND exactly like one
+    /// beyond the head.
     async fn get_digest(&self, request: Request<proto::GetDigestRequest>) -> Result<Response<proto::Digest>, Status> {
+        let caller = Caller::of(&request)?;
         let head = self.engine()?.reader().head();
-        let sequence = match request.get_ref().sequence {
-            0 => head.seq,
-            n => n,
-        };
+        let sequence = request.get_ref().sequence;
         if sequence == 0 {
             return Ok(Response::new(proto::Digest {
+                sequence: head.seq,
+                timestamp_us: 0,
                 hash: crate::query::json::hex(&head.hash),
-                ..Default::default()
+                head_sequence: head.seq,
             }));
+        }
+        let missing = || {
+            not_found(
+                "SEQUENCE_NOT_FOUND",
+                format!("no record {sequence} in tenant {:?}", caller.tenant),
+            )
+        };
+        if sequence > head.seq {
+            return Err(missing());
         }
         let reader = self.engine()?.reader().clone();
         let record = tokio::task::spawn_blocking(move || crate::log::read_one(&reader, sequence))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| to_status(e.into()))?
-            .ok_or_else(|| {
-                not_found(
-                    "SEQUENCE_NOT_FOUND",
-                    format!("no record {sequence}; the head is {}", head.seq),
-                )
-            })?;
+            .filter(|record| record.envelope.tenant == caller.tenant)
+            .ok_or_else(missing)?;
         Ok(Response::new(proto::Digest {
             sequence,
             timestamp_us: record.ts_us,
@@ -262,8 +273,9 @@ impl Audit for AuditService {
                 not_found(
                     "IDEMPOTENCY_KEY_NOT_FOUND",
                     format!(
-                        "no command with key {:?} in scope {:?}",
-                        r.idempotency_key, r.idempotency_scope
+                        "no command with key {} in scope {}",
+                        quote(&r.idempotency_key),
+                        quote(&r.idempotency_scope)
                     ),
                 )
             })?;
@@ -307,7 +319,7 @@ impl Audit for AuditService {
             query::asof::account_as_of(sequence, &rows, |id| projections.hold(id).ok().flatten()).ok_or_else(|| {
                 not_found(
                     "ACCOUNT_NOT_FOUND",
-                    format!("account {:?} was not open at sequence {sequence}", r.account_id),
+                    format!("account {} was not open at sequence {sequence}", quote(&r.account_id)),
                 )
             })?;
         Ok(Response::new(proto::AccountAsOf {

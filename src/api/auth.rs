@@ -21,9 +21,10 @@
 //! log holds only the secret's fingerprint.
 
 use super::slot::EngineSlot;
-use super::status::ERROR_DOMAIN;
+use super::status::error_status;
 use crate::domain::access::{Permission, Permissions, Role};
 use crate::domain::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES};
+use crate::domain::quote;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
@@ -33,7 +34,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -64,8 +64,21 @@ pub const MAX_REMEMBERED_SIGNATURES_PER_KEY: usize = MAX_REMEMBERED_SIGNATURES /
 /// Longest a signed request's body may take to arrive once its headers passed the checks.
 pub const SIGNED_BODY_TIMEOUT_SECONDS: u64 = 10;
 
-/// Largest signed request body buffered to digest it: gRPC's default message limit.
-pub const MAX_SIGNED_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Largest signed request body buffered to digest it: the services' message limit.
+pub const MAX_SIGNED_BODY_BYTES: usize = super::malformed::MAX_REQUEST_MESSAGE_BYTES;
+
+/// Bytes of signed calls' bodies the server holds, in all, before their signatures are
+/// checked. A signed call's body must be read whole to be verified, and until then anyone
+/// who knows a key id can send one: without a bound, 200 calls with a garbage signature
+/// held 4 MiB each. 64 MiB is sixteen bodies of the largest size at once — far more than
+/// services that send batches one after the other need — and a fixed ceiling on what
+/// unauthenticated senders can make the server hold.
+pub const MAX_UNVERIFIED_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes of one API key's signed bodies held before their signatures are checked: a
+/// quarter of the whole, so that calls naming one key (a busy service, or someone who
+/// learned its id) cannot take the budget from every other key.
+pub const MAX_UNVERIFIED_BODY_BYTES_PER_KEY: usize = MAX_UNVERIFIED_BODY_BYTES / 4;
 
 /// What a signed call whose body was not (or could not be) digested is told.
 const BODY_UNREAD: &str = "the signed request's body is not one uncompressed message";
@@ -127,14 +140,15 @@ pub const METHODS: &[(&str, Access)] = &[
     ("/tally.v1.Audit/ListByActor", Access::AnyOf(&[AuditRead])),
     ("/tally.v1.Audit/GetByIdempotencyKey", Access::AnyOf(&[AuditRead])),
     ("/tally.v1.Audit/GetAccountAsOf", Access::AnyOf(&[AuditRead])),
-    ("/tally.v1.Operations/StartRebuild", Access::AnyOf(&[OperationsRun])),
+    // Rebuilds and snapshots act on every tenant's rows at once: the server's operator only.
+    ("/tally.v1.Operations/StartRebuild", Access::AnyOf(&[ServerManage])),
     (
         "/tally.v1.Operations/StartReplayToFile",
         Access::AnyOf(&[OperationsRun]),
     ),
     (
         "/tally.v1.Operations/StartProjectionSnapshot",
-        Access::AnyOf(&[OperationsRun]),
+        Access::AnyOf(&[ServerManage]),
     ),
     ("/tally.v1.Operations/GetOperation", Access::AnyOf(&[OperationsRead])),
     ("/tally.v1.Operations/ListOperations", Access::AnyOf(&[OperationsRead])),
@@ -242,7 +256,11 @@ impl Principal {
             return Ok(());
         }
         let message = if self.has(own) {
-            format!("{} may act on its own account only, not {account:?}", self.subject)
+            format!(
+                "{} may act on its own account only, not {}",
+                self.subject,
+                quote(account)
+            )
         } else {
             format!("needs permission {}", any.name())
         };
@@ -471,7 +489,10 @@ impl AuthSettings {
         let key = self.keys.get(kid).ok_or_else(|| {
             unauthenticated(
                 "SIGNATURE_INVALID",
-                format!("the token is signed with key {kid:?}, which this server does not hold"),
+                format!(
+                    "the token is signed with key {}, which this server does not hold",
+                    quote(kid)
+                ),
             )
         })?;
         let tag = B64.decode(tag).map_err(|_| malformed("has an unreadable signature"))?;
@@ -490,8 +511,11 @@ impl AuthSettings {
             return Err(unauthenticated(
                 "TOKEN_NOT_FOR_US",
                 format!(
-                    "the token is from {:?} for {:?}; this server accepts {:?} for {:?}",
-                    claims.iss, claims.aud, self.issuer, self.audience
+                    "the token is from {} for {}; this server accepts {:?} for {:?}",
+                    quote(&claims.iss),
+                    quote(&claims.aud),
+                    self.issuer,
+                    self.audience
                 ),
             ));
         }
@@ -626,11 +650,11 @@ impl SeenSignatures {
         }
         let mine = self.per_key.get(key_id).copied().unwrap_or(0);
         if self.seen.len() >= MAX_REMEMBERED_SIGNATURES || mine >= MAX_REMEMBERED_SIGNATURES_PER_KEY {
-            let details = ErrorDetails::with_error_info("SIGNED_CALLS_EXHAUSTED", ERROR_DOMAIN, HashMap::new());
-            return Err(Status::with_error_details(
+            return Err(error_status(
                 Code::ResourceExhausted,
-                "SIGNED_CALLS_EXHAUSTED: too many signed calls within the replay window; send batches or retry shortly",
-                details,
+                "SIGNED_CALLS_EXHAUSTED",
+                "too many signed calls within the replay window; send batches or retry shortly",
+                HashMap::new(),
             ));
         }
         self.seen.insert(signature);
@@ -641,10 +665,72 @@ impl SeenSignatures {
     }
 }
 
+/// Bytes of signed bodies held before their signatures are checked, in all and by key.
+#[derive(Default)]
+struct Unverified {
+    total: usize,
+    per_key: HashMap<String, usize>,
+}
+
+/// One signed call's share of [`Unverified`]: grown as its body arrives, given back when
+/// it is dropped — once the signature is checked, or when the call fails or goes away.
+struct Reservation {
+    budget: Arc<Mutex<Unverified>>,
+    key_id: String,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Takes `bytes` more, or refuses the call if that would pass the key's share or the
+    /// whole budget (RESOURCE_EXHAUSTED: retry shortly, or send fewer calls at once).
+    fn grow(&mut self, bytes: usize) -> Result<(), Status> {
+        let mut budget = self.budget.lock().expect("the unverified bytes lock");
+        let mine = budget.per_key.get(&self.key_id).copied().unwrap_or(0);
+        let (bound, scope) = if mine + bytes > MAX_UNVERIFIED_BODY_BYTES_PER_KEY {
+            (MAX_UNVERIFIED_BODY_BYTES_PER_KEY, "key")
+        } else if budget.total + bytes > MAX_UNVERIFIED_BODY_BYTES {
+            (MAX_UNVERIFIED_BODY_BYTES, "server")
+        } else {
+            budget.total += bytes;
+            *budget.per_key.entry(self.key_id.clone()).or_default() += bytes;
+            self.bytes += bytes;
+            return Ok(());
+        };
+        Err(error_status(
+            Code::ResourceExhausted,
+            "SIGNED_BODIES_EXHAUSTED",
+            &format!(
+                "signed calls' bodies awaiting their signature check hold {bound} bytes for this {scope} already; retry shortly or send fewer calls at once"
+            ),
+            HashMap::from([
+                ("scope".to_string(), scope.to_string()),
+                ("bound_bytes".to_string(), bound.to_string()),
+            ]),
+        ))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut budget = self.budget.lock().expect("the unverified bytes lock");
+        budget.total -= self.bytes;
+        if let Some(mine) = budget.per_key.get_mut(&self.key_id) {
+            *mine -= self.bytes;
+            if *mine == 0 {
+                budget.per_key.remove(&self.key_id);
+            }
+        }
+    }
+}
+
 /// The door: authenticates a call and checks the method's access.
 pub struct Authenticator {
     slot: EngineSlot,
     seen: Mutex<SeenSignatures>,
+    unverified: Arc<Mutex<Unverified>>,
 }
 
 impl Authenticator {
@@ -652,6 +738,16 @@ impl Authenticator {
         Self {
             slot,
             seen: Mutex::new(SeenSignatures::default()),
+            unverified: Arc::new(Mutex::new(Unverified::default())),
+        }
+    }
+
+    /// An empty share of the unverified-bytes budget for a call signed with `key_id`.
+    fn reserve(&self, key_id: &str) -> Reservation {
+        Reservation {
+            budget: self.unverified.clone(),
+            key_id: key_id.to_string(),
+            bytes: 0,
         }
     }
 
@@ -668,7 +764,7 @@ impl Authenticator {
         let access = access_of(path).ok_or_else(|| {
             denied(
                 "METHOD_NOT_AUTHORIZED",
-                format!("no permission is defined for {path}; nobody may call it"),
+                format!("no permission is defined for {}; nobody may call it", quote(path)),
                 [],
             )
         })?;
@@ -787,7 +883,7 @@ fn signed_headers(
         let key = credentials
             .api_keys
             .get(key_id)
-            .ok_or_else(|| unauthenticated("KEY_UNKNOWN", format!("no API key {key_id:?}")))?;
+            .ok_or_else(|| unauthenticated("KEY_UNKNOWN", format!("no API key {}", quote(key_id))))?;
         if key.revoked_at_us.is_some() {
             return Err(unauthenticated("KEY_REVOKED", format!("API key {key_id:?} is revoked")));
         }
@@ -843,7 +939,7 @@ fn bearer(
         roles.push(Role::parse(name).ok_or_else(|| {
             unauthenticated(
                 "CREDENTIAL_MALFORMED",
-                format!("the token names an unknown role {name:?}"),
+                format!("the token names an unknown role {}", quote(name)),
             )
         })?);
     }
@@ -891,8 +987,8 @@ fn check_names(principal: &Principal, headers: &http::HeaderMap) -> Result<(), S
                 return Err(denied(
                     reason,
                     format!(
-                        "{header} names {:?} but the credential is for {expected:?}",
-                        String::from_utf8_lossy(value.as_bytes())
+                        "{header} names {} but the credential is for {expected:?}",
+                        quote(&String::from_utf8_lossy(value.as_bytes()))
                     ),
                     [],
                 ));
@@ -903,9 +999,7 @@ fn check_names(principal: &Principal, headers: &http::HeaderMap) -> Result<(), S
 }
 
 pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Status {
-    let message = message.into();
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(Code::Unauthenticated, format!("{reason}: {message}"), details)
+    error_status(Code::Unauthenticated, reason, &message.into(), HashMap::new())
 }
 
 pub fn denied<const N: usize>(
@@ -913,10 +1007,8 @@ pub fn denied<const N: usize>(
     message: impl Into<String>,
     metadata: [(&str, String); N],
 ) -> Status {
-    let message = message.into();
     let metadata: HashMap<String, String> = metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
-    Status::with_error_details(Code::PermissionDenied, format!("{reason}: {message}"), details)
+    error_status(Code::PermissionDenied, reason, &message.into(), metadata)
 }
 
 /// The tower layer that puts the door in front of every service.
@@ -978,19 +1070,31 @@ where
                 return inner.call(request).await;
             }
             let (mut parts, body) = request.into_parts();
+            let mut reservation = None;
             let (body, digest) = if parts.headers.contains_key(SIGNATURE_HEADER) {
                 // Nothing is buffered for a call whose headers already fail.
                 if let Err(status) = auth.precheck_signed(&parts.headers) {
                     return Ok(status.into_http());
                 }
+                // The key id passed the precheck, so it is readable. What is held of the
+                // body until the signature is checked counts against the budget.
+                let key_id = parts
+                    .headers
+                    .get(KEY_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let share = reservation.insert(auth.reserve(key_id));
                 let read = tokio::time::timeout(
                     std::time::Duration::from_secs(SIGNED_BODY_TIMEOUT_SECONDS),
-                    digest_body(body),
+                    digest_body(body, share),
                 );
                 let read = match read.await {
                     Ok(read) => read,
-                    Err(_) => Err(Status::deadline_exceeded(
-                        "DEADLINE_EXCEEDED: the signed request's body did not arrive in time",
+                    Err(_) => Err(error_status(
+                        Code::DeadlineExceeded,
+                        "SIGNED_BODY_TIMEOUT",
+                        &format!("the signed request's body did not arrive within {SIGNED_BODY_TIMEOUT_SECONDS} s"),
+                        HashMap::new(),
                     )),
                 };
                 match read {
@@ -1000,7 +1104,10 @@ where
             } else {
                 (body, None)
             };
-            match auth.admit(&path, &parts.headers, digest.as_deref()) {
+            let admitted = auth.admit(&path, &parts.headers, digest.as_deref());
+            // Checked (or refused): the body no longer counts as unverified.
+            drop(reservation);
+            match admitted {
                 Ok(principal) => {
                     parts.extensions.insert(principal);
                     inner.call(http::Request::from_parts(parts, body)).await
@@ -1011,16 +1118,39 @@ where
     }
 }
 
-/// Reads a signed request's whole body and digests its message (the bytes after the gRPC
-/// frame's 5-byte prefix). `None` for a body that is not one uncompressed message.
-async fn digest_body(body: tonic::body::Body) -> Result<(bytes::Bytes, Option<String>), Status> {
+/// Reads a signed request's whole body, at most [`MAX_SIGNED_BODY_BYTES`] of message,
+/// counting every byte against `share` as it arrives, and digests its message (the bytes
+/// after the gRPC frame's 5-byte prefix). `None` for a body that is not one uncompressed
+/// message.
+async fn digest_body(
+    body: tonic::body::Body,
+    share: &mut Reservation,
+) -> Result<(bytes::Bytes, Option<String>), Status> {
     use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(body, MAX_SIGNED_BODY_BYTES + 5);
-    let bytes = limited
-        .collect()
-        .await
-        .map_err(|e| Status::invalid_argument(format!("INVALID_ARGUMENT: cannot read the signed request: {e}")))?
-        .to_bytes();
+    let mut body = std::pin::pin!(body);
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            error_status(
+                Code::InvalidArgument,
+                "MALFORMED_REQUEST",
+                &format!("cannot read the signed request: {}", e.message()),
+                HashMap::new(),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > MAX_SIGNED_BODY_BYTES + 5 {
+            return Err(error_status(
+                Code::ResourceExhausted,
+                "MESSAGE_TOO_LARGE",
+                &format!("the request message is larger than {MAX_SIGNED_BODY_BYTES} bytes"),
+                HashMap::from([("limit_bytes".to_string(), MAX_SIGNED_BODY_BYTES.to_string())]),
+            ));
+        }
+        share.grow(data.len())?;
+        bytes.extend_from_slice(&data);
+    }
+    let bytes = bytes.freeze();
     let digest = match bytes.first() {
         Some(0) if bytes.len() >= 5 => {
             let length = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize;

@@ -4,8 +4,9 @@
 //! are the domain's (`domain::validate_body`), so a body that passes here and there is one
 //! the ledger can record.
 
+use super::payload::PayloadStruct;
 use crate::domain::event::{ExternalBody, ExternalKind, ReversePolicy};
-use crate::domain::{validate_body, Rejection};
+use crate::domain::{quote, validate_body, Rejection};
 use serde_json::{Map, Value};
 
 /// Longest JSON payload of one external event: the largest valid one (a rating slip with
@@ -55,7 +56,7 @@ fn kind(type_name: &str) -> Result<ExternalKind, Rejection> {
         let known: Vec<_> = ExternalKind::ALL.iter().map(|k| k.name()).collect();
         Rejection::invalid(
             "type",
-            format!("unknown event type {type_name:?}; known: {}", known.join(", ")),
+            format!("unknown event type {}; known: {}", quote(type_name), known.join(", ")),
         )
     })
 }
@@ -64,13 +65,20 @@ fn kind(type_name: &str) -> Result<ExternalKind, Rejection> {
 /// generated clients send for a JSON object). Struct numbers are doubles: a whole number
 /// up to 2^53 becomes that integer; any other number stays fractional and is refused by
 /// the schema as not a whole number.
-pub fn parse_struct(type_name: &str, payload: &prost_types::Struct) -> Result<ExternalBody, Rejection> {
+///
+/// A key the Struct carries twice is refused, as in JSON text (`parse_json`).
+pub fn parse_struct(type_name: &str, payload: &PayloadStruct) -> Result<ExternalBody, Rejection> {
     let kind = kind(type_name)?;
-    let object = payload
-        .fields
-        .iter()
-        .map(|(name, value)| (name.clone(), struct_value(value)))
-        .collect();
+    let mut object = Map::new();
+    for entry in &payload.entries {
+        let value = entry.value.as_ref().map_or(Value::Null, struct_value);
+        if object.insert(entry.key.clone(), value).is_some() {
+            return Err(Rejection::invalid(
+                "payload",
+                format!("names the key {} twice; each key may appear once", quote(&entry.key)),
+            ));
+        }
+    }
     from_object(kind, &object)
 }
 
@@ -107,12 +115,106 @@ pub fn parse(type_name: &str, payload_json: &str) -> Result<ExternalBody, Reject
             format!("is longer than {MAX_PAYLOAD_BYTES} bytes"),
         ));
     }
-    let value: Value = serde_json::from_str(payload_json)
-        .map_err(|e| Rejection::invalid("payload", format!("is not valid JSON: {e}")))?;
+    let value = parse_json(payload_json).map_err(|e| Rejection::invalid("payload", e))?;
     let Value::Object(object) = value else {
         return Err(Rejection::invalid("payload", "must be a JSON object"));
     };
     from_object(kind, &object)
+}
+
+/// Reads JSON text, refusing an object that names a key twice. serde_json's `Value` keeps
+/// the last of repeated keys, and other readers keep the first, so
+/// `{"points":1,"points":999999}` is not one event but two, depending on who reads it: we
+/// refuse it, naming the key. The error says what is wrong, in words for the caller.
+pub fn parse_json(text: &str) -> Result<Value, String> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let parsed = serde::Deserialize::deserialize(&mut reader).and_then(|Distinct(value)| {
+        reader.end()?;
+        Ok(value)
+    });
+    parsed.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => e.to_string(),
+        _ => format!("is not valid JSON: {e}"),
+    })
+}
+
+/// A JSON value whose objects each name a key once.
+struct Distinct(Value);
+
+impl<'de> serde::Deserialize<'de> for Distinct {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DistinctVisitor).map(Distinct)
+    }
+}
+
+/// Builds a `Value` as serde_json's own visitor does, but refuses a repeated key.
+struct DistinctVisitor;
+
+impl<'de> serde::de::Visitor<'de> for DistinctVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        serde::Deserialize::deserialize(deserializer).map(|Distinct(value)| value)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut values = Vec::new();
+        while let Some(Distinct(value)) = seq.next_element()? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "names the key {} twice; each key may appear once",
+                    quote(&key)
+                )));
+            }
+            let Distinct(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// Checks a JSON object against `kind`'s schema and builds the body.
@@ -123,7 +225,8 @@ pub fn from_object(kind: ExternalKind, object: &Map<String, Value>) -> Result<Ex
         return Err(Rejection::invalid(
             "payload",
             format!(
-                "unknown field {unknown:?} for {}; expected: {}",
+                "unknown field {} for {}; expected: {}",
+                quote(unknown),
                 kind.name(),
                 expected.join(", ")
             ),
@@ -190,7 +293,10 @@ pub fn from_object(kind: ExternalKind, object: &Map<String, Value>) -> Result<Ex
                 other => {
                     return Err(Rejection::invalid(
                         "payload.policy",
-                        format!("must be \"cap_to_available\" or \"all_or_nothing\", got {other:?}"),
+                        format!(
+                            "must be \"cap_to_available\" or \"all_or_nothing\", got {}",
+                            quote(other)
+                        ),
                     ))
                 }
             },
@@ -206,7 +312,7 @@ fn describe(value: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("boolean {b}"),
         Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {s:?}"),
+        Value::String(s) => format!("string {}", quote(s)),
         Value::Array(_) => "an array".into(),
         Value::Object(_) => "an object".into(),
     }

@@ -161,7 +161,11 @@ fn filter(
             let known: Vec<_> = ExternalKind::ALL.iter().map(|k| k.name()).collect();
             invalid(
                 "type",
-                format!("unknown event type {name:?}; known: {}", known.join(", ")),
+                format!(
+                    "unknown event type {}; known: {}",
+                    crate::domain::quote(name),
+                    known.join(", ")
+                ),
             )
         })?),
     };

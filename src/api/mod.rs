@@ -17,7 +17,9 @@ pub mod ingest;
 pub mod ledger;
 pub mod limits;
 pub mod links;
+pub mod malformed;
 pub mod operations;
+pub mod payload;
 pub mod proto;
 pub mod slot;
 pub mod status;
@@ -75,18 +77,23 @@ pub async fn serve_slot(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the embedded descriptors are valid");
+    let limit = malformed::MAX_REQUEST_MESSAGE_BYTES;
     tonic::transport::Server::builder()
+        // The codec's refusals (undecodable, oversized) become the caller's errors.
+        .layer(malformed::MalformedLayer)
         .layer(auth::AuthLayer::new(slot.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(LedgerServer::new(ledger::LedgerService::new(slot.clone())))
-        .add_service(AuditServer::new(audit::AuditService::new(slot.clone())))
-        .add_service(IngestServer::new(ingest::IngestService::new(slot.clone())))
-        .add_service(LinksServer::new(links::LinksService::new(slot.clone())))
-        .add_service(IdentityServer::new(identity::IdentityService::new(slot.clone())))
-        .add_service(DeliveriesServer::new(deliveries::DeliveriesService::new(slot.clone())))
-        .add_service(OperationsServer::new(operations::OperationsService::new(slot)))
+        .add_service(LedgerServer::new(ledger::LedgerService::new(slot.clone())).max_decoding_message_size(limit))
+        .add_service(AuditServer::new(audit::AuditService::new(slot.clone())).max_decoding_message_size(limit))
+        .add_service(IngestServer::new(ingest::IngestService::new(slot.clone())).max_decoding_message_size(limit))
+        .add_service(LinksServer::new(links::LinksService::new(slot.clone())).max_decoding_message_size(limit))
+        .add_service(IdentityServer::new(identity::IdentityService::new(slot.clone())).max_decoding_message_size(limit))
+        .add_service(
+            DeliveriesServer::new(deliveries::DeliveriesService::new(slot.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(OperationsServer::new(operations::OperationsService::new(slot)).max_decoding_message_size(limit))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

@@ -1,10 +1,18 @@
 //! The `tally.v1.Operations` service: start, watch and cancel long-running jobs.
+//!
+//! A tenant's caller sees and cancels only its tenant's operations: another's answers
+//! NOT_FOUND exactly like one that does not exist. Rebuilds and snapshots of the
+//! projections act on every tenant's rows, so the door lets only `server:manage` start
+//! them; a caller with it sees every operation.
 
 use super::caller::Caller;
 use super::convert;
 use super::proto::{self, operations_server::Operations};
 use super::slot::EngineSlot;
-use super::status::{invalid, not_found};
+use super::status::{invalid, not_found, storage};
+use crate::domain::access::Permission;
+use crate::engine::jobs::ExportError;
+use crate::engine::operations::Viewer;
 use crate::projection::ProjectionName;
 use tonic::{Request, Response, Status};
 
@@ -23,7 +31,19 @@ impl OperationsService {
 }
 
 fn unknown(id: &str) -> Status {
-    not_found("OPERATION_NOT_FOUND", format!("no operation {id:?}"))
+    not_found(
+        "OPERATION_NOT_FOUND",
+        format!("no operation {}", crate::domain::quote(id)),
+    )
+}
+
+/// Whose operations `caller` may see.
+fn viewer(caller: &Caller) -> Viewer<'_> {
+    if caller.principal.has(Permission::ServerManage) {
+        Viewer::Server
+    } else {
+        Viewer::Tenant(&caller.tenant)
+    }
 }
 
 #[tonic::async_trait]
@@ -39,7 +59,11 @@ impl Operations for OperationsService {
                 let known: Vec<&str> = ProjectionName::ALL.iter().map(|p| p.name()).collect();
                 invalid(
                     "projection",
-                    format!("unknown projection {name:?}; known: {}", known.join(", ")),
+                    format!(
+                        "unknown projection {}; known: {}",
+                        crate::domain::quote(name),
+                        known.join(", ")
+                    ),
                 )
             })?),
         };
@@ -57,8 +81,11 @@ impl Operations for OperationsService {
         let (window, filter, max_events) = convert::replay_spec(&caller, &replay)?;
         let op = self
             .engine()?
-            .start_replay_to_file(window, filter, max_events, &r.file_name)
-            .map_err(|e| invalid("file_name", e))?;
+            .start_replay_to_file(&caller.tenant, window, filter, max_events, &r.file_name)
+            .map_err(|error| match error {
+                ExportError::Name(why) => invalid("file_name", why),
+                ExportError::Storage(why) => storage(why),
+            })?;
         Ok(Response::new(convert::operation(&op)))
     }
 
@@ -75,19 +102,25 @@ impl Operations for OperationsService {
         &self,
         request: Request<proto::GetOperationRequest>,
     ) -> Result<Response<proto::Operation>, Status> {
+        let caller = Caller::of(&request)?;
         let id = &request.get_ref().id;
-        let op = self.engine()?.operations().get(id).ok_or_else(|| unknown(id))?;
+        let op = self
+            .engine()?
+            .operations()
+            .get(id, viewer(&caller))
+            .ok_or_else(|| unknown(id))?;
         Ok(Response::new(convert::operation(&op)))
     }
 
     async fn list_operations(
         &self,
-        _request: Request<proto::ListOperationsRequest>,
+        request: Request<proto::ListOperationsRequest>,
     ) -> Result<Response<proto::ListOperationsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let operations = self
             .engine()?
             .operations()
-            .list()
+            .list(viewer(&caller))
             .iter()
             .map(convert::operation)
             .collect();
@@ -98,8 +131,13 @@ impl Operations for OperationsService {
         &self,
         request: Request<proto::CancelOperationRequest>,
     ) -> Result<Response<proto::Operation>, Status> {
+        let caller = Caller::of(&request)?;
         let id = &request.get_ref().id;
-        let op = self.engine()?.operations().cancel(id).ok_or_else(|| unknown(id))?;
+        let op = self
+            .engine()?
+            .operations()
+            .cancel(id, viewer(&caller))
+            .ok_or_else(|| unknown(id))?;
         Ok(Response::new(convert::operation(&op)))
     }
 }

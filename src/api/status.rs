@@ -2,6 +2,7 @@
 //! a `google.rpc.ErrorInfo` detail (domain `tally.v1`) and at the start of the message.
 
 use super::proto;
+use crate::domain::limits::QUOTED_INPUT_MAX_CHARS;
 use crate::domain::{HoldStatus, Rejection};
 use crate::engine::EngineError;
 use crate::log::LogError;
@@ -249,20 +250,68 @@ fn with<const N: usize>(
     }
 }
 
+/// Longest error message sent, in characters. Messages quote a caller's input through
+/// [`crate::domain::quote`] (64 characters at most); this bound is the backstop for any
+/// that does not, so no input of any length comes back whole in a message — which goes out
+/// twice, in `grpc-message` and in the status details, both headers clients limit (grpcio
+/// refuses metadata over 8 KiB as RESOURCE_EXHAUSTED, hiding the real error).
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
+
+/// Longest ErrorInfo metadata value sent whole, in characters: the longest id the ledger
+/// accepts (`MAX_ID_BYTES`), so an id a client sent comes back as it was; a longer value
+/// is not an id, and only its first [`QUOTED_INPUT_MAX_CHARS`] characters and `…` are sent.
+pub const MAX_ERROR_METADATA_CHARS: usize = crate::domain::limits::MAX_ID_BYTES;
+
+/// `text` cut to `max` characters, with `…` if it was longer.
+fn bounded(text: String, max: usize, keep: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some(_) => {
+            let end = text.char_indices().nth(keep).map_or(text.len(), |(end, _)| end);
+            format!("{}…", &text[..end])
+        }
+    }
+}
+
+/// Every error status with an ErrorInfo is made here: `REASON: message`, the reason and
+/// metadata in the detail, message and metadata bounded (no input of any length echoed).
+/// An INVALID_ARGUMENT that names its `field` also carries a `google.rpc.BadRequest` with
+/// that field's violation, the detail generic clients look for.
+pub fn error_status(code: Code, reason: &'static str, message: &str, metadata: HashMap<String, String>) -> Status {
+    let (message, metadata) = bound(format!("{reason}: {message}"), metadata);
+    let field = metadata.get("field").filter(|_| code == Code::InvalidArgument).cloned();
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    if let Some(field) = field {
+        details.add_bad_request_violation(field, message.clone());
+    }
+    Status::with_error_details(code, message, details)
+}
+
+fn bound(message: String, metadata: HashMap<String, String>) -> (String, HashMap<String, String>) {
+    let metadata = metadata
+        .into_iter()
+        .map(|(key, value)| (key, bounded(value, MAX_ERROR_METADATA_CHARS, QUOTED_INPUT_MAX_CHARS)))
+        .collect();
+    (
+        bounded(message, MAX_ERROR_MESSAGE_CHARS, MAX_ERROR_MESSAGE_CHARS),
+        metadata,
+    )
+}
+
 impl Classified {
     /// As a gRPC status: `REASON: message`, with an ErrorInfo detail.
     pub fn into_status(self) -> Status {
-        let details = ErrorDetails::with_error_info(self.reason, ERROR_DOMAIN, self.metadata);
-        Status::with_error_details(self.code, format!("{}: {}", self.reason, self.message), details)
+        error_status(self.code, self.reason, &self.message, self.metadata)
     }
 
-    /// As the error result of one command in a batch.
+    /// As the error result of one command in a batch, bounded as a status is.
     pub fn into_batch_error(self) -> proto::Error {
+        let (message, metadata) = bound(self.message, self.metadata);
         proto::Error {
             code: code_name(self.code).to_string(),
             reason: self.reason.to_string(),
-            message: self.message,
-            metadata: self.metadata,
+            message,
+            metadata,
         }
     }
 }
@@ -328,6 +377,17 @@ pub fn not_found(reason: &'static str, message: impl Into<String>) -> Status {
     Classified {
         code: Code::NotFound,
         reason,
+        message: message.into(),
+        metadata: HashMap::new(),
+    }
+    .into_status()
+}
+
+/// INTERNAL / STORAGE_ERROR for an I/O failure outside the engine (files the API makes).
+pub fn storage(message: impl Into<String>) -> Status {
+    Classified {
+        code: Code::Internal,
+        reason: "STORAGE_ERROR",
         message: message.into(),
         metadata: HashMap::new(),
     }

@@ -34,10 +34,13 @@ pub enum Permission {
     DeliveriesRead,
     /// Acknowledge deliveries (the receiving service).
     DeliveriesAck,
+    /// Jobs that act on the whole server, every tenant at once (projection rebuilds and
+    /// snapshots), and every tenant's operations. No tenant's role grants it.
+    ServerManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 23] = [
+    pub const ALL: [Permission; 24] = [
         Permission::AccountsOpen,
         Permission::AccountsRead,
         Permission::AccountsReadOwn,
@@ -61,6 +64,7 @@ impl Permission {
         Permission::DeliveriesManage,
         Permission::DeliveriesRead,
         Permission::DeliveriesAck,
+        Permission::ServerManage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +93,7 @@ impl Permission {
             DeliveriesManage => "deliveries:manage",
             DeliveriesRead => "deliveries:read",
             DeliveriesAck => "deliveries:ack",
+            ServerManage => "server:manage",
         }
     }
 
@@ -137,8 +142,13 @@ pub enum Role {
     Service,
     /// Reads everything of its tenant, changes nothing.
     Auditor,
-    /// Rebuilds, dead-letter operations, API keys.
+    /// A tenant's administrator: dead-letter operations, API keys, endpoints, exports of
+    /// the tenant's events.
     Admin,
+    /// The server's operator: rebuilds and snapshots of the projections (which hold every
+    /// tenant's rows) and every tenant's operations. Not a tenant's role: no session or API
+    /// key carries it, only a token made with the server's key ring (`tally token issue`).
+    ServerAdmin,
 }
 
 /// Roles a service may assert for a user in an SSO session. Service and admin credentials
@@ -146,7 +156,14 @@ pub enum Role {
 pub const SESSION_ROLES: [Role; 3] = [Role::Member, Role::Staff, Role::Auditor];
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Member, Role::Staff, Role::Service, Role::Auditor, Role::Admin];
+    pub const ALL: [Role; 6] = [
+        Role::Member,
+        Role::Staff,
+        Role::Service,
+        Role::Auditor,
+        Role::Admin,
+        Role::ServerAdmin,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -155,6 +172,7 @@ impl Role {
             Role::Service => "service",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::ServerAdmin => "server-admin",
         }
     }
 
@@ -205,6 +223,7 @@ impl Role {
                 DeliveriesManage,
                 DeliveriesRead,
             ],
+            Role::ServerAdmin => &[OperationsRead, OperationsRun, ServerManage, SessionsSelf],
         }
     }
 }

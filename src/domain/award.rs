@@ -185,8 +185,15 @@ pub(super) fn refusal(
             | Rejection::ManualRewardRateLimited { .. }
             | Rejection::PermissionDenied(_)
     );
-    // The record names the account as given: it must be an id the log can hold.
-    if !matters || validate_id("account_id", account_id, MAX_ID_BYTES).is_err() {
+    // The record names the account, the staff member and the reward as given: each must be
+    // an id the log can hold (a refusal is no reason to write a megabyte into the log), or
+    // the refusal is only answered.
+    let holdable = |field, id: &str| id.is_empty() || validate_id(field, id, MAX_ID_BYTES).is_ok();
+    if !matters
+        || validate_id("account_id", account_id, MAX_ID_BYTES).is_err()
+        || !holdable("manual.staff_id", staff_id)
+        || !holdable("manual.external_reward_id", external_reward_id)
+    {
         return Err(rejection);
     }
     let event = Event::CompRefused(CompRefused {
@@ -221,7 +228,8 @@ fn validate_staff(ctx: &Ctx<'_>, staff_id: &str) -> Result<(), Rejection> {
     }
     if staff_id != ctx.meta.actor {
         return Err(Rejection::PermissionDenied(format!(
-            "manual reward names staff {staff_id:?} but the caller is {:?}",
+            "manual reward names staff {} but the caller is {:?}",
+            super::quote(staff_id),
             ctx.meta.actor
         )));
     }

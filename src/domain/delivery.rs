@@ -489,7 +489,7 @@ pub fn validate_config(config: &EndpointConfig) -> Result<(), Rejection> {
     }
     for kind in &config.kinds {
         let known = EventKind::from_name(kind)
-            .ok_or_else(|| Rejection::invalid("event_kinds", format!("unknown kind {kind:?}")))?;
+            .ok_or_else(|| Rejection::invalid("event_kinds", format!("unknown kind {}", super::quote(kind))))?;
         if !deliverable(known) {
             return Err(Rejection::invalid("event_kinds", format!("{kind} is not delivered")));
         }

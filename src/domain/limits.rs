@@ -136,3 +136,9 @@ pub const DELIVERY_REDRIVE_MAX: usize = 1_000;
 /// Endpoints one program may have: every record of the program is matched against each on
 /// the sequencer's thread, so their number bounds that work.
 pub const MAX_ENDPOINTS_PER_TENANT: usize = 100;
+
+/// Characters of a caller's input an error quotes at most. Enough to recognize a value (any
+/// id is at most 128 bytes, and its first 64 characters tell which it was); an error that
+/// echoed input whole would answer a 1 MiB field with a 1 MiB message, which clients refuse
+/// as oversized metadata instead of seeing the INVALID_ARGUMENT it is.
+pub const QUOTED_INPUT_MAX_CHARS: usize = 64;

@@ -27,6 +27,6 @@ pub use decide::{decide, decide_identified, Decision, Emitted, IngestPolicy, Pol
 pub use event::{Effect, Envelope, Event, EventKind, HoldStatus, Record};
 pub use evolve::{evolve, evolve_identified, request_of};
 pub use ingest::{validate_body, validate_identity, INGEST_SCOPE_PREFIX};
-pub use rejection::Rejection;
+pub use rejection::{quote, Rejection};
 pub use state::{Identity, State};
 pub use tier::TierPolicy;

@@ -17,7 +17,7 @@ pub enum Rejection {
         original_sequence: u64,
     },
     /// The account does not exist in the caller's tenant.
-    #[error("account {account:?} not found")]
+    #[error("account {} not found", quote(.account))]
     AccountNotFound { account: String },
     /// The hold does not exist in the caller's tenant.
     #[error("hold {hold_id} not found")]
@@ -35,13 +35,13 @@ pub enum Rejection {
     #[error("commit of {requested} exceeds hold {hold_id} of {held}")]
     CommitExceedsHold { hold_id: u64, held: u64, requested: u64 },
     /// The account has the maximum number of active holds.
-    #[error("account {account:?} has {limit} active holds, the maximum")]
+    #[error("account {} has {limit} active holds, the maximum", quote(.account))]
     TooManyHolds { account: String, limit: u32 },
     /// A balance would leave the range of `u64`.
-    #[error("balance overflow on account {account:?}")]
+    #[error("balance overflow on account {}", quote(.account))]
     BalanceOverflow { account: String },
     /// A staff member exceeded the comp rate.
-    #[error("staff member {staff_id:?} has issued {limit} manual rewards in the last minute")]
+    #[error("staff member {} has issued {limit} manual rewards in the last minute", quote(.staff_id))]
     ManualRewardRateLimited { staff_id: String, limit: usize },
     /// The comp is over the per-operation maximum.
     #[error("manual reward of {points} points exceeds the maximum of {limit}")]
@@ -54,7 +54,7 @@ pub enum Rejection {
     PermissionDenied(String),
     /// A `points.reverse` names an award that has not been applied (yet): transient, the
     /// award may still arrive.
-    #[error("no applied award {external_id:?} from source {source_name:?} to reverse")]
+    #[error("no applied award {} from source {} to reverse", quote(.external_id), quote(.source_name))]
     OriginalNotFound { source_name: String, external_id: String },
     /// The dead-letter queue is at its bound for the member (or overall): new external
     /// events that would join it are refused, never dropped.
@@ -82,20 +82,20 @@ pub enum Rejection {
     #[error("link {link_id} is {status}")]
     LinkNotPending { link_id: u64, status: &'static str },
     /// The external account is actively linked to another account already.
-    #[error("{external_system} account {external_account_id:?} is already linked (link {link_id})")]
+    #[error("{} account {} is already linked (link {link_id})", quote(.external_system), quote(.external_account_id))]
     LinkConflict {
         external_system: String,
         external_account_id: String,
         link_id: u64,
     },
     /// No session with that id in the caller's tenant (never started, or expired and gone).
-    #[error("session {session_id:?} not found")]
+    #[error("session {} not found", quote(.session_id))]
     SessionNotFound { session_id: String },
     /// The session was logged out or has expired.
-    #[error("session {session_id:?} is {why}")]
+    #[error("session {} is {why}", quote(.session_id))]
     SessionNotActive { session_id: String, why: &'static str },
     /// No API key with that id in the caller's tenant.
-    #[error("API key {key_id:?} not found")]
+    #[error("API key {} not found", quote(.key_id))]
     ApiKeyNotFound { key_id: String },
     /// No endpoint with that id in the caller's tenant (or it was deleted).
     #[error("endpoint {endpoint_id} not found")]
@@ -154,5 +154,16 @@ impl Rejection {
             field,
             message: message.into(),
         }
+    }
+}
+
+/// A caller's input as an error may show it: quoted like `{:?}`, at most
+/// [`QUOTED_INPUT_MAX_CHARS`](super::limits::QUOTED_INPUT_MAX_CHARS) characters, then `…`
+/// and its length if it was longer.
+pub fn quote(input: &str) -> String {
+    use super::limits::QUOTED_INPUT_MAX_CHARS;
+    match input.char_indices().nth(QUOTED_INPUT_MAX_CHARS) {
+        None => format!("{input:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &input[..end], input.len()),
     }
 }

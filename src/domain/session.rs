@@ -183,7 +183,8 @@ pub(super) fn start(
 ) -> Result<Decision, Rejection> {
     validate_id("session_id", session_id, MAX_ID_BYTES)?;
     validate_id("subject", subject, MAX_ID_BYTES)?;
-    let parsed = Role::parse(role).ok_or_else(|| Rejection::invalid("role", format!("unknown role {role:?}")))?;
+    let parsed =
+        Role::parse(role).ok_or_else(|| Rejection::invalid("role", format!("unknown role {}", super::quote(role))))?;
     if !SESSION_ROLES.contains(&parsed) {
         let allowed: Vec<_> = SESSION_ROLES.iter().map(|r| r.name()).collect();
         return Err(Rejection::invalid(
@@ -259,7 +260,7 @@ pub(super) fn create_key(
         return Err(Rejection::invalid("name", "is required"));
     }
     validate_text("name", name, API_KEY_NAME_MAX_CHARS)?;
-    Role::parse(role).ok_or_else(|| Rejection::invalid("role", format!("unknown role {role:?}")))?;
+    Role::parse(role).ok_or_else(|| Rejection::invalid("role", format!("unknown role {}", super::quote(role))))?;
     validate_id("signing_kid", signing_kid, MAX_ID_BYTES)?;
     if ctx.state.credentials.api_keys.contains_key(key_id) {
         return Err(Rejection::invalid("key_id", "is in use"));

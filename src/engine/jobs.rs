@@ -113,6 +113,58 @@ pub fn replay_to_file(
     Ok(replay.progress().events_sent)
 }
 
+/// Why an export cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExportError {
+    /// The file name is not one plain name: the caller's mistake.
+    #[error("{0}")]
+    Name(String),
+    /// The tenant's directory cannot be made: the server's.
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// Where one tenant's export goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportTarget {
+    /// The tenant's directory: `<exports>/<tenant_dir_name(tenant)>`.
+    pub dir: PathBuf,
+    /// The file in it.
+    pub path: PathBuf,
+    /// The file relative to the data directory (`exports/<tenant>/<file_name>`): what a
+    /// caller is told, never the server's absolute path.
+    pub shown: String,
+}
+
+/// The name of a tenant's directory of exports, which no tenant id can escape or share:
+/// ASCII letters, digits, `-` and `_` as they are, every other byte as `%XX` (`.` too, so
+/// `..` is a plain name, and `%` itself, so two ids never meet in one name).
+pub fn tenant_dir_name(tenant: &str) -> String {
+    let mut name = String::with_capacity(tenant.len());
+    for byte in tenant.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            name.push(char::from(byte));
+        } else {
+            name.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    name
+}
+
+/// Where `tenant`'s export `file_name` goes under `exports` (the data directory's
+/// `exports/`): a directory per tenant, so one tenant's export never replaces another's.
+pub fn export_target(exports: &Path, tenant: &str, file_name: &str) -> Result<ExportTarget, ExportError> {
+    assert!(!tenant.is_empty(), "an export belongs to a tenant");
+    let dir_name = tenant_dir_name(tenant);
+    let dir = exports.join(&dir_name);
+    let path = export_path(&dir, file_name).map_err(ExportError::Name)?;
+    Ok(ExportTarget {
+        shown: format!("exports/{dir_name}/{file_name}"),
+        dir,
+        path,
+    })
+}
+
 /// A file name for an export: one plain name, no directories.
 pub fn export_path(exports: &Path, file_name: &str) -> Result<PathBuf, String> {
     let valid = !file_name.is_empty()
@@ -123,7 +175,8 @@ pub fn export_path(exports: &Path, file_name: &str) -> Result<PathBuf, String> {
         && !file_name.starts_with('.');
     if !valid {
         return Err(format!(
-            "{file_name:?} must be 1 to 128 of A-Z a-z 0-9 - _ . and not start with a dot"
+            "{} must be 1 to 128 of A-Z a-z 0-9 - _ . and not start with a dot",
+            crate::domain::quote(file_name)
         ));
     }
     Ok(exports.join(file_name))

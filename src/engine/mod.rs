@@ -1013,7 +1013,7 @@ impl EngineHandle {
         );
         let (projections, reader, lock) = (self.projections.clone(), self.reader.clone(), self.apply_lock.clone());
         let snapshot_dir = from_snapshot.then(|| self.config.projection_snapshot_dir());
-        self.operations.start("rebuild", description, move |control| {
+        self.operations.start("rebuild", None, description, move |control| {
             let mut lines = Vec::new();
             let mut mismatched = Vec::new();
             for name in names {
@@ -1048,28 +1048,40 @@ impl EngineHandle {
         let dir = self.config.projection_snapshot_dir();
         self.operations.start(
             "projection_snapshot",
+            None,
             format!("snapshot every projection into {}", dir.display()),
             move |_| jobs::snapshot_projections(&projections, &reader, &lock, &dir),
         )
     }
 
-    /// Starts writing a window of events to `<data-dir>/exports/<file_name>` as JSON lines.
+    /// Starts writing a window of events to `<data-dir>/exports/<tenant>/<file_name>` as
+    /// JSON lines, an operation of `tenant` (whose events `filter` must confine it to).
+    /// What it reports names the file relative to the data directory, never its absolute path.
     pub fn start_replay_to_file(
         &self,
+        tenant: &str,
         window: crate::query::Window,
         filter: crate::query::EventFilter,
         max_events: u64,
         file_name: &str,
-    ) -> Result<OperationRecord, String> {
-        let exports = self.config.exports_dir();
-        let path = jobs::export_path(&exports, file_name)?;
-        std::fs::create_dir_all(&exports).map_err(|e| format!("cannot create {}: {e}", exports.display()))?;
+    ) -> Result<OperationRecord, jobs::ExportError> {
+        let target = jobs::export_target(&self.config.exports_dir(), tenant, file_name)?;
+        if let Err(error) = std::fs::create_dir_all(&target.dir) {
+            tracing::error!(%error, dir = %target.dir.display(), "cannot create the exports directory");
+            return Err(jobs::ExportError::Storage(format!(
+                "cannot create the directory of {}: {}",
+                target.shown,
+                error.kind()
+            )));
+        }
         let reader = self.reader.clone();
-        let description = format!("replay {window:?} to {}", path.display());
-        Ok(self.operations.start("replay_to_file", description, move |control| {
-            let written = jobs::replay_to_file(&reader, window, filter, max_events, &path, control)?;
-            Ok(format!("{written} events written to {}", path.display()))
-        }))
+        let description = format!("replay {window:?} to {}", target.shown);
+        Ok(self
+            .operations
+            .start("replay_to_file", Some(tenant), description, move |control| {
+                let written = jobs::replay_to_file(&reader, window, filter, max_events, &target.path, control)?;
+                Ok(format!("{written} events written to {}", target.shown))
+            }))
     }
 
     pub fn projections(&self) -> &Projections {

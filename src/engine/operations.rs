@@ -3,6 +3,10 @@
 //! the shape of google.longrunning Operations. Finished ones are kept as history in the
 //! projection store, so they survive a restart (an operation that was running when the
 //! process died is marked failed on the next start).
+//!
+//! Each operation belongs to the tenant that started it (a replay of its events to a file)
+//! or to the server (rebuilds and snapshots of the projections, which hold every tenant's
+//! rows). A tenant sees, and may cancel, only its own; the server's operator sees all.
 
 use super::Clock;
 use serde::{Deserialize, Serialize};
@@ -45,6 +49,30 @@ pub struct OperationRecord {
     pub ended_at_us: u64,
     pub result: String,
     pub error: String,
+    /// The tenant that started it; `None` for the server's own jobs. Records written before
+    /// operations had owners decode as `None` (the field is last, and MessagePack arrays may
+    /// end early): they were rebuilds and snapshots, or exports whose tenant was not kept,
+    /// so no tenant sees them and the server's operator sees them all.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// Who is looking at operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Viewer<'a> {
+    /// The server's operator: every operation.
+    Server,
+    /// A tenant: the operations it started, nothing else — not even whether another exists.
+    Tenant(&'a str),
+}
+
+impl Viewer<'_> {
+    pub fn sees(self, op: &OperationRecord) -> bool {
+        match self {
+            Viewer::Server => true,
+            Viewer::Tenant(tenant) => op.tenant.as_deref() == Some(tenant),
+        }
+    }
 }
 
 /// Why a job stopped without completing.
@@ -154,7 +182,8 @@ impl Operations {
     }
 
     /// Starts `job` on a thread of its own and returns its operation, already running.
-    pub fn start<F>(&self, kind: &str, description: String, job: F) -> OperationRecord
+    /// `tenant` owns it; `None` makes it the server's.
+    pub fn start<F>(&self, kind: &str, tenant: Option<&str>, description: String, job: F) -> OperationRecord
     where
         F: FnOnce(&JobControl) -> Result<String, JobError> + Send + 'static,
     {
@@ -170,6 +199,7 @@ impl Operations {
             ended_at_us: 0,
             result: String::new(),
             error: String::new(),
+            tenant: tenant.map(str::to_string),
         };
         let cancel = Arc::new(AtomicBool::new(false));
         {
@@ -243,33 +273,38 @@ impl Operations {
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<OperationRecord> {
+    /// The operation, if `viewer` may see it.
+    pub fn get(&self, id: &str, viewer: Viewer<'_>) -> Option<OperationRecord> {
         self.registry
             .lock()
             .expect("operations lock")
             .operations
             .get(id)
+            .filter(|op| viewer.sees(op))
             .cloned()
     }
 
-    /// Newest first.
-    pub fn list(&self) -> Vec<OperationRecord> {
+    /// The operations `viewer` may see, newest first.
+    pub fn list(&self, viewer: Viewer<'_>) -> Vec<OperationRecord> {
         self.registry
             .lock()
             .expect("operations lock")
             .operations
             .values()
             .rev()
+            .filter(|op| viewer.sees(op))
             .cloned()
             .collect()
     }
 
-    /// Asks a running operation to stop; it ends as cancelled at its next check.
-    pub fn cancel(&self, id: &str) -> Option<OperationRecord> {
+    /// Asks a running operation `viewer` may see to stop; it ends as cancelled at its next
+    /// check. `None`, and nothing asked, for one it may not see.
+    pub fn cancel(&self, id: &str, viewer: Viewer<'_>) -> Option<OperationRecord> {
         let registry = self.registry.lock().expect("operations lock");
+        let op = registry.operations.get(id).filter(|op| viewer.sees(op))?;
         if let Some(flag) = registry.cancels.get(id) {
             flag.store(true, Ordering::SeqCst);
         }
-        registry.operations.get(id).cloned()
+        Some(op.clone())
     }
 }

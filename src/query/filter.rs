@@ -36,7 +36,13 @@ impl EventFilter {
         names
             .iter()
             .map(|n| {
-                EventKind::from_name(n).ok_or_else(|| format!("unknown event kind {n:?}; known: {}", known_kinds()))
+                EventKind::from_name(n).ok_or_else(|| {
+                    format!(
+                        "unknown event kind {}; known: {}",
+                        crate::domain::quote(n),
+                        known_kinds()
+                    )
+                })
             })
             .collect()
     }

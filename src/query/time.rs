@@ -20,7 +20,12 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     if let Ok(us) = text.parse::<u64>() {
         return Ok(us);
     }
-    let bad = || format!("{text:?} is neither µs since the epoch nor RFC 3339 UTC like 2026-11-22T05:00:00Z");
+    let bad = || {
+        format!(
+            "{} is neither µs since the epoch nor RFC 3339 UTC like 2026-11-22T05:00:00Z",
+            crate::domain::quote(text)
+        )
+    };
     let body = text
         .strip_suffix('Z')
         .or_else(|| text.strip_suffix("+00:00"))

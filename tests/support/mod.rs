@@ -279,7 +279,7 @@ pub fn token(tenant: &str, subject: &str, roles: &[&str]) -> String {
 }
 
 /// Every role: what the tests of the ledger's rules call with.
-pub const ALL_ROLES: [&str; 5] = ["member", "staff", "service", "auditor", "admin"];
+pub const ALL_ROLES: [&str; 6] = ["member", "staff", "service", "auditor", "admin", "server-admin"];
 
 /// A request from `actor` in `tenant`, with every role's permissions.
 pub fn request<T>(message: T, tenant: &str, actor: &str) -> tonic::Request<T> {
@@ -394,4 +394,67 @@ pub fn wait_until_serving(stdout: std::process::ChildStdout) -> String {
     // Keep draining, so that the server never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
     address
+}
+
+/// A codec that passes message bytes through, so one loop can call any method.
+#[derive(Default, Clone)]
+pub struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+/// Calls `path` with `body` and `headers`; a server-streaming method succeeds once its
+/// first message (or its clean end) arrives.
+pub async fn raw_call(
+    channel: &tonic::transport::Channel,
+    path: &str,
+    streaming: bool,
+    body: Vec<u8>,
+    headers: &[(&'static str, String)],
+) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let mut request = tonic::Request::new(body);
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
+    if streaming {
+        let mut stream = grpc.server_streaming(request, path, Raw).await?.into_inner();
+        stream.message().await?;
+    } else {
+        grpc.unary(request, path, Raw).await?;
+    }
+    Ok(())
 }
