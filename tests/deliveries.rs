@@ -717,9 +717,7 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
                 .seq,
         );
     }
-    // Every handle goes before the restart: a live handle keeps the old projection store
-    // open, and a store that is in use is never taken over.
-    drop((deliverer, h));
+    drop(deliverer);
     engine.restart();
     let h = engine.handle();
     let deliverer = Deliverer::new(h.clone(), auth, any_address());

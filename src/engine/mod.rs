@@ -361,7 +361,7 @@ impl Engine {
         };
         let (log, opened) = FileLog::open(&config.data_dir.join("log"), options)?;
         let reader = log.reader();
-        let projections = Arc::new(Projections::open(&config.data_dir.join("projections"))?);
+        let projections = open_projections(&config.data_dir.join("projections"))?;
         let head = log.head();
         for name in ProjectionName::ALL {
             let checkpoint = projections.checkpoint(name)?;
@@ -512,6 +512,30 @@ impl Engine {
             let _ = follower.join();
         }
     }
+}
+
+/// Projection stores open in this process, by directory: the ones a stopped engine's
+/// handles still hold.
+static OPEN_STORES: Mutex<Vec<(PathBuf, std::sync::Weak<Projections>)>> = Mutex::new(Vec::new());
+
+/// The projection store in `dir`. A handle of an engine this process stopped may still hold
+/// it open (a client's connection, a test's variable), and sled lets one process open a
+/// store once: such a store is taken over as it is. That is safe because the caller owns
+/// the data directory, and an engine's threads hold that lock until they end, so nothing
+/// writes the store any more; reopening it would read the same rows.
+fn open_projections(dir: &std::path::Path) -> Result<Arc<Projections>, EngineError> {
+    let mut open = OPEN_STORES.lock().expect("open stores lock");
+    open.retain(|(_, store)| store.strong_count() > 0);
+    if let Some(store) = open
+        .iter()
+        .find(|(at, _)| at == dir)
+        .and_then(|(_, store)| store.upgrade())
+    {
+        return Ok(store);
+    }
+    let store = Arc::new(Projections::open(dir)?);
+    open.push((dir.to_path_buf(), Arc::downgrade(&store)));
+    Ok(store)
 }
 
 /// The write-side state: the snapshot if it belongs to this log, then the records after it.
