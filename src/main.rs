@@ -528,6 +528,9 @@ struct ServeArgs {
     /// server.on_corrupt_log: stay (health NOT_SERVING, calls DATA_LOSS) or exit (code 2).
     #[arg(long, env = "TALLY_ON_CORRUPT_LOG", value_enum)]
     on_corrupt_log: Option<OnCorruptArg>,
+    /// server.shutdown_grace_seconds: how long a stop may drain and snapshot before a hard stop.
+    #[arg(long, env = "TALLY_SHUTDOWN_GRACE_SECONDS")]
+    shutdown_grace_seconds: Option<u64>,
     /// storage.data_dir: where the log and the projections live.
     #[arg(long, env = "TALLY_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -704,6 +707,9 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     let c = &mut config;
     if let Some(v) = &args.listen {
         c.server.listen = v.clone();
+    }
+    if let Some(v) = args.shutdown_grace_seconds {
+        c.server.shutdown_grace_seconds = v;
     }
     if let Some(v) = args.on_corrupt_log {
         c.server.on_corrupt_log = match v {
@@ -929,9 +935,25 @@ async fn run_server(settings: Settings) -> ExitCode {
             let _ = stop_rx.wait_for(|&stop| stop).await;
         }
     };
+    let grace = settings.shutdown_grace;
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
+        // The stop drains calls, ends streams and writes the snapshot; past the grace it is
+        // cut short. Nothing acknowledged is lost by that: every acknowledged command is on
+        // disk, and a commit under way was never acknowledged (its torn tail is cut on start).
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            tracing::error!(
+                grace_seconds = grace.as_secs(),
+                "the stop outlasted its grace; stopping hard"
+            );
+            eprintln!(
+                "tally: the stop outlasted its grace of {} s; stopping hard",
+                grace.as_secs()
+            );
+            std::process::exit(1);
+        });
     });
     let metrics_task = metrics_listener
         .map(|listener| tokio::spawn(tally::telemetry::serve(listener, metrics, slot.clone(), stopped())));

@@ -132,7 +132,10 @@ impl Audit for AuditService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(super::until_stop(
+            self.slot.clone(),
+            ReceiverStream::new(rx),
+        ))))
     }
 
     async fn subscribe(
@@ -165,7 +168,7 @@ impl Audit for AuditService {
             }),
             Err(error) => Err(to_status(error.into())),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(super::until_stop(self.slot.clone(), stream))))
     }
 
     /// The chain hash at the head, or at one of the caller's tenant's records. The head is

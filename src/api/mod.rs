@@ -67,7 +67,17 @@ pub async fn serve_slot(
         _ => ServingStatus::NotServing,
     };
     set_health(&reporter, initial).await;
-    tokio::spawn(report_health(slot.clone(), reporter));
+    tokio::spawn(report_health(slot.clone(), reporter.clone()));
+    // A stop: health NOT_SERVING and new calls refused first (`EngineSlot::begin_stop`; open
+    // streams end with SHUTTING_DOWN), then the listener closes and tonic lets the calls
+    // under way finish.
+    let stopping = slot.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.begin_stop();
+        set_health(&reporter, ServingStatus::NotServing).await;
+        tracing::info!("stopping: health NOT_SERVING, new calls refused, open streams ended");
+    };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -111,11 +121,39 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
     })
 }
 
-/// Follows the slot, then the engine's status, into the health service.
+/// A stream that ends with SHUTTING_DOWN when the server begins to stop, so that an open
+/// subscription or replay never holds a stopping server up.
+pub(crate) fn until_stop<T: Send + 'static>(
+    slot: EngineSlot,
+    mut stream: impl tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + Unpin + 'static,
+) -> tokio_stream::wrappers::ReceiverStream<Result<T, tonic::Status>> {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let stopping = slot.stopping();
+        tokio::pin!(stopping);
+        loop {
+            let item = tokio::select! {
+                _ = &mut stopping => break,
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { return };
+            tokio::select! {
+                _ = &mut stopping => break,
+                sent = tx.send(item) => if sent.is_err() { return },
+            }
+        }
+        // A client that reads nothing is not waited for: the grace bounds the stop anyway.
+        let _ = tx.try_send(Err(status::shutting_down()));
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+/// Follows the slot, then the engine's status, into the health service, until a stop.
 async fn report_health(slot: EngineSlot, reporter: HealthReporter) {
     let mut phase = slot.phase_watch();
-    if phase.wait_for(|p| *p == Phase::Ready).await.is_err() {
-        return;
+    match phase.wait_for(|p| matches!(p, Phase::Ready | Phase::Stopping)).await {
+        Ok(p) if *p == Phase::Ready => {}
+        _ => return,
     }
     let engine = slot.get().expect("a ready slot holds the engine");
     let mut status = engine.status_watch();
@@ -124,10 +162,16 @@ async fn report_health(slot: EngineSlot, reporter: HealthReporter) {
             EngineStatus::Serving => ServingStatus::Serving,
             _ => ServingStatus::NotServing,
         };
+        if *phase.borrow() == Phase::Stopping {
+            return; // the stop set NOT_SERVING; nothing turns it back
+        }
         set_health(&reporter, serving).await;
-        if status.changed().await.is_err() {
-            set_health(&reporter, ServingStatus::NotServing).await;
-            return;
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() {
+                set_health(&reporter, ServingStatus::NotServing).await;
+                return;
+            },
+            _ = phase.changed() => {}
         }
     }
 }

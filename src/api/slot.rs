@@ -19,6 +19,8 @@ pub enum Phase {
     Ready,
     /// The log was refused; the reason says why.
     Refused(String),
+    /// A stop was asked for: health is NOT_SERVING, new calls are refused, open streams end.
+    Stopping,
 }
 
 /// A cheap, cloneable slot for the engine, filled once.
@@ -142,6 +144,19 @@ impl EngineSlot {
         self.inner.phase.send_replace(Phase::Refused(reason));
     }
 
+    /// A stop was asked for: from now on health answers NOT_SERVING, every new call
+    /// UNAVAILABLE (reason SHUTTING_DOWN), and open streams end with that status. Calls
+    /// already past the door are answered.
+    pub fn begin_stop(&self) {
+        self.inner.phase.send_replace(Phase::Stopping);
+    }
+
+    /// Resolves once a stop was asked for.
+    pub async fn stopping(&self) {
+        let mut phase = self.phase_watch();
+        let _ = phase.wait_for(|p| *p == Phase::Stopping).await;
+    }
+
     pub fn phase(&self) -> Phase {
         self.inner.phase.borrow().clone()
     }
@@ -152,10 +167,14 @@ impl EngineSlot {
 
     /// The engine if it serves, else the status that says why not.
     pub fn engine(&self) -> Result<&EngineHandle, Status> {
+        let phase = self.inner.phase.borrow();
+        if *phase == Phase::Stopping {
+            return Err(status::shutting_down());
+        }
         if let Some(engine) = self.inner.engine.get() {
             return Ok(engine);
         }
-        Err(match &*self.inner.phase.borrow() {
+        Err(match &*phase {
             Phase::Refused(reason) => status::log_refused(reason),
             _ => status::recovering(),
         })

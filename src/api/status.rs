@@ -395,6 +395,17 @@ pub fn storage(message: impl Into<String>) -> Status {
 }
 
 /// UNAVAILABLE while the server opens its log and restores state: retry shortly.
+/// The server is stopping: new calls are refused and open streams end with this.
+pub fn shutting_down() -> Status {
+    Classified {
+        code: Code::Unavailable,
+        reason: "SHUTTING_DOWN",
+        message: "the server is stopping; retry against another instance or after it restarts".into(),
+        metadata: HashMap::new(),
+    }
+    .into_status()
+}
+
 pub fn recovering() -> Status {
     Classified {
         code: Code::Unavailable,
