@@ -967,7 +967,9 @@ async fn run_server(settings: Settings) -> ExitCode {
             eprintln!("tally: cannot start: {error}");
             let corrupt = matches!(
                 error,
-                EngineError::Log(LogError::Corrupt { .. }) | EngineError::LogBehind { .. }
+                EngineError::Log(LogError::Corrupt { .. })
+                    | EngineError::LogBehind { .. }
+                    | EngineError::Unfoldable { .. }
             );
             if corrupt && settings.on_corrupt_log == OnCorruptLog::Stay {
                 slot.refuse(error.to_string());

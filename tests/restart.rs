@@ -308,3 +308,53 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn a_record_that_breaks_the_folds_invariants_refuses_the_start_naming_it() {
+    use tally::domain::event::{AccountOpened, AwardSource, PointsAwarded, PromotionSource};
+    use tally::domain::{Effect, Envelope, Event};
+    use tally::log::{FileLog, LogOptions, LogWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let envelope = Envelope {
+        tenant: "t1".into(),
+        stream: "p1".into(),
+        ..Envelope::default()
+    };
+    let (mut log, _) = FileLog::open(&dir.path().join("log"), LogOptions::default()).unwrap();
+    log.stage(
+        1,
+        1,
+        &envelope,
+        &Event::AccountOpened(AccountOpened { tier: "Member".into() }),
+    );
+    // A sound chain whose award says the account held 5 points before it: it held none.
+    let award = PointsAwarded {
+        points: 10,
+        source: AwardSource::Promotion(PromotionSource {
+            promotion_id: "p".into(),
+            external_reward_id: "r1".into(),
+        }),
+        effect: Effect {
+            posted_before: 5,
+            posted_after: 15,
+            held_before: 0,
+            held_after: 0,
+            lifetime_before: 5,
+            lifetime_after: 15,
+            tier_before: "Member".into(),
+            tier_after: "Member".into(),
+        },
+    };
+    log.stage(2, 2, &envelope, &Event::PointsAwarded(award));
+    log.commit().unwrap();
+    drop(log);
+    let config = tally::engine::EngineConfig::new(dir.path());
+    let clock = std::sync::Arc::new(tally::engine::ManualClock::new(support::T0));
+    match Engine::start(config, clock) {
+        Err(EngineError::Unfoldable { seq, reason }) => {
+            assert_eq!(seq, 2, "{reason}");
+        }
+        Err(other) => panic!("expected a refusal naming record 2, got {other}"),
+        Ok(_) => panic!("a log that does not fold must not be served"),
+    }
+}

@@ -36,6 +36,9 @@ pub fn classify(error: &EngineError) -> Classified {
             error,
             [("sequence", first_lost.to_string())],
         ),
+        EngineError::Unfoldable { seq, .. } => {
+            with(Code::DataLoss, "LOG_UNFOLDABLE", error, [("sequence", seq.to_string())])
+        }
         EngineError::Owner(_) => plain(Code::Unavailable, "DATA_DIR_IN_USE", error),
         EngineError::Log(_) | EngineError::Store(_) => plain(Code::Internal, "STORAGE_ERROR", error),
     }

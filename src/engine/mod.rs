@@ -116,6 +116,10 @@ pub enum EngineError {
         log_head: u64,
         first_lost: u64,
     },
+    /// A record of a sound chain breaks an invariant of the fold: this build cannot serve
+    /// the log (a bug, or a log written by a build with other rules). Refused, named.
+    #[error("record {seq} of the log does not fold into the state: {reason}; refusing to serve")]
+    Unfoldable { seq: u64, reason: String },
 }
 
 /// Where the engine stands.
@@ -452,11 +456,7 @@ impl Engine {
                 // to health checks rather than looking like a shutdown.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sequencer.run()));
                 if let Err(panic) = run {
-                    let reason = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let reason = panic_text(panic.as_ref());
                     failed.send_replace(Status::Failed(format!("invariant broken: {reason}")));
                 }
             })
@@ -512,6 +512,15 @@ impl Engine {
             let _ = follower.join();
         }
     }
+}
+
+/// What a caught panic said.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Projection stores open in this process, by directory: the ones a stopped engine's
@@ -577,10 +586,28 @@ fn restore(data_dir: &std::path::Path, reader: &LogReader, head_seq: u64) -> Res
             State::default()
         }
     };
-    // Opening the log has just checked every hash of the chain: read it back trusted.
-    for record in reader.iter_range_trusted(state.head_seq + 1, head_seq) {
-        evolve(&mut state, &record?);
-        report.folded += 1;
+    // Opening the log has just checked every hash of the chain: read it back trusted. A
+    // record that breaks an invariant of the fold (its "before" balances disagree with the
+    // state, say) is a log this build cannot serve: refused with its sequence number, not
+    // a panic of the start-up.
+    let mut at = state.head_seq;
+    let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), EngineError> {
+        for record in reader.iter_range_trusted(state.head_seq + 1, head_seq) {
+            let record = record?;
+            at = record.seq;
+            evolve(&mut state, &record);
+            report.folded += 1;
+        }
+        Ok(())
+    }));
+    match folded {
+        Ok(result) => result?,
+        Err(panic) => {
+            return Err(EngineError::Unfoldable {
+                seq: at,
+                reason: panic_text(panic.as_ref()),
+            })
+        }
     }
     assert_eq!(state.head_seq, head_seq, "restored state reaches the log head");
     Ok((state, report))
