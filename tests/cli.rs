@@ -10,15 +10,8 @@
 mod support;
 
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
-
-fn tally(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("TALLY_LOG", "error")
-        .output()
-        .unwrap()
-}
+use std::process::Command;
+use support::{serve, tally};
 
 fn write_log(dir: &std::path::Path, records: u64) {
     use tally::domain::{event::AccountOpened, Envelope, Event};
@@ -117,32 +110,6 @@ fn a_ping_load_in_batches_is_a_usage_error() {
     let out = tally(&["bench", "--workload", "ping", "--mode", "batch", "--token", "t"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unary only"));
-}
-
-/// A server killed when dropped, however the test ends, so that no server outlives it.
-struct Stop(std::process::Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `tally serve` on a free port with the test key ring and `extra` flags; its address.
-fn serve(data_dir: &std::path::Path, extra: &[&str]) -> (Stop, String) {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
-        .env("TALLY_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let address = support::wait_until_serving(server.stdout.take().unwrap());
-    (Stop(server), address)
 }
 
 /// Runs `tally` with a client subcommand against `address`; (exit code, stdout, stderr).

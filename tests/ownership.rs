@@ -9,17 +9,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use support::{random_workload, Rng, TestEngine};
+use support::{random_workload, serve, tally, Rng, TestEngine};
 use tally::engine::{Engine, EngineError, OwnerError};
-
-fn tally(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("TALLY_LOG", "error")
-        .output()
-        .unwrap()
-}
 
 /// Every file below `dir` with its length and content hash (the `LOCK` file aside, whose
 /// content is the holder's id).
@@ -133,22 +124,13 @@ async fn read_only_tools_work_beside_the_owner_and_change_nothing() {
 #[test]
 fn the_lock_dies_with_a_killed_owner() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
-        .env("TALLY_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    support::wait_until_serving(server.stdout.take().unwrap());
+    let (mut server, _) = serve(dir.path(), &[]);
     let held = tally::engine::DataDirLock::acquire(dir.path());
     match held {
-        Err(OwnerError::Held { holder, .. }) => assert_eq!(holder, server.id().to_string()),
+        Err(OwnerError::Held { holder, .. }) => assert_eq!(holder, server.0.id().to_string()),
         other => panic!("the server holds its directory: {other:?}"),
     }
-    server.kill().unwrap(); // SIGKILL: no chance to clean up
-    server.wait().unwrap();
+    server.0.kill().unwrap(); // SIGKILL: no chance to clean up
+    server.0.wait().unwrap();
     tally::engine::DataDirLock::acquire(dir.path()).expect("a dead owner's lock is gone");
 }

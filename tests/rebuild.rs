@@ -9,7 +9,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{random_workload, request, Rng, TestEngine, TestServer};
+use support::{random_workload, request, tally, Rng, TestEngine, TestServer};
 use tally::engine::operations::Viewer;
 use tally::engine::OperationState;
 use tally::projection::ProjectionName;
@@ -113,14 +113,6 @@ fn live_tree(db: &sled::Db, name: &str) -> sled::Tree {
         .unwrap()
         .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap()));
     db.open_tree(format!("{name}.{generation}")).unwrap()
-}
-
-fn tally(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("TALLY_LOG", "error")
-        .output()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

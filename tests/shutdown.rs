@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tally::api::proto::{audit_client::AuditClient, SubscribeRequest};
 
@@ -16,16 +15,7 @@ const EXIT_WAIT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_open_streams_writes_the_snapshot_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
-        .env("TALLY_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let address = support::wait_until_serving(server.stdout.take().unwrap());
+    let (mut server, address) = support::serve(dir.path(), &[]);
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .unwrap()
         .connect()
@@ -54,7 +44,7 @@ async fn sigterm_ends_open_streams_writes_the_snapshot_and_exits_zero() {
         .unwrap();
 
     // SAFETY: kill sends a signal to the child this test spawned; it touches no memory.
-    assert_eq!(unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGTERM) }, 0);
     let ended = loop {
         match stream.message().await {
             Ok(Some(_)) => continue,
@@ -70,7 +60,7 @@ async fn sigterm_ends_open_streams_writes_the_snapshot_and_exits_zero() {
     drop(stream);
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
+        if let Some(status) = server.0.try_wait().unwrap() {
             break status;
         }
         assert!(started.elapsed() < EXIT_WAIT, "the server is still up after SIGTERM");
@@ -86,12 +76,16 @@ async fn sigterm_ends_open_streams_writes_the_snapshot_and_exits_zero() {
 #[test]
 fn a_grace_out_of_range_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
-        .args(["--shutdown-grace-seconds", "0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = support::tally(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shutdown-grace-seconds",
+        "0",
+        "--data-dir",
+        data,
+    ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.shutdown_grace_seconds"));
 }

@@ -458,3 +458,40 @@ pub async fn raw_call(
     }
     Ok(())
 }
+
+/// Runs `tally` with `args` (its log quiet) and waits for it.
+pub fn tally(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env("TALLY_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+/// A spawned `tally serve`, killed when dropped, however the test ends, so that no server
+/// outlives it.
+pub struct Stop(pub std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tally serve` on a free port with the test key ring and `extra` flags, once it serves;
+/// and its address.
+pub fn serve(data_dir: &std::path::Path, extra: &[&str]) -> (Stop, String) {
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("TALLY_AUTH_KEYS", TEST_KEYS)
+        .env("TALLY_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let address = wait_until_serving(server.stdout.take().unwrap());
+    (Stop(server), address)
+}
