@@ -220,6 +220,35 @@ fn a_torn_tail_is_cut_off_whichever_of_its_sectors_reached_the_disk() {
 }
 
 #[test]
+fn a_frame_header_torn_across_a_sector_boundary_is_a_tear() {
+    // The last frame's 56-byte header straddles a sector boundary and only its first sector
+    // reached the disk: its magic is there, its length and count are zeros. Found by the
+    // simulated disk (tests/disk_faults.rs), which called it corruption.
+    for padding in 1..400u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FileLog::open(dir.path(), options()).expect("open");
+        append(&mut log, 1, padding, padding);
+        append(&mut log, padding + 1, padding + 8, 8);
+        drop(log);
+        let segment = segments(dir.path()).pop().unwrap();
+        let (offset, len, _, _) = *frames(&segment).last().unwrap();
+        let boundary = (offset / SECTOR + 1) * SECTOR;
+        if boundary - offset > 8 || boundary - offset < 4 {
+            continue;
+        }
+        let copy = damaged_copy(dir.path(), &segment, |file| {
+            let end = (boundary + SECTOR).min(offset + len);
+            file.write_all_at(&vec![0; end - boundary], boundary as u64).unwrap()
+        });
+        let verified = log::verify(copy.path()).unwrap_or_else(|e| panic!("header cut at {}: {e}", boundary - offset));
+        assert_eq!(verified.head.seq, padding);
+        assert_eq!(verified.torn_tail.map(|t| t.0), Some(padding + 1));
+        return;
+    }
+    panic!("no layout put a frame header across a sector boundary");
+}
+
+#[test]
 fn a_complete_last_frame_that_fails_its_checks_is_corruption_not_a_tear() {
     let dir = tempfile::tempdir().unwrap();
     let (segment, offset, len) = log_with_a_long_last_frame(dir.path());

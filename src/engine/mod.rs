@@ -24,7 +24,7 @@ pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
 
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
 use crate::domain::{evolve, Command, CommandMeta, Identity, Policy, Record, Rejection, State};
-use crate::log::{self, Durability, FileLog, LogError, LogOptions, LogReader, LogWriter};
+use crate::log::{self, Durability, FileLog, FileStorage, LogError, LogOptions, LogReader, LogWriter, Storage};
 use crate::projection::{ProjectionName, Projections, StoreError};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -59,6 +59,18 @@ pub struct EngineConfig {
     pub snapshot_every: u64,
     /// 0 turns periodic projection snapshots off (they can still be asked for).
     pub projection_snapshot_every: u64,
+    /// Where the log's segments live.
+    pub log_place: LogPlace,
+}
+
+/// Where the engine keeps its log.
+#[derive(Clone, Debug, Default)]
+pub enum LogPlace {
+    /// Segment files in `<data-dir>/log`: what `serve` uses.
+    #[default]
+    DataDir,
+    /// Another storage: a simulated disk that tests cut the power of.
+    Storage(Arc<dyn Storage>),
 }
 
 impl EngineConfig {
@@ -71,6 +83,15 @@ impl EngineConfig {
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             projection_snapshot_every: DEFAULT_PROJECTION_SNAPSHOT_EVERY,
+            log_place: LogPlace::DataDir,
+        }
+    }
+
+    /// The storage the log lives on.
+    pub fn log_storage(&self) -> Arc<dyn Storage> {
+        match &self.log_place {
+            LogPlace::DataDir => Arc::new(FileStorage::new(self.data_dir.join("log"))),
+            LogPlace::Storage(storage) => storage.clone(),
         }
     }
 
@@ -363,7 +384,7 @@ impl Engine {
             durability: config.durability,
             ..LogOptions::default()
         };
-        let (log, opened) = FileLog::open(&config.data_dir.join("log"), options)?;
+        let (log, opened) = FileLog::open_on(config.log_storage(), options)?;
         let reader = log.reader();
         let projections = open_projections(&config.data_dir.join("projections"))?;
         let head = log.head();

@@ -3,18 +3,16 @@
 use super::codec::{self, FRAME_HEADER_LEN};
 use super::reader::{LogReader, Shared, SharedState};
 use super::scan::{self, IndexEntry, Scan, INDEX_STRIDE_BYTES, SEGMENT_HEADER_LEN};
+use super::storage::{FileStorage, Storage, StorageFile};
 use super::{Durability, Head, LogError, LogOptions, LogWriter, Recovery, MIN_SEGMENT_BYTES};
 use crate::domain::{Envelope, Event};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 /// The segment being appended to.
 struct Active {
-    file: File,
+    file: Arc<dyn StorageFile>,
     path: PathBuf,
     first_seq: u64,
     /// Where the next frame goes.
@@ -44,7 +42,7 @@ pub struct OpenReport {
 
 /// An append-only log in a directory of preallocated segment files.
 pub struct FileLog {
-    dir: PathBuf,
+    storage: Arc<dyn Storage>,
     options: LogOptions,
     active: Active,
     head: Head,
@@ -61,12 +59,17 @@ impl FileLog {
     /// handles a torn tail as `options.recovery` says, and refuses corruption before the
     /// tail with the bad sequence number.
     pub fn open(dir: &Path, options: LogOptions) -> Result<(FileLog, OpenReport), LogError> {
+        Self::open_on(Arc::new(FileStorage::new(dir)), options)
+    }
+
+    /// [`FileLog::open`] on any storage (a simulated disk in tests).
+    pub fn open_on(storage: Arc<dyn Storage>, options: LogOptions) -> Result<(FileLog, OpenReport), LogError> {
         assert!(
             options.segment_bytes >= MIN_SEGMENT_BYTES,
             "segments must hold a few records"
         );
-        fs::create_dir_all(dir).map_err(LogError::io(dir))?;
-        let mut scan = scan::scan(dir)?;
+        storage.create_dir().map_err(LogError::io(storage.path("")))?;
+        let mut scan = scan::scan(storage.as_ref())?;
         let mut report = OpenReport {
             head: scan.head,
             ..OpenReport::default()
@@ -80,7 +83,7 @@ impl FileLog {
                     reason: torn.reason,
                 });
             }
-            repair(dir, &torn)?;
+            repair(storage.as_ref(), &torn)?;
             tracing::warn!(
                 first_lost_seq = torn.seq,
                 segment = %torn.path.display(),
@@ -93,13 +96,14 @@ impl FileLog {
         }
         report.segments = scan.segments.len();
         let active = match scan.segments.last() {
-            Some(last) => reopen_segment(last.first_seq, &last.path, last.end, last.len, &scan, &options)?,
-            None => create_segment(dir, scan.head.seq + 1, &options)?,
+            Some(last) => reopen_segment(storage.as_ref(), last, &scan, &options)?,
+            None => create_segment(storage.as_ref(), scan.head.seq + 1, &options)?,
         };
         let mut segments: BTreeMap<u64, PathBuf> =
             scan.segments.iter().map(|s| (s.first_seq, s.path.clone())).collect();
         segments.insert(active.first_seq, active.path.clone());
         let shared = Arc::new(Shared {
+            storage: storage.clone(),
             state: RwLock::new(SharedState {
                 head: scan.head,
                 bytes: scan.committed_bytes(),
@@ -108,7 +112,7 @@ impl FileLog {
             }),
         });
         let log = FileLog {
-            dir: dir.to_path_buf(),
+            storage,
             options,
             active,
             head: scan.head,
@@ -142,7 +146,7 @@ impl FileLog {
                     "a record must fit an empty segment"
                 );
                 self.sync_active()?;
-                self.active = create_segment(&self.dir, self.staged_records[next].seq, &self.options)?;
+                self.active = create_segment(self.storage.as_ref(), self.staged_records[next].seq, &self.options)?;
                 new_segments.push((self.active.first_seq, self.active.path.clone()));
                 continue;
             }
@@ -243,34 +247,27 @@ impl LogWriter for FileLog {
 }
 
 /// Clears a torn tail so that the next scan sees the end of the log where it now is.
-fn repair(dir: &Path, torn: &scan::Torn) -> Result<(), LogError> {
+fn repair(storage: &dyn Storage, torn: &scan::Torn) -> Result<(), LogError> {
+    let io = LogError::io(&torn.path);
     if torn.header_torn {
-        fs::remove_file(&torn.path).map_err(LogError::io(&torn.path))?;
-        return sync_dir(dir);
+        return storage.remove(&torn.name).map_err(io);
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(&torn.path)
-        .map_err(LogError::io(&torn.path))?;
+    let file = storage.open_write(&torn.name).map_err(LogError::io(&torn.path))?;
     let zeros = vec![0u8; (torn.dirty_end - torn.offset) as usize];
     file.write_all_at(&zeros, torn.offset)
         .map_err(LogError::io(&torn.path))?;
-    file.sync_data().map_err(LogError::io(&torn.path))
+    file.sync_data().map_err(io)
 }
 
-fn create_segment(dir: &Path, first_seq: u64, options: &LogOptions) -> Result<Active, LogError> {
-    let path = scan::segment_path(dir, first_seq);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
+fn create_segment(storage: &dyn Storage, first_seq: u64, options: &LogOptions) -> Result<Active, LogError> {
+    let name = scan::segment_name(first_seq);
+    let path = storage.path(&name);
+    let file = storage
+        .create(&name, options.segment_bytes)
         .map_err(LogError::io(&path))?;
-    preallocate(&file, &path, options.segment_bytes)?;
     file.write_all_at(&scan::segment_header(first_seq), 0)
         .map_err(LogError::io(&path))?;
-    file.sync_all().map_err(LogError::io(&path))?;
-    sync_dir(dir)?;
+    file.sync_data().map_err(LogError::io(&path))?;
     Ok(Active {
         file,
         path,
@@ -282,22 +279,16 @@ fn create_segment(dir: &Path, first_seq: u64, options: &LogOptions) -> Result<Ac
 }
 
 fn reopen_segment(
-    first_seq: u64,
-    path: &Path,
-    end: u64,
-    len: u64,
+    storage: &dyn Storage,
+    segment: &scan::SegmentInfo,
     scan: &Scan,
     options: &LogOptions,
 ) -> Result<Active, LogError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(LogError::io(path))?;
+    let (first_seq, path, end, len) = (segment.first_seq, &segment.path, segment.end, segment.len);
+    let file = storage.open_write(&segment.name).map_err(LogError::io(path))?;
     let capacity = len.max(options.segment_bytes);
     if len < capacity {
-        preallocate(&file, path, capacity)?;
-        file.sync_all().map_err(LogError::io(path))?;
+        file.extend_to(capacity).map_err(LogError::io(path))?;
     }
     let last_indexed = scan
         .index
@@ -307,25 +298,10 @@ fn reopen_segment(
         .map(|e| e.offset);
     Ok(Active {
         file,
-        path: path.to_path_buf(),
+        path: path.clone(),
         first_seq,
         offset: end,
         capacity,
         last_indexed,
     })
-}
-
-/// Reserves the segment's blocks up front, so appends never grow the file.
-fn preallocate(file: &File, path: &Path, bytes: u64) -> Result<(), LogError> {
-    let len = libc::off_t::try_from(bytes).expect("segment sizes fit off_t");
-    // SAFETY: the descriptor is open for writing for the duration of the call.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    if rc != 0 {
-        return Err(LogError::io(path)(std::io::Error::from_raw_os_error(rc)));
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::io(dir))
 }

@@ -9,12 +9,16 @@ pub mod codec;
 mod file;
 mod reader;
 mod scan;
+pub mod sim;
+pub mod storage;
 
 use std::path::PathBuf;
 
 pub use file::FileLog;
 pub use reader::{LogReader, RecordIter};
-pub use scan::{verify, Verified, FORMAT_VERSION};
+pub use scan::{verify, verify_storage, Verified, FORMAT_VERSION};
+pub use sim::SimDisk;
+pub use storage::{FileStorage, Storage, StorageFile};
 
 use crate::domain::{Envelope, Event, Record};
 

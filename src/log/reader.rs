@@ -3,12 +3,11 @@
 //! Every frame is checked again as it is read (hash chain included).
 
 use super::codec::{self, FRAME_HEADER_LEN};
-use super::scan::{IndexEntry, SEGMENT_HEADER_LEN};
+use super::scan::{self, IndexEntry, SEGMENT_HEADER_LEN};
+use super::storage::{FileStorage, Storage, StorageFile};
 use super::{Head, LogError};
 use crate::domain::Record;
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -17,6 +16,7 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 
 /// What the writer publishes to readers after each commit.
 pub(crate) struct Shared {
+    pub storage: Arc<dyn Storage>,
     pub state: RwLock<SharedState>,
 }
 
@@ -43,9 +43,15 @@ impl LogReader {
     /// so it is safe beside a running server. A torn tail (or a frame being written right
     /// now) is simply not part of what it reads; corruption before the tail is an error.
     pub fn open(dir: &std::path::Path) -> Result<LogReader, LogError> {
-        let scan = super::scan::scan(dir)?;
+        Self::open_on(Arc::new(FileStorage::new(dir)))
+    }
+
+    /// [`LogReader::open`] on any storage.
+    pub fn open_on(storage: Arc<dyn Storage>) -> Result<LogReader, LogError> {
+        let scan = scan::scan(storage.as_ref())?;
         let segments = scan.segments.iter().map(|s| (s.first_seq, s.path.clone())).collect();
         Ok(LogReader::new(Arc::new(Shared {
+            storage,
             state: RwLock::new(SharedState {
                 head: scan.head,
                 bytes: scan.committed_bytes(),
@@ -132,7 +138,7 @@ pub struct RecordIter {
     to: u64,
     min_ts_us: u64,
     segment: u64,
-    file: Option<(u64, File, PathBuf)>,
+    file: Option<(u64, Arc<dyn StorageFile>, PathBuf)>,
     offset: u64,
     frame_seq: u64,
     last_hash: Option<[u8; 32]>,
@@ -189,20 +195,24 @@ impl RecordIter {
                     state.segments.get(&self.segment).cloned()
                 };
                 let path = path.ok_or_else(|| self.corrupt(self.frame_seq, "segment missing"))?;
-                let file = File::open(&path).map_err(LogError::io(&path))?;
+                let file = self
+                    .shared
+                    .storage
+                    .open_read(&scan::segment_name(self.segment))
+                    .map_err(LogError::io(&path))?;
                 self.file = Some((self.segment, file, path));
             }
             let (_, file, path) = self.file.as_ref().expect("opened above");
             self.chunk.resize(len.max(READ_CHUNK_BYTES), 0);
-            let mut filled = 0;
-            while filled < self.chunk.len() {
-                match file.read_at(&mut self.chunk[filled..], self.offset + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(LogError::io(path)(e)),
+            let filled = match file.read_at(&mut self.chunk, self.offset) {
+                Ok(filled) => filled,
+                Err(e) => {
+                    let error = LogError::io(path)(e);
+                    // A failed read leaves nothing half-filled behind for the next call.
+                    self.chunk.clear();
+                    return Err(error);
                 }
-            }
+            };
             self.chunk.truncate(filled);
             self.chunk_offset = self.offset;
         }

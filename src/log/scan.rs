@@ -11,9 +11,9 @@
 //! record.
 
 use super::codec::{self, DecodeError, FRAME_HEADER_LEN};
+use super::storage::{FileStorage, Storage};
 use super::{Head, LogError};
 use crate::domain::EventKind;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Segment header, 64 bytes: magic, format version, first sequence number, and a blake3
@@ -78,25 +78,21 @@ fn check_segment_header(bytes: &[u8], first_seq: u64) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("{first_seq:020}.seg"))
+/// The file name of the segment whose first record is `first_seq`.
+pub(crate) fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
 }
 
-/// The segment files of a log directory, by first sequence number.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
-    let mut segments = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(segments),
-        Err(e) => return Err(LogError::io(dir)(e)),
-    };
-    for entry in entries {
-        let path = entry.map_err(LogError::io(dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if let Some(first) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
-            segments.push((first, path));
-        }
-    }
+/// The segment files of a log's storage, by first sequence number.
+pub(crate) fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, LogError> {
+    let names = storage.list().map_err(LogError::io(storage.path("")))?;
+    let mut segments: Vec<(u64, String)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let first = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok())?;
+            Some((first, name))
+        })
+        .collect();
     segments.sort();
     Ok(segments)
 }
@@ -104,6 +100,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError>
 /// A torn final frame (or a torn segment header) found by the scan.
 #[derive(Clone, Debug)]
 pub(crate) struct Torn {
+    pub name: String,
     pub path: PathBuf,
     pub offset: u64,
     pub seq: u64,
@@ -117,6 +114,7 @@ pub(crate) struct Torn {
 #[derive(Clone, Debug)]
 pub(crate) struct SegmentInfo {
     pub first_seq: u64,
+    pub name: String,
     pub path: PathBuf,
     /// Offset just past the last valid frame.
     pub end: u64,
@@ -219,7 +217,11 @@ fn incomplete_frame(bytes: &[u8], offset: usize, expected_seq: u64, prev_hash: &
     }
     let end = if codec::u32_at(bytes, offset) == codec::FRAME_MAGIC {
         let declared_records = codec::u32_at(bytes, offset + 8);
-        if records_that_verify(bytes, offset, expected_seq, prev_hash, declared_records) == declared_records {
+        // A header that counts no records is not a frame whose records all verify: its
+        // count may be a sector of it that never reached the disk (zeros).
+        if declared_records > 0
+            && records_that_verify(bytes, offset, expected_seq, prev_hash, declared_records) == declared_records
+        {
             return false;
         }
         offset + (codec::u32_at(bytes, offset + 4) as usize).max(FRAME_HEADER_LEN)
@@ -269,9 +271,9 @@ fn valid_frame_after(bytes: &[u8], from: usize, head_seq: u64) -> bool {
     })
 }
 
-/// Scans the whole log directory.
-pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
-    let listed = list_segments(dir)?;
+/// Scans the whole log.
+pub(crate) fn scan(storage: &dyn Storage) -> Result<Scan, LogError> {
+    let listed = list_segments(storage)?;
     let mut result = Scan {
         head: Head {
             hash: codec::GENESIS_HASH,
@@ -281,9 +283,10 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
         index: Vec::new(),
         torn: None,
     };
-    for (position, (first_seq, path)) in listed.iter().enumerate() {
+    for (position, (first_seq, name)) in listed.iter().enumerate() {
         let last = position + 1 == listed.len();
-        let bytes = fs::read(path).map_err(LogError::io(path))?;
+        let path = &storage.path(name);
+        let bytes = storage.read_all(name).map_err(LogError::io(path))?;
         let expected = result.head.seq + 1;
         let corrupt = |seq: u64, offset: usize, reason: String| LogError::Corrupt {
             seq,
@@ -304,6 +307,7 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
                 .is_none_or(|rest| rest.iter().all(|&b| b == 0));
             if last && empty {
                 result.torn = Some(Torn {
+                    name: name.clone(),
                     path: path.clone(),
                     offset: 0,
                     seq: expected,
@@ -359,6 +363,7 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
             }
             let dirty_end = bytes.iter().rposition(|&b| b != 0).map_or(offset, |at| at + 1);
             result.torn = Some(Torn {
+                name: name.clone(),
                 path: path.clone(),
                 offset: offset as u64,
                 // The whole frame is cut: its first record is the first one lost.
@@ -370,6 +375,7 @@ pub(crate) fn scan(dir: &Path) -> Result<Scan, LogError> {
         }
         result.segments.push(SegmentInfo {
             first_seq: *first_seq,
+            name: name.clone(),
             path: path.clone(),
             end: offset as u64,
             len: bytes.len() as u64,
@@ -391,7 +397,12 @@ pub struct Verified {
 /// hash, the chain from the first record to the last. Corruption before the tail is an
 /// error naming the bad sequence number.
 pub fn verify(dir: &Path) -> Result<Verified, LogError> {
-    let scan = scan(dir)?;
+    verify_storage(&FileStorage::new(dir))
+}
+
+/// [`verify`] on any storage.
+pub fn verify_storage(storage: &dyn Storage) -> Result<Verified, LogError> {
+    let scan = scan(storage)?;
     Ok(Verified {
         head: scan.head,
         segments: scan.segments.len(),
