@@ -126,69 +126,62 @@ impl FileLog {
         Ok((log, report))
     }
 
-    /// Writes the staged records as frames, rolling to a new segment when one is full.
+    /// Writes the staged records as one frame: a group commit is all or nothing, because a
+    /// frame cut short is a torn tail and is cut off whole. A commit never spans segments
+    /// (a crash between two segments' syncs would keep its first part, half a command): one
+    /// that does not fit what is left of the segment rolls to a new one first, and one larger
+    /// than a whole segment makes that segment larger.
     fn write_staged(&mut self) -> Result<(), LogError> {
-        let mut new_index = Vec::new();
-        let mut new_segments = Vec::new();
-        let mut written = 0;
-        let mut next = 0;
-        while next < self.staged_records.len() {
-            let room = self.active.capacity - self.active.offset;
-            let mut end = next;
-            let mut size = FRAME_HEADER_LEN as u64;
-            while end < self.staged_records.len() && size + self.staged_records[end].len as u64 <= room {
-                size += self.staged_records[end].len as u64;
-                end += 1;
-            }
-            if end == next {
-                assert!(
-                    self.active.offset > SEGMENT_HEADER_LEN as u64,
-                    "a record must fit an empty segment"
-                );
-                self.sync_active()?;
-                self.active = create_segment(self.storage.as_ref(), self.staged_records[next].seq, &self.options)?;
-                new_segments.push((self.active.first_seq, self.active.path.clone()));
-                continue;
-            }
-            let first = &self.staged_records[next];
-            let last = &self.staged_records[end - 1];
-            self.frame.clear();
-            let records = &self.staged[first.start..last.start + last.len];
-            codec::encode_frame_header(
-                &mut self.frame,
-                records.len(),
-                (end - next) as u32,
-                first.seq,
-                &first.prev_hash,
-            );
-            self.frame.extend_from_slice(records);
+        let first = &self.staged_records[0];
+        let (first_seq, first_ts_us, first_prev_hash) = (first.seq, first.ts_us, first.prev_hash);
+        let size = (FRAME_HEADER_LEN + self.staged.len()) as u64;
+        let mut new_segment = None;
+        if self.active.offset + size > self.active.capacity && self.active.offset > SEGMENT_HEADER_LEN as u64 {
+            self.active = create_segment(self.storage.as_ref(), first_seq, &self.options)?;
+            new_segment = Some((self.active.first_seq, self.active.path.clone()));
+        }
+        if self.active.offset + size > self.active.capacity {
+            let capacity = self.active.offset + size;
             self.active
                 .file
-                .write_all_at(&self.frame, self.active.offset)
+                .extend_to(capacity)
                 .map_err(LogError::io(&self.active.path))?;
-            if self
-                .active
-                .last_indexed
-                .is_none_or(|at| self.active.offset - at >= INDEX_STRIDE_BYTES)
-            {
-                new_index.push(IndexEntry {
-                    seq: first.seq,
-                    ts_us: first.ts_us,
-                    segment: self.active.first_seq,
-                    offset: self.active.offset,
-                });
-                self.active.last_indexed = Some(self.active.offset);
-            }
-            self.active.offset += size;
-            written += size;
-            next = end;
+            self.active.capacity = capacity;
         }
+        self.frame.clear();
+        codec::encode_frame_header(
+            &mut self.frame,
+            self.staged.len(),
+            self.staged_records.len() as u32,
+            first_seq,
+            &first_prev_hash,
+        );
+        self.frame.extend_from_slice(&self.staged);
+        self.active
+            .file
+            .write_all_at(&self.frame, self.active.offset)
+            .map_err(LogError::io(&self.active.path))?;
+        let mut new_index = None;
+        if self
+            .active
+            .last_indexed
+            .is_none_or(|at| self.active.offset - at >= INDEX_STRIDE_BYTES)
+        {
+            new_index = Some(IndexEntry {
+                seq: first_seq,
+                ts_us: first_ts_us,
+                segment: self.active.first_seq,
+                offset: self.active.offset,
+            });
+            self.active.last_indexed = Some(self.active.offset);
+        }
+        self.active.offset += size;
         self.sync_active()?;
         let mut shared = self.shared.state.write().expect("log index lock poisoned");
-        shared.segments.extend(new_segments);
+        shared.segments.extend(new_segment);
         shared.index.extend(new_index);
         shared.head = self.staged_head;
-        shared.bytes += written;
+        shared.bytes += size;
         Ok(())
     }
 

@@ -52,6 +52,8 @@ struct SimState {
     rng: u64,
     powered: bool,
     fail_syncs: u32,
+    /// Successful fsyncs left before the power goes off by itself.
+    power_after_syncs: Option<u32>,
     fail_reads: u32,
     fail_writes: u32,
     stats: SimStats,
@@ -90,6 +92,16 @@ impl SimState {
         self.files.insert(name.to_string(), file);
     }
 
+    fn cut_power(&mut self) {
+        let names: Vec<String> = self.files.keys().cloned().collect();
+        for name in names {
+            self.settle(&name);
+        }
+        self.powered = false;
+        self.power_after_syncs = None;
+        self.stats.power_cuts += 1;
+    }
+
     fn check_power(&self) -> io::Result<()> {
         if self.powered {
             Ok(())
@@ -125,6 +137,7 @@ impl SimDisk {
                 rng: seed,
                 powered: true,
                 fail_syncs: 0,
+                power_after_syncs: None,
                 fail_reads: 0,
                 fail_writes: 0,
                 stats: SimStats::default(),
@@ -141,13 +154,18 @@ impl SimDisk {
     /// Cuts the power: unsynced sectors are kept or lost by coin, and every call fails until
     /// [`SimDisk::power_on`].
     pub fn power_cut(&self) {
+        self.lock().cut_power();
+    }
+
+    /// The power goes off by itself right after the next `n` successful fsyncs: a crash
+    /// between two syncs of one operation, wherever they fall.
+    pub fn cut_power_after_syncs(&self, n: u32) {
         let mut state = self.lock();
-        let names: Vec<String> = state.files.keys().cloned().collect();
-        for name in names {
-            state.settle(&name);
+        if n == 0 {
+            state.cut_power();
+        } else {
+            state.power_after_syncs = Some(n);
         }
-        state.powered = false;
-        state.stats.power_cuts += 1;
     }
 
     pub fn power_on(&self) {
@@ -157,6 +175,11 @@ impl SimDisk {
     /// The next `n` fsyncs fail.
     pub fn fail_syncs(&self, n: u32) {
         self.lock().fail_syncs = n;
+    }
+
+    /// Calls off a cut armed by [`SimDisk::cut_power_after_syncs`] that has not happened.
+    pub fn keep_power(&self) {
+        self.lock().power_after_syncs = None;
     }
 
     /// The next `n` reads fail.
@@ -366,6 +389,11 @@ impl StorageFile for SimHandle {
                 let start = (sector * SIM_SECTOR_BYTES) as usize;
                 let end = (start + SIM_SECTOR_BYTES as usize).min(file.cache.len());
                 file.durable[start..end].copy_from_slice(&file.cache[start..end]);
+            }
+            match state.power_after_syncs {
+                Some(1) => state.cut_power(),
+                Some(n) => state.power_after_syncs = Some(n - 1),
+                None => {}
             }
             Ok(())
         })
