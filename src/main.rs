@@ -1513,9 +1513,10 @@ mod offline {
         if tenants.len() > 1 {
             return usage("the account exists in several tenants; name one with --tenant");
         }
-        match asof::account_as_of(seq, &rows, |id| holds.get(&id).cloned()) {
-            None => fail(format!("account {account:?} was not open at sequence {seq}")),
-            Some(state) => {
+        match asof::account_as_of(seq, &rows, |id| Ok(holds.get(&id).cloned())) {
+            Err(e) => fail(e),
+            Ok(None) => fail(format!("account {account:?} was not open at sequence {seq}")),
+            Ok(Some(state)) => {
                 let a = &state.account;
                 println!("account {} as of sequence {}", a.account_id, state.seq);
                 println!(

@@ -1123,6 +1123,76 @@ async fn signed_calls_refuse_skew_replay_wrong_and_revoked_keys() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_role_this_build_does_not_know_is_refused_not_a_panic() {
+    use prost::Message;
+    use tally::domain::Event;
+    use tally::log::{FileLog, LogOptions, LogWriter};
+    // A key made with the auditor role, then the same log as a newer build would have
+    // written it, with a role this build does not know.
+    let mut server = TestServer::start().await;
+    let mut identity = IdentityClient::new(server.channel().await);
+    let create = proto::CreateApiKeyRequest {
+        name: "partner".into(),
+        role: "auditor".into(),
+        idempotency_key: "key-partner".into(),
+    };
+    let created = identity
+        .create_api_key(with_token(create, &token("t1", "root", &["admin"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let key_id = created.key.as_ref().unwrap().key_id.clone();
+    let now = server.engine.clock.now_us() / SECOND;
+    let records: Vec<_> = server
+        .engine
+        .handle()
+        .reader()
+        .iter_from(1)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    server.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = FileLog::open(&dir.path().join("log"), LogOptions::default()).unwrap();
+    for record in records {
+        let mut event = record.event.clone();
+        if let Event::ApiKeyCreated(created) = &mut event {
+            created.role = "regional-auditor".into();
+        }
+        log.stage(record.seq, record.ts_us, &record.envelope, &event);
+    }
+    log.commit().unwrap();
+    drop(log);
+
+    let config = tally::engine::EngineConfig::new(dir.path());
+    let mut newer = TestServer::start_in_front_of(support::TestEngine::start_with(dir, config), |_, _| {}).await;
+    newer.engine.clock.set(now * SECOND);
+    let channel = newer.channel().await;
+    let path = "/tally.v1.Identity/WhoAmI";
+    let body = proto::WhoAmIRequest {}.encode_to_vec();
+    let status = call(
+        &channel,
+        path,
+        false,
+        body.clone(),
+        &signed(&key_id, &created.secret, path, now, &body),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::PermissionDenied, "KEY_ROLE_UNKNOWN".into()),
+        "{status:?}"
+    );
+    assert!(status.message().contains("regional-auditor"), "{}", status.message());
+    // The server is still there for everyone else.
+    let whoami = IdentityClient::new(channel)
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &token("t1", "root", &["admin"])))
+        .await;
+    assert!(whoami.is_ok(), "{whoami:?}");
+    newer.stop().await;
+}
+
 fn comp(account: &str, points: u64, reason: &str, staff_id: &str, key: &str) -> proto::AwardRequest {
     proto::AwardRequest {
         account_id: account.into(),

@@ -5,7 +5,7 @@ use super::caller::Caller;
 use super::convert;
 use super::proto::{self, audit_server::Audit};
 use super::slot::EngineSlot;
-use super::status::{invalid, not_found, to_status};
+use super::status::{invalid, not_found, storage, to_status};
 use crate::domain::quote;
 use crate::engine::EngineError;
 use crate::projection::HistoryView;
@@ -318,8 +318,9 @@ impl Audit for AuditService {
         let rows = projections
             .history_range(&caller.tenant, &r.account_id, 0, sequence, usize::MAX)
             .map_err(store)?;
-        let as_of =
-            query::asof::account_as_of(sequence, &rows, |id| projections.hold(id).ok().flatten()).ok_or_else(|| {
+        let as_of = query::asof::account_as_of(sequence, &rows, |id| projections.hold(id).map_err(|e| e.to_string()))
+            .map_err(|e| storage(e.to_string()))?
+            .ok_or_else(|| {
                 not_found(
                     "ACCOUNT_NOT_FOUND",
                     format!("account {} was not open at sequence {sequence}", quote(&r.account_id)),

@@ -27,7 +27,7 @@ pub mod trace;
 
 pub use slot::{EngineSlot, Phase};
 
-use crate::engine::{EngineHandle, Status as EngineStatus};
+use crate::engine::EngineHandle;
 use proto::audit_server::AuditServer;
 use proto::deliveries_server::DeliveriesServer;
 use proto::identity_server::IdentityServer;
@@ -53,7 +53,8 @@ pub async fn serve(
 /// Serves the API on `listener` until `shutdown` completes, then lets in-flight calls
 /// finish. The engine may arrive in the slot later (the port opens before recovery).
 /// Health reports SERVING only while the engine in the slot serves: NOT_SERVING while
-/// recovering, when the log was refused, and once the engine fails or stops.
+/// recovering, when the log was refused, while a follower (projector, state mirror) cannot
+/// fold the log, and once the engine fails or stops.
 pub async fn serve_slot(
     slot: EngineSlot,
     listener: TcpListener,
@@ -63,7 +64,7 @@ pub async fn serve_slot(
     // Set before the first call can arrive: an engine already in the slot serves from the
     // start, not from whenever the reporting task first runs.
     let initial = match slot.get() {
-        Some(engine) if engine.status() == EngineStatus::Serving => ServingStatus::Serving,
+        Some(engine) if engine.serving() => ServingStatus::Serving,
         _ => ServingStatus::NotServing,
     };
     set_health(&reporter, initial).await;
@@ -157,10 +158,17 @@ async fn report_health(slot: EngineSlot, reporter: HealthReporter) {
     }
     let engine = slot.get().expect("a ready slot holds the engine");
     let mut status = engine.status_watch();
+    let mut followers = engine.followers().watch();
     loop {
-        let serving = match *status.borrow_and_update() {
-            EngineStatus::Serving => ServingStatus::Serving,
-            _ => ServingStatus::NotServing,
+        status.borrow_and_update();
+        let trouble = followers.borrow_and_update().clone();
+        let serving = if engine.serving() {
+            ServingStatus::Serving
+        } else {
+            if let Some(trouble) = trouble {
+                tracing::warn!(%trouble, "health NOT_SERVING: a follower cannot fold the log");
+            }
+            ServingStatus::NotServing
         };
         if *phase.borrow() == Phase::Stopping {
             return; // the stop set NOT_SERVING; nothing turns it back
@@ -172,6 +180,7 @@ async fn report_health(slot: EngineSlot, reporter: HealthReporter) {
                 return;
             },
             _ = phase.changed() => {}
+            _ = followers.changed() => {}
         }
     }
 }

@@ -89,6 +89,7 @@ pub(crate) enum Outcome {
 
 /// Registers the descriptions of the engine's metrics with the installed recorder.
 pub fn describe() {
+    super::followers::describe();
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(COMMANDS_TOTAL, "Commands decided by the sequencer, by kind and outcome");
     describe_counter!(REJECTIONS_TOTAL, "Commands the ledger refused, by kind and reason");

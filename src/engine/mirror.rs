@@ -2,6 +2,7 @@
 //! write-side state and writes the write-state snapshots from it, so the sequencer never
 //! pauses to serialize anything. Nothing waits for it: it may lag under load.
 
+use super::followers::FollowerHealth;
 use super::Signal;
 use crate::domain::{evolve, State};
 use crate::log::LogReader;
@@ -36,9 +37,10 @@ pub(super) struct Mirror {
     pub folded: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Mirror {
-    pub fn run(mut self) {
-        super::lower_priority("state mirror");
+impl super::followers::Follower for Mirror {
+    const NAME: &'static str = "state mirror";
+
+    fn run(&mut self, health: &FollowerHealth) {
         let mut last_snapshot = self.head();
         let mut last_snapshot_at = std::time::Instant::now();
         loop {
@@ -46,9 +48,13 @@ impl Mirror {
             let head = self.reader.head().seq;
             let at = self.head();
             if head > at {
-                if let Err(error) = self.fold(at + 1, head.min(at + READ_CHUNK)) {
-                    tracing::error!(%error, "state mirror cannot read the log; retrying");
-                    std::thread::sleep(IDLE_POLL);
+                match self.fold(at + 1, head.min(at + READ_CHUNK)) {
+                    Ok(()) => health.fine(Self::NAME),
+                    Err(error) => {
+                        tracing::error!(%error, "state mirror cannot read the log; retrying");
+                        health.trouble(Self::NAME, format!("cannot read the log: {error}"));
+                        std::thread::sleep(IDLE_POLL);
+                    }
                 }
                 if self.head() >= last_snapshot + self.snapshot_every
                     && last_snapshot_at.elapsed() >= MIN_SNAPSHOT_INTERVAL
@@ -58,6 +64,7 @@ impl Mirror {
                 }
                 continue;
             }
+            health.fine(Self::NAME);
             if self.signal.stopping() {
                 self.snapshot();
                 return;
@@ -67,6 +74,19 @@ impl Mirror {
         }
     }
 
+    /// A fold cut short by a panic may have left the state half changed: it is restored
+    /// again, from the write-state snapshot and the log, as a start would.
+    fn reset(&mut self) -> Result<(), String> {
+        let head = self.reader.head().seq;
+        let (state, _) = super::restore(&self.snapshot_dir, &self.reader, head).map_err(|e| e.to_string())?;
+        self.state = state;
+        self.folded
+            .store(self.state.head_seq, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Mirror {
     fn head(&self) -> u64 {
         self.state.head_seq
     }

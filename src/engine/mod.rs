@@ -5,6 +5,7 @@
 //! log. Everything else — the API, the sweeper — submits commands through the inbox.
 
 mod clock;
+pub mod followers;
 pub mod jobs;
 pub mod metrics;
 mod mirror;
@@ -17,6 +18,7 @@ pub mod snapshot;
 pub mod sweeper;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use followers::FollowerHealth;
 pub use operations::{JobControl, JobError, OperationRecord, OperationState, Operations};
 pub use owner::{DataDirLock, OwnerError};
 pub use pipeline::{LetterFilter, LetterPage, LetterView, PipelineStats, ReceiptState, RedriveSelection};
@@ -452,20 +454,21 @@ impl Engine {
             event_ids: sequencer::EventIds::new(),
         };
         let spawn_error = |e: std::io::Error| EngineError::Unavailable(format!("cannot start a thread: {e}"));
-        let owned = owner.clone();
+        let followers = Arc::new(FollowerHealth::default());
+        let (owned, health, woken) = (owner.clone(), followers.clone(), signal.clone());
         let projector = std::thread::Builder::new()
             .name("tally-projector".into())
             .spawn(move || {
                 let _owner = owned;
-                projector.run()
+                followers::supervise(projector, health, woken)
             })
             .map_err(spawn_error)?;
-        let owned = owner.clone();
+        let (owned, health, woken) = (owner.clone(), followers.clone(), signal.clone());
         let mirror = std::thread::Builder::new()
             .name("tally-mirror".into())
             .spawn(move || {
                 let _owner = owned;
-                mirror.run()
+                followers::supervise(mirror, health, woken)
             })
             .map_err(spawn_error)?;
         let owned = owner.clone();
@@ -498,6 +501,7 @@ impl Engine {
                 clock,
                 hurry: hurry.clone(),
                 mirror_folded,
+                followers,
             },
             signal,
             hurry,
@@ -722,6 +726,7 @@ pub struct EngineHandle {
     hurry: Arc<Hurry>,
     /// The last record the state mirror folded.
     mirror_folded: Arc<std::sync::atomic::AtomicU64>,
+    followers: Arc<FollowerHealth>,
 }
 
 impl EngineHandle {
@@ -999,6 +1004,13 @@ impl EngineHandle {
         if *applied.borrow() >= target {
             return Ok(());
         }
+        if let Some(trouble) = self.followers.of(<projector::Projector as followers::Follower>::NAME) {
+            // Waiting would only time out: say why now.
+            return Err(EngineError::Unavailable(format!(
+                "projections are behind the log (at {}, head {target}): the projector {trouble}",
+                *applied.borrow()
+            )));
+        }
         let _waiting = self.hurry.wait();
         let caught_up = tokio::time::timeout(QUERY_CONSISTENCY_WAIT, applied.wait_for(|&seq| seq >= target)).await;
         match caught_up {
@@ -1030,6 +1042,17 @@ impl EngineHandle {
 
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// Whether health should say SERVING: the engine serves and its followers fold the log.
+    pub fn serving(&self) -> bool {
+        *self.status.borrow() == Status::Serving && self.followers.summary().is_none()
+    }
+
+    /// What keeps the projector or the state mirror from folding the log, if anything:
+    /// health reports NOT_SERVING while there is something.
+    pub fn followers(&self) -> &FollowerHealth {
+        &self.followers
     }
 
     /// A watch of the engine's status, for health reporting.

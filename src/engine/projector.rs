@@ -3,6 +3,7 @@
 //! checkpoint), and writes projection snapshot files now and then. On stop it finishes the
 //! batch in hand and leaves the rest to the next start, which resumes from the checkpoints.
 
+use super::followers::FollowerHealth;
 use super::{Hurry, Signal};
 use crate::log::LogReader;
 use crate::projection::Projections;
@@ -40,9 +41,10 @@ pub(super) struct Projector {
     pub projection_snapshot_dir: PathBuf,
 }
 
-impl Projector {
-    pub fn run(self) {
-        super::lower_priority("projector");
+impl super::followers::Follower for Projector {
+    const NAME: &'static str = "projector";
+
+    fn run(&mut self, health: &FollowerHealth) {
         let mut last_projection_snapshot = self.projections.applied().unwrap_or(0);
         loop {
             // A stop does not wait for a backlog: projections resume from their checkpoints.
@@ -58,6 +60,7 @@ impl Projector {
                 Ok(applied) => applied,
                 Err(error) => {
                     tracing::error!(%error, "cannot read projection checkpoints; retrying");
+                    health.trouble(Self::NAME, format!("cannot read the projection checkpoints: {error}"));
                     std::thread::sleep(IDLE_POLL);
                     continue;
                 }
@@ -72,9 +75,14 @@ impl Projector {
                 let to = head.min(applied + RECORDS_PER_BATCH);
                 if let Err(error) = self.apply(applied + 1, to) {
                     tracing::error!(%error, "projection update failed; retrying");
+                    health.trouble(
+                        Self::NAME,
+                        format!("cannot fold records {}..={to}: {error}", applied + 1),
+                    );
                     std::thread::sleep(IDLE_POLL);
                     continue;
                 }
+                health.fine(Self::NAME);
                 let every = self.projection_snapshot_every;
                 if every > 0 && to >= last_projection_snapshot + every {
                     let dir = &self.projection_snapshot_dir;
@@ -86,11 +94,21 @@ impl Projector {
                 }
                 continue;
             }
+            health.fine(Self::NAME);
             self.signal.wait_since(seen, IDLE_POLL);
             self.hurry.linger(LINGER);
         }
     }
 
+    /// The projections resume from their checkpoints: a checkpoint moves with (or, for
+    /// the idempotent folds, after) the rows it covers, so a fold cut short by a panic is
+    /// folded again and nothing is undone by hand.
+    fn reset(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Projector {
     fn apply(&self, from: u64, to: u64) -> Result<(), Box<dyn std::error::Error>> {
         let records = self
             .reader

@@ -24,8 +24,6 @@ struct Active {
 
 /// A record encoded into the pending batch.
 struct Staged {
-    start: usize,
-    len: usize,
     seq: u64,
     ts_us: u64,
     prev_hash: [u8; 32],
@@ -197,16 +195,9 @@ impl LogWriter for FileLog {
     fn stage(&mut self, seq: u64, ts_us: u64, envelope: &Envelope, event: &Event) -> [u8; 32] {
         assert_eq!(seq, self.staged_head.seq + 1, "records are staged in gapless sequence");
         assert!(ts_us >= self.staged_head.ts_us, "timestamps never decrease");
-        let start = self.staged.len();
         let prev_hash = self.staged_head.hash;
         let hash = codec::encode_record(&mut self.staged, &prev_hash, seq, ts_us, envelope, event);
-        self.staged_records.push(Staged {
-            start,
-            len: self.staged.len() - start,
-            seq,
-            ts_us,
-            prev_hash,
-        });
+        self.staged_records.push(Staged { seq, ts_us, prev_hash });
         self.staged_head = Head { seq, ts_us, hash };
         hash
     }

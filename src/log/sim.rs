@@ -7,12 +7,15 @@
 //! - **power cut** ([`SimDisk::power_cut`]): every dirty sector of every file is, by a coin
 //!   of the disk's seeded generator, either on disk or lost (sector granularity: a torn
 //!   write), the cache is what the disk holds, and every call fails until
-//!   [`SimDisk::power_on`];
+//!   [`SimDisk::power_on`]; [`SimDisk::cut_power_after_syncs`] cuts it right after a given
+//!   number of good fsyncs, between two syncs of one operation;
 //! - **failed fsync** ([`SimDisk::fail_syncs`]): the file's dirty sectors are resolved the
 //!   same way, the call fails, and the cache drops them too (Linux marks the pages clean
 //!   after reporting the error; what it then returns is not what is on disk);
 //! - **failed reads and writes** ([`SimDisk::fail_reads`], [`SimDisk::fail_writes`]);
-//! - **bit rot** ([`SimDisk::flip_bit`]) in synced data.
+//! - **bit rot** ([`SimDisk::flip_bit`]) in synced data;
+//! - **a reader that dies** ([`SimDisk::panic_reads`]): a read panics, as a bug in the
+//!   reading thread would make it.
 //!
 //! Deterministic: the same seed and the same calls give the same disk.
 
@@ -55,6 +58,7 @@ struct SimState {
     /// Successful fsyncs left before the power goes off by itself.
     power_after_syncs: Option<u32>,
     fail_reads: u32,
+    panic_reads: u32,
     fail_writes: u32,
     stats: SimStats,
 }
@@ -139,6 +143,7 @@ impl SimDisk {
                 fail_syncs: 0,
                 power_after_syncs: None,
                 fail_reads: 0,
+                panic_reads: 0,
                 fail_writes: 0,
                 stats: SimStats::default(),
             })),
@@ -185,6 +190,12 @@ impl SimDisk {
     /// The next `n` reads fail.
     pub fn fail_reads(&self, n: u32) {
         self.lock().fail_reads = n;
+    }
+
+    /// The next `n` reads panic: a bug in whatever reads, for tests of how a reader's
+    /// thread that dies is seen and started again. 0 calls it off.
+    pub fn panic_reads(&self, n: u32) {
+        self.lock().panic_reads = n;
     }
 
     /// The next `n` writes fail (nothing of them is written).
@@ -238,6 +249,7 @@ impl Storage for SimDisk {
     }
 
     fn read_all(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.maybe_panic();
         let mut state = self.lock();
         state.check_power()?;
         if state.fail_reads > 0 {
@@ -300,6 +312,18 @@ impl Storage for SimDisk {
 }
 
 impl SimDisk {
+    fn maybe_panic(&self) {
+        let panics = {
+            let mut state = self.lock();
+            let panics = state.panic_reads > 0;
+            if panics {
+                state.panic_reads -= 1;
+            }
+            panics
+        };
+        assert!(!panics, "simulated disk: a read panicked (injected)");
+    }
+
     fn open(&self, name: &str, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
         let state = self.lock();
         state.check_power()?;
@@ -333,6 +357,7 @@ impl SimHandle {
 
 impl StorageFile for SimHandle {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.disk.maybe_panic();
         self.with(|state| {
             if state.fail_reads > 0 {
                 state.fail_reads -= 1;
@@ -397,10 +422,6 @@ impl StorageFile for SimHandle {
             }
             Ok(())
         })
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        self.with(|state| Ok(state.files[&self.name].cache.len() as u64))
     }
 
     fn extend_to(&self, len: u64) -> io::Result<()> {

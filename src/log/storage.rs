@@ -51,8 +51,6 @@ pub trait StorageFile: Send + Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every write to this file so far durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
-    /// The file's size.
-    fn len(&self) -> io::Result<u64>;
     /// Grows the file to `len` zero-filled, reserved bytes and makes the size durable.
     fn extend_to(&self, len: u64) -> io::Result<()>;
 }
@@ -154,10 +152,6 @@ impl StorageFile for LocalFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
     }
 
     fn extend_to(&self, len: u64) -> io::Result<()> {

@@ -201,7 +201,14 @@ impl TestServer {
 
     /// A server whose slot `configure` sets up first (rate limits, link settings).
     pub async fn start_configured(configure: impl FnOnce(&tally::api::EngineSlot, &TestEngine)) -> Self {
-        let engine = TestEngine::start();
+        Self::start_in_front_of(TestEngine::start(), configure).await
+    }
+
+    /// A server in front of an engine the test started (on a simulated disk, say).
+    pub async fn start_in_front_of(
+        engine: TestEngine,
+        configure: impl FnOnce(&tally::api::EngineSlot, &TestEngine),
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
