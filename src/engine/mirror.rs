@@ -51,9 +51,15 @@ impl super::followers::Follower for Mirror {
                 match self.fold(at + 1, head.min(at + READ_CHUNK)) {
                     Ok(()) => health.fine(Self::NAME),
                     Err(error) => {
+                        // A stop does not wait for a disk that cannot be read: what the
+                        // mirror holds is whole records, and the next start folds the rest.
+                        if self.signal.stopping() {
+                            self.snapshot();
+                            return;
+                        }
                         tracing::error!(%error, "state mirror cannot read the log; retrying");
                         health.trouble(Self::NAME, format!("cannot read the log: {error}"));
-                        std::thread::sleep(IDLE_POLL);
+                        self.signal.wait_stop(IDLE_POLL);
                     }
                 }
                 if self.head() >= last_snapshot + self.snapshot_every

@@ -61,7 +61,7 @@ impl super::followers::Follower for Projector {
                 Err(error) => {
                     tracing::error!(%error, "cannot read projection checkpoints; retrying");
                     health.trouble(Self::NAME, format!("cannot read the projection checkpoints: {error}"));
-                    std::thread::sleep(IDLE_POLL);
+                    self.signal.wait_stop(IDLE_POLL);
                     continue;
                 }
             };
@@ -79,7 +79,7 @@ impl super::followers::Follower for Projector {
                         Self::NAME,
                         format!("cannot fold records {}..={to}: {error}", applied + 1),
                     );
-                    std::thread::sleep(IDLE_POLL);
+                    self.signal.wait_stop(IDLE_POLL);
                     continue;
                 }
                 health.fine(Self::NAME);

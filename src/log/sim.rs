@@ -177,6 +177,12 @@ impl SimDisk {
         self.lock().powered = true;
     }
 
+    /// Whether the power is on (a cut armed by [`SimDisk::cut_power_after_syncs`] may have
+    /// gone off).
+    pub fn powered(&self) -> bool {
+        self.lock().powered
+    }
+
     /// The next `n` fsyncs fail.
     pub fn fail_syncs(&self, n: u32) {
         self.lock().fail_syncs = n;
