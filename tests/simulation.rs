@@ -4,7 +4,7 @@
 //! roll) that fails: fsyncs and writes that fail, power cuts between two syncs of a commit
 //! and at rest, reads that fail at start, and bit flips in the write-state snapshot.
 //!
-//! Commands come from two tenants over the same account names: opens, promotion and
+//! Ledger commands come from two tenants over the same account names: opens, promotion and
 //! rating-slip awards, holds (reserve, commit in full or in part, release, expiry by the
 //! sweeper), duplicates, retries with the same key, conflicting keys, clock jumps forward
 //! and back, batches that interleave tenants and accounts, graceful restarts. After every
@@ -16,6 +16,10 @@
 //! batch with the same keys, which must then apply once. At the end: each hold resolved at
 //! most once, each key applied once, the log verifies, and projections folded from scratch
 //! equal the live ones.
+//!
+//! A third tenant sends the other families through the same commits and faults (partner
+//! events with retries and dead letters, discards and re-drives, sessions, API keys): not
+//! modeled, but held to the same promises (see `check_side_answers`, `reconcile_side`).
 //!
 //! `TALLY_SIM_SEEDS=N` runs N seeds (default 200); `TALLY_SIM_SEED=S` replays one seed.
 //! The long run is in the README's testing section.
@@ -89,6 +93,8 @@ struct Model {
     naturals: HashMap<Scoped, (Command, u64, u64)>,
     awarded: u64,
     committed: u64,
+    /// The other families' acknowledged commands: (scope, key) → their records.
+    side: HashMap<Scoped, Vec<u64>>,
 }
 
 fn scoped(tenant: &str, name: &str) -> Scoped {
@@ -475,6 +481,187 @@ fn check_receipt(expect: &Expect, result: &Result<Receipt, Rejection>, context: 
     }
 }
 
+// --- The other command families -----------------------------------------------------------
+
+/// The tenant of the other families' traffic: partner events (enrolments, awards, rating
+/// slips, some invalid, some repeated) with their retries and dead letters, operators'
+/// discards and re-drives, sessions, API keys. Its outcomes are not modeled (the ingest
+/// tests do that), but it shares the log, the group commits and the disk's faults with the
+/// ledger traffic, and keeps the same promises: what was acknowledged survives every crash,
+/// a retry with the same key is answered with the same records, nothing applies twice.
+const SIDE_TENANT: &str = "t3";
+
+fn side_meta(actor: &str, key: &str, scope: &str) -> tally::domain::CommandMeta {
+    let mut meta = meta_as(SIDE_TENANT, actor, key, scope);
+    if key.is_empty() {
+        meta.idempotency = None;
+    }
+    meta
+}
+
+fn side_command(rng: &mut Rng, counter: &mut u64, head: u64) -> (tally::domain::CommandMeta, Command) {
+    use tally::domain::event::ExternalBody;
+    *counter += 1;
+    let n = *counter;
+    let member = format!("m{}", rng.below(4));
+    // An id seen before now and then: a duplicate (same body) or a conflict.
+    let external_id = format!("x{}", rng.below(n + 1));
+    let ingest = |body: ExternalBody| {
+        (
+            side_meta("svc-partner", &external_id, "ingest:pos"),
+            Command::Ingest {
+                source: "pos".into(),
+                external_id: external_id.clone(),
+                body,
+            },
+        )
+    };
+    match rng.below(100) {
+        0..=14 => ingest(ExternalBody::MemberEnrolled { member_id: member }),
+        15..=39 => ingest(ExternalBody::PointsAward {
+            member_id: member,
+            // 0 points is invalid: a dead letter.
+            points: rng.below(500),
+            promotion_id: "sim".into(),
+        }),
+        40..=49 => ingest(ExternalBody::RatingSlipCompleted {
+            member_id: member,
+            slip_id: format!("slip-{external_id}"),
+            game: "blackjack".into(),
+            average_bet_cents: 500 + rng.below(5000),
+            decisions_per_hour: 60,
+            minutes_played: 1 + rng.below(200) as u32,
+            house_edge_bps: 200,
+        }),
+        50..=59 => (side_meta("system:ingest", "", ""), Command::RetryDue),
+        60..=64 => (
+            side_meta("ops-ana", &format!("d{n}"), ""),
+            Command::Discard {
+                receipt_seq: 1 + rng.below(head + 1),
+                reason: "simulated operator".into(),
+            },
+        ),
+        65..=69 => (
+            side_meta("ops-ana", &format!("r{n}"), ""),
+            Command::Redrive {
+                receipt_seq: 1 + rng.below(head + 1),
+            },
+        ),
+        70..=79 => (
+            side_meta("sso", &format!("s{n}"), ""),
+            Command::StartSession {
+                session_id: format!("sess-{}", rng.below(n + 1)),
+                subject: member,
+                role: "service".into(),
+                ttl_seconds: 1 + rng.below(600) as u32,
+            },
+        ),
+        80..=84 => (
+            side_meta("sso", &format!("e{n}"), ""),
+            Command::EndSession {
+                session_id: format!("sess-{}", rng.below(n + 1)),
+                reason: "logout".into(),
+            },
+        ),
+        85..=94 => (
+            side_meta("admin", &format!("k{n}"), ""),
+            Command::CreateApiKey {
+                key_id: format!("key-{}", rng.below(n + 1)),
+                name: "partner".into(),
+                role: "service".into(),
+                signing_kid: "sim-k1".into(),
+                fingerprint: [n as u8; 32],
+            },
+        ),
+        _ => (
+            side_meta("admin", &format!("v{n}"), ""),
+            Command::RevokeApiKey {
+                key_id: format!("key-{}", rng.below(n + 1)),
+                reason: "rotated".into(),
+            },
+        ),
+    }
+}
+
+fn side_key(meta: &tally::domain::CommandMeta) -> Option<Scoped> {
+    meta.idempotency.as_ref().map(|k| (k.scope.clone(), k.key.clone()))
+}
+
+/// Checks a side batch's answers: a replay answers the records first acknowledged for its
+/// key; new records extend the log exactly. Returns how many records the batch appended.
+fn check_side_answers(
+    model: &mut Model,
+    batch: &[(tally::domain::CommandMeta, Command)],
+    results: &[Result<Receipt, Rejection>],
+    context: &str,
+) -> u64 {
+    let mut appended = 0;
+    for ((meta, command), result) in batch.iter().zip(results) {
+        let Ok(receipt) = result else { continue };
+        let seqs: Vec<u64> = receipt.records.iter().map(|r| r.seq).collect();
+        let key = side_key(meta);
+        if receipt.replayed {
+            if let Some(first) = key.as_ref().and_then(|k| model.side.get(k)) {
+                // Ingest answers a duplicate with its receipt (and what followed it), so
+                // the first records must be the ones first acknowledged.
+                assert!(
+                    seqs.starts_with(&first[..1]),
+                    "{context}: {command:?} replayed {seqs:?}, first acknowledged as {first:?}"
+                );
+            }
+            continue;
+        }
+        for seq in &seqs {
+            assert_eq!(
+                *seq,
+                model.seq + appended + 1,
+                "{context}: {command:?} records in order"
+            );
+            appended += 1;
+        }
+        if let Some(key) = key {
+            if !seqs.is_empty() {
+                model.side.entry(key).or_insert(seqs);
+            }
+        }
+    }
+    appended
+}
+
+/// The disk's faults for the next commit.
+fn arm_faults(rng: &mut Rng, disk: &SimDisk) {
+    match rng.below(100) {
+        0..=4 => disk.fail_syncs(1),
+        5..=7 => disk.fail_writes(1),
+        8..=11 => disk.cut_power_after_syncs(1 + rng.below(2) as u32),
+        12..=13 => disk.power_cut(),
+        _ => {}
+    }
+}
+
+/// After a side batch with an unknown outcome: the log says whether it was kept (whole: a
+/// group commit is atomic); its records must all be the side tenant's, and their keys are
+/// now taken.
+fn reconcile_side(world: &World, model: &mut Model, context: &str) {
+    let handle = world.engine.handle();
+    let reader = handle.reader();
+    let head = reader.head().seq;
+    assert!(head >= model.seq, "{context}: the log lost acknowledged records");
+    for record in reader.iter_range(model.seq + 1, head) {
+        let record = record.unwrap();
+        assert_eq!(record.envelope.tenant, SIDE_TENANT, "{context}: {record:?}");
+        if !record.envelope.idempotency_key.is_empty() {
+            let key = (
+                record.envelope.idempotency_scope.clone(),
+                record.envelope.idempotency_key.clone(),
+            );
+            model.side.entry(key).or_default().push(record.seq);
+        }
+        model.head_ts = record.ts_us;
+    }
+    model.seq = head;
+}
+
 /// The disk and engine of one run.
 struct World {
     disk: SimDisk,
@@ -486,6 +673,10 @@ struct World {
 #[derive(Default, Debug)]
 struct Tally {
     commands: u64,
+    /// The other families' commands: appended, answered as replays, refused.
+    side_appended: u64,
+    side_replayed: u64,
+    side_refused: u64,
     unknown_outcomes: u64,
     kept_whole: u64,
     lost_whole: u64,
@@ -501,6 +692,9 @@ struct Tally {
 impl Tally {
     fn add(&mut self, other: &Tally) {
         self.commands += other.commands;
+        self.side_appended += other.side_appended;
+        self.side_replayed += other.side_replayed;
+        self.side_refused += other.side_refused;
         self.unknown_outcomes += other.unknown_outcomes;
         self.kept_whole += other.kept_whole;
         self.lost_whole += other.lost_whole;
@@ -590,67 +784,106 @@ async fn run_seed(seed: u64) -> Tally {
     let mut counter = 0;
     // A batch whose outcome was unknown, sent again with the same keys.
     let mut retry: Option<Vec<Sent>> = None;
+    let mut side_counter = 0;
+    let mut retry_side: Option<Vec<(tally::domain::CommandMeta, Command)>> = None;
     for step in 0..60 {
         let context = format!("seed {seed} step {step}");
         let clock = world.engine.clock.now_us_for_test();
-        let commands: Vec<Sent> = retry.take().unwrap_or_else(|| {
-            (0..1 + rng.below(8))
-                .map(|_| random_command(&mut rng, &model, &sent, &mut counter))
-                .collect()
+        let side = retry_side.take().or_else(|| {
+            (retry.is_none() && rng.chance(25)).then(|| {
+                (0..1 + rng.below(6))
+                    .map(|_| side_command(&mut rng, &mut side_counter, model.seq))
+                    .collect()
+            })
         });
-        world.tally.commands += commands.len() as u64;
-        let before = model.clone();
-        let mut expects = Vec::new();
-        let mut batch = Vec::new();
-        for (tenant, key, command) in &commands {
-            expects.push(model.apply(tenant, key, command, clock));
-            if !sent.iter().any(|(t, k, _)| (t, k) == (tenant, key)) {
-                sent.push((tenant.clone(), key.clone(), command.clone()));
-            }
-            batch.push((meta_as(tenant, "staff-1", key, ""), command.clone()));
-        }
-        // The disk's faults for this commit.
-        match rng.below(100) {
-            0..=4 => world.disk.fail_syncs(1),
-            5..=7 => world.disk.fail_writes(1),
-            8..=11 => world.disk.cut_power_after_syncs(1 + rng.below(2) as u32),
-            12..=13 => world.disk.power_cut(),
-            _ => {}
-        }
-        match world.engine.handle().submit_batch(batch).await {
-            Ok(results) => {
-                for ((expect, result), (tenant, _, command)) in expects.iter().zip(&results).zip(&commands) {
-                    check_receipt(expect, result, &format!("{context} {tenant} {command:?}"));
+        if let Some(batch) = side {
+            world.tally.commands += batch.len() as u64;
+            arm_faults(&mut rng, &world.disk);
+            match world.engine.handle().submit_batch(batch.clone()).await {
+                Ok(results) => {
+                    for result in &results {
+                        match result {
+                            Ok(receipt) if receipt.replayed => world.tally.side_replayed += 1,
+                            Ok(_) => world.tally.side_appended += 1,
+                            Err(_) => world.tally.side_refused += 1,
+                        }
+                    }
+                    let appended = check_side_answers(&mut model, &batch, &results, &context);
+                    if appended > 0 {
+                        model.seq += appended;
+                        model.head_ts = model.now(clock);
+                    }
                 }
+                Err(EngineError::Unavailable(_) | EngineError::Log(LogError::Io { .. })) => {
+                    world.tally.unknown_outcomes += 1;
+                    world.restart(&mut rng, true, &context);
+                    let before = model.seq;
+                    reconcile_side(&world, &mut model, &context);
+                    if model.seq > before {
+                        world.tally.kept_whole += 1;
+                    } else {
+                        world.tally.lost_whole += 1;
+                    }
+                    model.check_invariants();
+                    check_projections(&world.engine, &model).await;
+                    retry_side = Some(batch);
+                    continue;
+                }
+                Err(e) => panic!("{context}: {e}"),
             }
-            Err(EngineError::Unavailable(_) | EngineError::Log(LogError::Io { .. })) => {
-                // Not acknowledged (a failed commit; or a committed batch whose replayed
-                // records could not be read back for the answer): the batch is in the log
-                // whole or not at all, and only the log can say which. The client retries
-                // it with the same keys.
-                let after = model.clone();
-                world.tally.unknown_outcomes += 1;
-                world.restart(&mut rng, true, &context);
-                let head = world.engine.handle().reader().head().seq;
-                model = if head == after.seq {
-                    world.tally.kept_whole += u64::from(after.seq > before.seq);
-                    after
-                } else if head == before.seq {
-                    world.tally.lost_whole += 1;
-                    before
-                } else {
-                    panic!(
-                        "{context}: after a failed commit the log ends at {head}, \
-                         neither before ({}) nor after ({}) the batch",
-                        before.seq, after.seq
-                    )
-                };
-                model.check_invariants();
-                check_projections(&world.engine, &model).await;
-                retry = Some(commands);
-                continue;
+        } else {
+            let commands: Vec<Sent> = retry.take().unwrap_or_else(|| {
+                (0..1 + rng.below(8))
+                    .map(|_| random_command(&mut rng, &model, &sent, &mut counter))
+                    .collect()
+            });
+            world.tally.commands += commands.len() as u64;
+            let before = model.clone();
+            let mut expects = Vec::new();
+            let mut batch = Vec::new();
+            for (tenant, key, command) in &commands {
+                expects.push(model.apply(tenant, key, command, clock));
+                if !sent.iter().any(|(t, k, _)| (t, k) == (tenant, key)) {
+                    sent.push((tenant.clone(), key.clone(), command.clone()));
+                }
+                batch.push((meta_as(tenant, "staff-1", key, ""), command.clone()));
             }
-            Err(e) => panic!("{context}: {e}"),
+            arm_faults(&mut rng, &world.disk);
+            match world.engine.handle().submit_batch(batch).await {
+                Ok(results) => {
+                    for ((expect, result), (tenant, _, command)) in expects.iter().zip(&results).zip(&commands) {
+                        check_receipt(expect, result, &format!("{context} {tenant} {command:?}"));
+                    }
+                }
+                Err(EngineError::Unavailable(_) | EngineError::Log(LogError::Io { .. })) => {
+                    // Not acknowledged (a failed commit; or a committed batch whose replayed
+                    // records could not be read back for the answer): the batch is in the log
+                    // whole or not at all, and only the log can say which. The client retries
+                    // it with the same keys.
+                    let after = model.clone();
+                    world.tally.unknown_outcomes += 1;
+                    world.restart(&mut rng, true, &context);
+                    let head = world.engine.handle().reader().head().seq;
+                    model = if head == after.seq {
+                        world.tally.kept_whole += u64::from(after.seq > before.seq);
+                        after
+                    } else if head == before.seq {
+                        world.tally.lost_whole += 1;
+                        before
+                    } else {
+                        panic!(
+                            "{context}: after a failed commit the log ends at {head}, \
+                             neither before ({}) nor after ({}) the batch",
+                            before.seq, after.seq
+                        )
+                    };
+                    model.check_invariants();
+                    check_projections(&world.engine, &model).await;
+                    retry = Some(commands);
+                    continue;
+                }
+                Err(e) => panic!("{context}: {e}"),
+            }
         }
         // A fault the batch did not meet (it appended nothing) is not left for the sweep.
         world.disk.keep_power();
