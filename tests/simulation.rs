@@ -95,6 +95,12 @@ struct Model {
     committed: u64,
     /// The other families' acknowledged commands: (scope, key) → their records.
     side: HashMap<Scoped, Vec<u64>>,
+    /// Ids (sequence numbers) of the side tenant's endpoints and links, as the log has them.
+    endpoints: Vec<u64>,
+    links: Vec<u64>,
+    /// The side tenant's session and API key ids, as the log has them.
+    sessions: Vec<String>,
+    api_keys: Vec<String>,
 }
 
 fn scoped(tenant: &str, name: &str) -> Scoped {
@@ -499,8 +505,24 @@ fn side_meta(actor: &str, key: &str, scope: &str) -> tally::domain::CommandMeta 
     meta
 }
 
-fn side_command(rng: &mut Rng, counter: &mut u64, head: u64) -> (tally::domain::CommandMeta, Command) {
+fn side_command(rng: &mut Rng, counter: &mut u64, model: &Model) -> (tally::domain::CommandMeta, Command) {
+    use tally::domain::delivery::{AckMode, AttemptResult, EndpointConfig, Semantics};
     use tally::domain::event::ExternalBody;
+    let head = model.seq;
+    let pick_name = |rng: &mut Rng, names: &[String], prefix: &str| {
+        if names.is_empty() || rng.chance(10) {
+            format!("{prefix}-none")
+        } else {
+            names[rng.below(names.len() as u64) as usize].clone()
+        }
+    };
+    let pick = |rng: &mut Rng, ids: &[u64]| {
+        if ids.is_empty() || rng.chance(10) {
+            1 + rng.below(head + 1)
+        } else {
+            ids[rng.below(ids.len() as u64) as usize]
+        }
+    };
     *counter += 1;
     let n = *counter;
     let member = format!("m{}", rng.below(4));
@@ -552,18 +574,18 @@ fn side_command(rng: &mut Rng, counter: &mut u64, head: u64) -> (tally::domain::
             Command::StartSession {
                 session_id: format!("sess-{}", rng.below(n + 1)),
                 subject: member,
-                role: "service".into(),
+                role: ["member", "staff", "auditor"][rng.below(3) as usize].into(),
                 ttl_seconds: 1 + rng.below(600) as u32,
             },
         ),
         80..=84 => (
             side_meta("sso", &format!("e{n}"), ""),
             Command::EndSession {
-                session_id: format!("sess-{}", rng.below(n + 1)),
+                session_id: pick_name(rng, &model.sessions, "sess"),
                 reason: "logout".into(),
             },
         ),
-        85..=94 => (
+        85..=89 => (
             side_meta("admin", &format!("k{n}"), ""),
             Command::CreateApiKey {
                 key_id: format!("key-{}", rng.below(n + 1)),
@@ -573,11 +595,87 @@ fn side_command(rng: &mut Rng, counter: &mut u64, head: u64) -> (tally::domain::
                 fingerprint: [n as u8; 32],
             },
         ),
-        _ => (
+        90..=91 => (
             side_meta("admin", &format!("v{n}"), ""),
             Command::RevokeApiKey {
-                key_id: format!("key-{}", rng.below(n + 1)),
+                key_id: pick_name(rng, &model.api_keys, "key"),
                 reason: "rotated".into(),
+            },
+        ),
+        92 => (
+            side_meta("admin", &format!("ep{n}"), ""),
+            Command::RegisterEndpoint {
+                config: EndpointConfig {
+                    url: format!("http://receiver-{}.example/hook", rng.below(3)),
+                    kinds: Vec::new(),
+                    semantics: if rng.chance(50) {
+                        Semantics::AtLeastOnce
+                    } else {
+                        Semantics::AtMostOnce
+                    },
+                    max_attempts: 1 + rng.below(5) as u32,
+                    backoff_initial_ms: 1000,
+                    backoff_max_ms: 60_000,
+                    ack_mode: AckMode::Status2xx,
+                    ack_timeout_seconds: 30,
+                    ordered: rng.chance(50),
+                    request_timeout_ms: 5000,
+                },
+                secret_kid: "sim-k1".into(),
+                secret_nonce: format!("nonce-{n}"),
+            },
+        ),
+        93..=95 => {
+            // A delivery worker's report on a recent event.
+            let endpoint_id = pick(rng, &model.endpoints);
+            let event_seq = head.saturating_sub(rng.below(20)).max(1);
+            let status_code = [200, 200, 503, 0][rng.below(4) as usize];
+            let command = if rng.chance(30) {
+                Command::DispatchDelivery {
+                    endpoint_id,
+                    event_seq,
+                    attempt: 1,
+                }
+            } else {
+                Command::RecordDelivery {
+                    endpoint_id,
+                    event_seq,
+                    attempt: 1 + rng.below(2) as u32,
+                    result: AttemptResult {
+                        status_code,
+                        latency_us: 1000,
+                        error: if status_code == 200 {
+                            String::new()
+                        } else {
+                            "unavailable".into()
+                        },
+                    },
+                }
+            };
+            (side_meta("system:deliverer", "", ""), command)
+        }
+        96..=97 => (
+            side_meta("svc-crm", &format!("l{n}"), ""),
+            Command::CreateLink {
+                account: member,
+                external_system: "crm".into(),
+                external_account_id: format!("c{}", rng.below(6)),
+                token_hash: [(n % 7) as u8; 32],
+                ttl_seconds: 1 + rng.below(300) as u32,
+            },
+        ),
+        98 => (
+            side_meta("svc-crm", &format!("lv{n}"), ""),
+            Command::VerifyLink {
+                link_id: pick(rng, &model.links),
+                token_hash: [rng.below(7) as u8; 32],
+            },
+        ),
+        _ => (
+            side_meta("svc-crm", &format!("lr{n}"), ""),
+            Command::RevokeLink {
+                link_id: pick(rng, &model.links),
+                reason: "member asked".into(),
             },
         ),
     }
@@ -619,6 +717,9 @@ fn check_side_answers(
             );
             appended += 1;
         }
+        for record in &receipt.records {
+            note_side_ids(model, record);
+        }
         if let Some(key) = key {
             if !seqs.is_empty() {
                 model.side.entry(key).or_insert(seqs);
@@ -658,8 +759,19 @@ fn reconcile_side(world: &World, model: &mut Model, context: &str) {
             model.side.entry(key).or_default().push(record.seq);
         }
         model.head_ts = record.ts_us;
+        note_side_ids(model, &record);
     }
     model.seq = head;
+}
+
+fn note_side_ids(model: &mut Model, record: &tally::domain::Record) {
+    match record.event {
+        Event::EndpointRegistered(ref registered) => model.endpoints.push(registered.endpoint_id),
+        Event::LinkCreated(_) => model.links.push(record.seq),
+        Event::SessionStarted(ref started) => model.sessions.push(started.session_id.clone()),
+        Event::ApiKeyCreated(ref created) => model.api_keys.push(created.key_id.clone()),
+        _ => {}
+    }
 }
 
 /// The disk and engine of one run.
@@ -670,13 +782,15 @@ struct World {
 }
 
 /// What a run went through, summed over seeds and printed at the end.
-#[derive(Default, Debug)]
+#[derive(Default)]
 struct Tally {
     commands: u64,
     /// The other families' commands: appended, answered as replays, refused.
     side_appended: u64,
     side_replayed: u64,
     side_refused: u64,
+    /// The side tenant's records in the final logs, by event kind.
+    side_kinds: BTreeMap<String, u64>,
     unknown_outcomes: u64,
     kept_whole: u64,
     lost_whole: u64,
@@ -689,12 +803,41 @@ struct Tally {
     power_cuts: u64,
 }
 
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} commands; other families: {} appended, {} replayed, {} refused",
+            self.commands, self.side_appended, self.side_replayed, self.side_refused
+        )?;
+        writeln!(
+            f,
+            "{} unknown outcomes ({} kept whole, {} lost whole); {} crashes, {} restarts, {} snapshot flips, \
+             {} refused starts; disk: {} failed fsyncs, {} failed writes, {} power cuts",
+            self.unknown_outcomes,
+            self.kept_whole,
+            self.lost_whole,
+            self.crashes,
+            self.restarts,
+            self.snapshot_flips,
+            self.refused_starts,
+            self.failed_syncs,
+            self.failed_writes,
+            self.power_cuts
+        )?;
+        write!(f, "other families' records by kind: {:?}", self.side_kinds)
+    }
+}
+
 impl Tally {
     fn add(&mut self, other: &Tally) {
         self.commands += other.commands;
         self.side_appended += other.side_appended;
         self.side_replayed += other.side_replayed;
         self.side_refused += other.side_refused;
+        for (kind, n) in &other.side_kinds {
+            *self.side_kinds.entry(kind.clone()).or_default() += n;
+        }
         self.unknown_outcomes += other.unknown_outcomes;
         self.kept_whole += other.kept_whole;
         self.lost_whole += other.lost_whole;
@@ -792,7 +935,7 @@ async fn run_seed(seed: u64) -> Tally {
         let side = retry_side.take().or_else(|| {
             (retry.is_none() && rng.chance(25)).then(|| {
                 (0..1 + rng.below(6))
-                    .map(|_| side_command(&mut rng, &mut side_counter, model.seq))
+                    .map(|_| side_command(&mut rng, &mut side_counter, &model))
                     .collect()
             })
         });
@@ -909,12 +1052,31 @@ async fn run_seed(seed: u64) -> Tally {
             });
         }
         if rng.chance(25) {
-            let expired = world.engine.handle().sweep().await.unwrap() as u64;
+            // The pulse also expires the side tenant's links: count the holds it expired.
+            let pulse = tally::domain::CommandMeta {
+                tenant: "system".into(),
+                actor: "system:sweeper".into(),
+                ..tally::domain::CommandMeta::default()
+            };
+            let expire = Command::ExpireDue {
+                limit: tally::domain::limits::EXPIRE_PULSE_MAX_HOLDS,
+            };
+            let receipt = world.engine.handle().submit(pulse, expire).await.unwrap();
+            let expired = receipt
+                .records
+                .iter()
+                .filter(|r| matches!(r.event, Event::HoldExpired(_)))
+                .count() as u64;
             assert_eq!(
                 expired,
                 model.sweep(world.engine.clock.now_us_for_test()),
                 "{context}: sweep"
             );
+            model.seq += receipt.records.len() as u64 - expired;
+            if let Some(last) = receipt.records.last() {
+                assert_eq!(last.seq, model.seq, "{context}: the pulse's records end the log");
+                model.head_ts = last.ts_us;
+            }
             model.check_invariants();
         }
         if rng.chance(4) {
@@ -923,6 +1085,16 @@ async fn run_seed(seed: u64) -> Tally {
         }
     }
     check_log(&world, &model).await;
+    for record in world.engine.handle().reader().iter_from(1) {
+        let record = record.unwrap();
+        if record.envelope.tenant == SIDE_TENANT {
+            *world
+                .tally
+                .side_kinds
+                .entry(format!("{:?}", record.event.kind()))
+                .or_default() += 1;
+        }
+    }
     let disk = world.disk.stats();
     Tally {
         failed_syncs: disk.failed_syncs,
@@ -1032,5 +1204,5 @@ fn random_command_streams_match_the_reference_model() {
             }
         }
     }
-    eprintln!("simulation: {count} seeds, {total:?}");
+    eprintln!("simulation: {count} seeds, {total}");
 }
