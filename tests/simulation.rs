@@ -15,7 +15,8 @@
 //! the batch or none of it, since a group commit is atomic) and the client retries the same
 //! batch with the same keys, which must then apply once. At the end: each hold resolved at
 //! most once, each key applied once, the log verifies, and projections folded from scratch
-//! equal the live ones.
+//! equal the live ones; then, in three runs of ten, a bit of synced log data flips and both
+//! `verify` and the next start must refuse the log with a sequence number.
 //!
 //! A third tenant sends the other families through the same commits and faults (partner
 //! events with retries and dead letters, discards and re-drives, sessions, API keys): not
@@ -729,6 +730,37 @@ fn check_side_answers(
     appended
 }
 
+/// A bit of synced log data flips while the engine is stopped: `verify` and the next start
+/// both refuse the log, naming a sequence number of it; neither cuts it off nor starts.
+fn bit_rot(world: &mut World, rng: &mut Rng, head: u64, context: &str) {
+    world.engine.engine.take().expect("running").shutdown();
+    let files = world.disk.files();
+    let (name, _) = &files[rng.below(files.len() as u64) as usize];
+    let written = world.disk.written_len(name);
+    if written <= 64 {
+        return; // a segment with nothing in it yet past its header
+    }
+    let offset = 64 + rng.below(written - 64);
+    assert!(world.disk.flip_bit(name, offset, rng.below(8) as u8));
+    world.tally.bit_rots += 1;
+    let named = |what: &str, error: LogError| match error {
+        LogError::Corrupt { seq, .. } => assert!(
+            (1..=head).contains(&seq),
+            "{context}: {what} names sequence {seq} of {head}"
+        ),
+        other => panic!("{context}: {what} of a log with bit {offset} of {name} flipped: {other}"),
+    };
+    match tally::log::verify_storage(&world.disk) {
+        Ok(verified) => panic!("{context}: verify passed a flipped bit: {:?}", verified.head),
+        Err(e) => named("verify", e),
+    }
+    match tally::engine::Engine::start(world.engine.config.clone(), world.engine.clock.clone()) {
+        Ok(_) => panic!("{context}: the engine started on a flipped bit at {offset} of {name}"),
+        Err(EngineError::Log(e)) => named("start", e),
+        Err(other) => panic!("{context}: start: {other}"),
+    }
+}
+
 /// The disk's faults for the next commit.
 fn arm_faults(rng: &mut Rng, disk: &SimDisk) {
     match rng.below(100) {
@@ -797,6 +829,8 @@ struct Tally {
     crashes: u64,
     restarts: u64,
     snapshot_flips: u64,
+    /// Bits flipped in synced log data at the end of a run.
+    bit_rots: u64,
     refused_starts: u64,
     failed_syncs: u64,
     failed_writes: u64,
@@ -813,13 +847,14 @@ impl std::fmt::Display for Tally {
         writeln!(
             f,
             "{} unknown outcomes ({} kept whole, {} lost whole); {} crashes, {} restarts, {} snapshot flips, \
-             {} refused starts; disk: {} failed fsyncs, {} failed writes, {} power cuts",
+             {} log bit flips refused, {} refused starts; disk: {} failed fsyncs, {} failed writes, {} power cuts",
             self.unknown_outcomes,
             self.kept_whole,
             self.lost_whole,
             self.crashes,
             self.restarts,
             self.snapshot_flips,
+            self.bit_rots,
             self.refused_starts,
             self.failed_syncs,
             self.failed_writes,
@@ -844,6 +879,7 @@ impl Tally {
         self.crashes += other.crashes;
         self.restarts += other.restarts;
         self.snapshot_flips += other.snapshot_flips;
+        self.bit_rots += other.bit_rots;
         self.refused_starts += other.refused_starts;
         self.failed_syncs += other.failed_syncs;
         self.failed_writes += other.failed_writes;
@@ -1094,6 +1130,9 @@ async fn run_seed(seed: u64) -> Tally {
                 .entry(format!("{:?}", record.event.kind()))
                 .or_default() += 1;
         }
+    }
+    if rng.chance(30) {
+        bit_rot(&mut world, &mut rng, model.seq, &format!("seed {seed} end"));
     }
     let disk = world.disk.stats();
     Tally {
