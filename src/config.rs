@@ -218,14 +218,29 @@ impl Default for DeliveriesSection {
 /// too long.
 pub const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
 
-/// Rate limits per tenant on mutating calls.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Rate limits per tenant on mutating calls, and admission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Mutating commands one tenant may send a second; 0 turns the limits off.
     pub tenant_commands_per_second: u64,
     /// Commands a tenant may send at once after a quiet spell; 0 means one second's worth.
     pub tenant_burst: u64,
+    /// Calls in flight at once before more are refused as overload; 0: no bound.
+    pub max_calls_in_flight: u64,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            tenant_commands_per_second: 0,
+            tenant_burst: 0,
+            max_calls_in_flight: crate::api::admission::DEFAULT_MAX_CALLS_IN_FLIGHT as u64,
+            max_streams_per_connection: crate::api::admission::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        }
+    }
 }
 
 /// The Prometheus endpoint.
@@ -348,6 +363,7 @@ pub struct Settings {
     pub delivery_ca_file: Option<PathBuf>,
     /// Per-tenant limits on mutating calls, if on.
     pub tenant_limit: Option<crate::api::limits::RateLimit>,
+    pub admission: crate::api::admission::Admission,
     pub engine: EngineConfig,
 }
 
@@ -438,6 +454,12 @@ impl Config {
         if self.deliveries.poll_interval_ms == 0 {
             return Err(invalid("deliveries.poll_interval_ms", "must be at least 1".into()));
         }
+        if self.limits.max_streams_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_streams_per_connection",
+                "must be at least 1".into(),
+            ));
+        }
         let i = &self.ingest;
         if i.max_attempts == 0 {
             return Err(invalid("ingest.max_attempts", "must be at least 1".into()));
@@ -516,6 +538,13 @@ impl Config {
                         burst => burst,
                     },
                 }),
+            },
+            admission: crate::api::admission::Admission {
+                max_calls_in_flight: match self.limits.max_calls_in_flight {
+                    0 => None,
+                    n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                },
+                max_streams_per_connection: self.limits.max_streams_per_connection,
             },
             engine,
         })

@@ -610,6 +610,12 @@ struct ServeArgs {
     /// limits.tenant_burst: commands a tenant may send at once after a quiet spell (0: one second's worth).
     #[arg(long, env = "TALLY_TENANT_BURST")]
     tenant_burst: Option<u64>,
+    /// limits.max_calls_in_flight: calls in flight at once before more are refused as overload (0: no bound).
+    #[arg(long, env = "TALLY_MAX_CALLS_IN_FLIGHT")]
+    max_calls_in_flight: Option<u64>,
+    /// limits.max_streams_per_connection: streams one HTTP/2 connection may have open at once.
+    #[arg(long, env = "TALLY_MAX_STREAMS_PER_CONNECTION")]
+    max_streams_per_connection: Option<u32>,
     /// metrics.listen: address of the Prometheus endpoint (GET /metrics); "" turns it off.
     #[arg(long, env = "TALLY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -798,6 +804,12 @@ fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) -> Result<C
     if let Some(v) = args.tenant_burst {
         c.limits.tenant_burst = v;
     }
+    if let Some(v) = args.max_calls_in_flight {
+        c.limits.max_calls_in_flight = v;
+    }
+    if let Some(v) = args.max_streams_per_connection {
+        c.limits.max_streams_per_connection = v;
+    }
     if let Some(v) = &args.metrics_listen {
         c.metrics.listen = v.clone();
     }
@@ -928,6 +940,7 @@ async fn run_server(settings: Settings) -> ExitCode {
     if let Some(limit) = settings.tenant_limit {
         slot.set_limits(tally::api::limits::TenantLimiter::new(limit, Arc::new(SystemClock)));
     }
+    slot.set_admission(settings.admission);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();

@@ -54,6 +54,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| e.to_string())?;
     engine_metrics::describe();
+    crate::api::admission::describe();
     metrics::describe_gauge!(
         UP,
         "1 while the ledger serves; 0 while recovering, refused, failed or stopped"

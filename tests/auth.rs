@@ -12,6 +12,8 @@
 //!
 //! Memory: what unauthenticated signed calls (a real key id, a garbage signature) make the
 //! server hold before their signatures are checked stays under a fixed bound.
+//! Overload: with every slot of `limits.max_calls_in_flight` held, a call is refused at once
+//! (RESOURCE_EXHAUSTED / SERVER_OVERLOADED), health still answers, and slots come back.
 //!
 //! Tenants: one tenant's operations are invisible to another (listed, fetched, cancelled:
 //! NOT_FOUND as if they did not exist), exports go to a directory per tenant and report no
@@ -1782,5 +1784,91 @@ async fn unverified_signed_bodies_are_bounded_in_memory() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(answer.is_ok(), "{answer:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_server_refuses_at_once_and_health_still_answers() {
+    use tally::api::admission::Admission;
+    use tally::api::auth::SIGNATURE_HEADER;
+    let limit = 3;
+    let mut server = TestServer::start_configured(|slot, _| {
+        slot.set_admission(Admission {
+            max_calls_in_flight: Some(limit),
+            max_streams_per_connection: 64,
+        })
+    })
+    .await;
+    let channel = server.channel().await;
+    let admin = token("t1", "root", &["admin"]);
+    let create = proto::CreateApiKeyRequest {
+        name: "partner".into(),
+        idempotency_key: "key-partner".into(),
+        ..Default::default()
+    };
+    let created = IdentityClient::new(channel.clone())
+        .create_api_key(with_token(create, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let key_id = created.key.unwrap().key_id;
+    let now = server.engine.clock.now_us() / SECOND;
+    // Signed calls whose bodies never end: each stays in flight, holding a slot.
+    let path = "/tally.v1.Identity/WhoAmI";
+    let mut held = Vec::new();
+    for n in 0..limit as u64 {
+        let mut headers = signed(&key_id, "tk_not-the-secret", path, now - n, b"");
+        headers.retain(|(name, _)| *name != SIGNATURE_HEADER);
+        headers.push((SIGNATURE_HEADER, format!("{n:064x}")));
+        held.push(held_open_call(&channel, path, 64, headers));
+    }
+    let who_am_i = || {
+        let mut identity = IdentityClient::new(channel.clone());
+        let admin = admin.clone();
+        async move { identity.who_am_i(with_token(proto::WhoAmIRequest {}, &admin)).await }
+    };
+    // The held calls reach the server in their own time: ask until the answer says so.
+    let mut refused = None;
+    for _ in 0..500 {
+        match who_am_i().await {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    let status = refused.expect("with every slot held, a call is refused");
+    assert_eq!(
+        (status.code(), reason(&status)),
+        (Code::ResourceExhausted, "SERVER_OVERLOADED".into()),
+        "{status:?}"
+    );
+    assert!(status.message().contains(&limit.to_string()), "{}", status.message());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health is never refused as overload")
+        .into_inner();
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    // The held callers go away: their slots come back.
+    for handle in held {
+        handle.abort();
+    }
+    let mut answered = None;
+    for _ in 0..500 {
+        match who_am_i().await {
+            Ok(answer) => {
+                answered = Some(answer);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    assert!(answered.is_some(), "slots are given back when their calls end");
     server.stop().await;
 }

@@ -6,6 +6,7 @@
 //! Invariant: handlers translate and delegate; every rule lives in the domain, every write
 //! goes through the engine.
 
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod caller;
@@ -89,7 +90,11 @@ pub async fn serve_slot(
         .build_v1alpha()
         .expect("the embedded descriptors are valid");
     let limit = malformed::MAX_REQUEST_MESSAGE_BYTES;
+    let admission = slot.admission();
     tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(admission.max_streams_per_connection))
+        // Outermost: an overloaded server refuses before reading or checking anything.
+        .layer(admission::AdmissionLayer::new(admission))
         // The codec's refusals (undecodable, oversized) become the caller's errors.
         .layer(malformed::MalformedLayer)
         .layer(auth::AuthLayer::new(slot.clone()))

@@ -36,6 +36,7 @@ struct Inner {
     limiter: OnceLock<super::limits::TenantLimiter>,
     auth: OnceLock<super::auth::AuthSettings>,
     destinations: OnceLock<crate::deliverer::Destinations>,
+    admission: OnceLock<super::admission::Admission>,
 }
 
 impl EngineSlot {
@@ -49,6 +50,7 @@ impl EngineSlot {
                 limiter: OnceLock::new(),
                 auth: OnceLock::new(),
                 destinations: OnceLock::new(),
+                admission: OnceLock::new(),
             }),
         }
     }
@@ -122,6 +124,16 @@ impl EngineSlot {
             .map_err(|e| Status::internal(format!("STORAGE_ERROR: cannot read or create the auth keys: {e}")))?;
         let _ = self.inner.auth.set(settings);
         Ok(self.inner.auth.get().expect("just set"))
+    }
+
+    /// How many calls the server admits at once; set once, before serving (none: the
+    /// defaults).
+    pub fn set_admission(&self, admission: super::admission::Admission) {
+        assert!(self.inner.admission.set(admission).is_ok(), "admission is set once");
+    }
+
+    pub fn admission(&self) -> super::admission::Admission {
+        self.inner.admission.get().copied().unwrap_or_default()
     }
 
     /// Per-tenant rate limits on mutating calls; set once, before serving (none: no limits).
