@@ -20,12 +20,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("tally_descriptor.bin"), descriptors.encode_to_vec())?;
+    // Messages know their full names, so that the codec can check a request against its
+    // descriptor and refuse a field it does not know (src/api/strict.rs).
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
+        .codec_path("crate::api::strict::StrictCodec")
         // The ingest payload keeps a map's entries in wire order, so that a key sent twice
         // is refused instead of the last one winning (src/api/payload.rs).
         .extern_path(".google.protobuf.Struct", "crate::api::payload::PayloadStruct")
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

@@ -988,3 +988,88 @@ async fn undecodable_requests_are_the_callers_errors_with_a_reason() {
     assert_eq!(error(status).1, "ACCOUNT_NOT_FOUND");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_the_server_does_not_know_is_refused_not_ignored() {
+    use prost::Message;
+    let mut server = TestServer::start().await;
+    let channel = server.channel().await;
+    let token = support::token("t1", "svc", &support::ALL_ROLES);
+    let headers = vec![("authorization", format!("Bearer {token}"))];
+    let open = OpenAccountRequest {
+        account_id: "p1".into(),
+        idempotency_key: "open-p1".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    // Field 99 (varint 7) appended to a valid request: a newer client's field.
+    let mut with_unknown = open.clone();
+    with_unknown.extend_from_slice(&[0x98, 0x06, 0x07]);
+    let status = support::raw_call(&channel, "/tally.v1.Ledger/OpenAccount", false, with_unknown, &headers)
+        .await
+        .unwrap_err();
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(
+        (status.code(), info.reason.as_str()),
+        (Code::InvalidArgument, "UNKNOWN_FIELD")
+    );
+    assert_eq!(info.metadata["message"], "tally.v1.OpenAccountRequest");
+    assert_eq!(info.metadata["field_number"], "99");
+    // Nothing was done: the account does not exist yet, and the same request without the
+    // field opens it.
+    let mut ledger = tally::api::proto::ledger_client::LedgerClient::new(channel.clone());
+    let missing = ledger
+        .get_account(support::with_token(
+            GetAccountRequest {
+                account_id: "p1".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    support::raw_call(&channel, "/tally.v1.Ledger/OpenAccount", false, open, &headers)
+        .await
+        .expect("the request without the unknown field is served");
+
+    // Inside a nested message too: a rating slip with a field 9 of its own.
+    let award = AwardRequest {
+        account_id: "p1".into(),
+        idempotency_key: "slip-1".into(),
+        source: Some(award_request::Source::RatingSlip(RatingSlipAccrual {
+            slip_id: "s-1".into(),
+            average_bet_cents: 2500,
+            decisions_per_hour: 70,
+            minutes_played: 60,
+            house_edge_bps: 200,
+            game: "blackjack".into(),
+        })),
+        ..Default::default()
+    };
+    let mut slip = match award.source.clone() {
+        Some(award_request::Source::RatingSlip(slip)) => slip.encode_to_vec(),
+        _ => unreachable!(),
+    };
+    slip.extend_from_slice(&[0x48, 0x01]); // field 9, varint 1
+    let mut body = AwardRequest {
+        source: None,
+        ..award.clone()
+    }
+    .encode_to_vec();
+    body.push(0x52); // field 10 (rating_slip), length-delimited
+    body.push(slip.len() as u8);
+    body.extend_from_slice(&slip);
+    let status = support::raw_call(&channel, "/tally.v1.Ledger/Award", false, body, &headers)
+        .await
+        .unwrap_err();
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, "UNKNOWN_FIELD", "{status:?}");
+    assert_eq!(info.metadata["message"], "tally.v1.RatingSlipAccrual");
+    assert_eq!(info.metadata["field_number"], "9");
+    // Answers are read leniently by clients, and the known request is served.
+    ledger
+        .award(support::with_token(award, &token))
+        .await
+        .expect("the award without the unknown field is served");
+    server.stop().await;
+}

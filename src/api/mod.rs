@@ -24,6 +24,7 @@ pub mod payload;
 pub mod proto;
 pub mod slot;
 pub mod status;
+pub mod strict;
 pub mod trace;
 
 pub use slot::{EngineSlot, Phase};
