@@ -1,8 +1,9 @@
 //! Protects who may call what. The authorization matrix runs every RPC of every `tally.v1`
-//! service, found in the server's own descriptors, against eight credentials — none,
+//! service, found in the server's own descriptors, against nine credentials — none,
 //! malformed, a bad signature, expired, logged out, another tenant's request, a role
-//! without the permission, and the right one — and only the last may succeed, each refusal
-//! with its code. An RPC added to the protos without a row here fails the test; the door's
+//! without the permission, a member of the tenant on objects that are not its own, and the
+//! right one — and only the last may succeed (a member may ask who it is, and is let into a
+//! batch whose commands are each refused), each refusal with its code. An RPC added to the protos without a row here fails the test; the door's
 //! permission table must cover exactly the RPCs the server has.
 //!
 //! Also: SSO sessions (refresh, logout, expiry by log time), signed service calls (skew,
@@ -39,6 +40,18 @@ fn bearer(token: &str) -> Headers {
 }
 
 /// Every method of the `tally.v1` services: (path, server-streaming).
+/// What a member gets calling `path` on the matrix's objects, none of which are its own:
+/// refused, but for the calls about the caller itself.
+fn member_on_others(path: &str) -> Option<Code> {
+    match path {
+        "/tally.v1.Identity/WhoAmI" => None,
+        // The door admits a member to a batch; each command in it is refused on its own
+        // (`a_member_acts_on_its_own_account_only` checks the batch's results).
+        "/tally.v1.Ledger/SubmitBatch" => None,
+        _ => Some(Code::PermissionDenied),
+    }
+}
+
 fn methods() -> Vec<(String, bool)> {
     use prost::Message;
     let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
@@ -787,7 +800,9 @@ async fn authorization_matrix_over_every_rpc() {
         let missing = token("t1", "caller-2", &denied_roles);
         let mut other_tenant = bearer(&right);
         other_tenant.push(("x-tally-tenant", "t2".to_string()));
-        let cases: [(&str, Headers, Option<Code>); 8] = [
+        // A member of the same tenant, acting on objects that are not its own.
+        let member = token("t1", "p-other", &["member"]);
+        let cases: [(&str, Headers, Option<Code>); 9] = [
             ("no credential", vec![], Some(Code::Unauthenticated)),
             ("malformed", bearer("not.a-token"), Some(Code::Unauthenticated)),
             ("bad signature", bearer(&forged), Some(Code::Unauthenticated)),
@@ -799,6 +814,11 @@ async fn authorization_matrix_over_every_rpc() {
             ),
             ("other tenant", other_tenant, Some(Code::PermissionDenied)),
             ("missing permission", bearer(&missing), Some(Code::PermissionDenied)),
+            (
+                "member on another member's objects",
+                bearer(&member),
+                member_on_others(path),
+            ),
             ("right permission", bearer(&right), None),
         ];
         for (case, headers, expected) in cases {
