@@ -854,3 +854,40 @@ fn request_prints_name_the_first_differing_field() {
         );
     }
 }
+
+/// The request prints the idempotency index keeps are stable across builds: they hash the
+/// settings' persisted encoding, never a `Debug` text that a new field or a rename changes.
+/// A retry after an upgrade must still be a retry. These values are pinned: a change here is
+/// a change of the write-state snapshot format and of every retry's answer.
+#[test]
+fn request_prints_of_settings_are_pinned_across_builds() {
+    use tally::domain::delivery::{AckMode, EndpointConfig, RetrySelection, Semantics};
+    let register = Command::RegisterEndpoint {
+        config: EndpointConfig {
+            url: "https://crm.example.com/tally".into(),
+            kinds: vec!["points.awarded".into()],
+            semantics: Semantics::AtLeastOnce,
+            max_attempts: 8,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+            ack_mode: AckMode::Status2xx,
+            ack_timeout_seconds: 30,
+            ordered: true,
+            request_timeout_ms: 5000,
+        },
+        secret_kid: "k1".into(),
+        secret_nonce: "nonce".into(),
+    };
+    let retry = Command::RetryDeliveries {
+        selection: RetrySelection::One {
+            endpoint_id: 3,
+            event_seq: 41,
+        },
+        reason: "receiver back".into(),
+    };
+    assert_eq!(
+        (register.print().fields[1], retry.print().fields[0]),
+        (3_973_586_524_644_173_952, 3_276_939_839_787_373_716),
+        "pinned digests of the encoded settings"
+    );
+}

@@ -375,10 +375,9 @@ impl Command {
             Command::CreateApiKey { name, role, .. } => (Shape::CreateApiKey, &[text(name), text(role)]),
             Command::RevokeApiKey { key_id, reason } => (Shape::RevokeApiKey, &[text(key_id), text(reason)]),
             // The nonce is the server's, drawn anew for each request.
-            Command::RegisterEndpoint { config, .. } => (
-                Shape::RegisterEndpoint,
-                &[text(&config.url), text(&format!("{config:?}"))],
-            ),
+            Command::RegisterEndpoint { config, .. } => {
+                (Shape::RegisterEndpoint, &[text(&config.url), encoded_digest(config)])
+            }
             Command::UpdateEndpoint {
                 endpoint_id, status, ..
             } => (
@@ -402,7 +401,7 @@ impl Command {
                 receipt,
             } => (Shape::AckDelivery, &[*endpoint_id, *event_seq, text(receipt)]),
             Command::RetryDeliveries { selection, reason } => {
-                (Shape::RetryDeliveries, &[text(&format!("{selection:?}")), text(reason)])
+                (Shape::RetryDeliveries, &[encoded_digest(selection), text(reason)])
             }
         };
         let mut print = RequestPrint {
@@ -546,6 +545,15 @@ impl RequestPrint {
             .find(|&i| self.fields[i] != other.fields[i])
             .map(|i| names[i])
     }
+}
+
+/// The first 8 bytes of the blake3 hash of a value's MessagePack encoding: the encoding its
+/// events persist in the log, so it stays what it is across builds (a `Debug` text would not:
+/// a retry after an upgrade would be taken for a conflict).
+fn encoded_digest(value: &impl Serialize) -> u64 {
+    let bytes = rmp_serde::to_vec(value).expect("a persisted type encodes");
+    let hash = blake3::hash(&bytes);
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The first 8 bytes of a text's blake3 hash.
