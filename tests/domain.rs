@@ -891,3 +891,18 @@ fn request_prints_of_settings_are_pinned_across_builds() {
         "pinned digests of the encoded settings"
     );
 }
+
+/// Each kind's family is named by kind, not by a range of codes; for the kinds that exist the
+/// answers are the ones the ranges gave (ledger: codes 1–8, credentials 21–25, deliverable
+/// 1–20), so history, as-of reads and deliveries see what they saw.
+#[test]
+fn event_kind_families_keep_every_existing_kind_where_it_was() {
+    use tally::domain::delivery::deliverable;
+    use tally::domain::EventKind;
+    for kind in EventKind::ALL {
+        let code = kind.code();
+        assert_eq!(kind.is_ledger(), code <= 8, "{kind:?}");
+        assert_eq!(kind.is_credential(), (21..=25).contains(&code), "{kind:?}");
+        assert_eq!(deliverable(kind), code <= 20, "{kind:?}");
+    }
+}

@@ -196,7 +196,11 @@ pub struct DeliveryState {
 /// Kinds that can be delivered: the ledger's and the pipeline's business events. Sessions,
 /// keys and the deliveries' own events never are (no secrets out, no loops).
 pub fn deliverable(kind: EventKind) -> bool {
-    kind.code() <= EventKind::CompRefused.code()
+    use super::event::KindFamily;
+    match kind.family() {
+        KindFamily::Ledger | KindFamily::Pipeline | KindFamily::Link | KindFamily::Refusal => true,
+        KindFamily::Credential | KindFamily::Delivery => false,
+    }
 }
 
 impl DeliveryState {

@@ -88,6 +88,22 @@ pub enum Event {
     DeliveryRetried(DeliveryRetried),
 }
 
+/// The families event kinds fall in (see [`EventKind::family`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindFamily {
+    /// Balances and holds: an account's history.
+    Ledger,
+    /// The ingest pipeline's bookkeeping.
+    Pipeline,
+    Link,
+    /// A refusal recorded for the audit (a comp refused).
+    Refusal,
+    /// Sessions and API keys.
+    Credential,
+    /// Endpoints and deliveries.
+    Delivery,
+}
+
 /// The stable numeric code of an event kind, written in each record header so that readers
 /// can filter without decoding payloads. Codes are never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -216,15 +232,43 @@ impl EventKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
+    /// What a kind is, decided once per kind. The match names every kind and has no
+    /// wildcard: a new kind does not compile until it is placed here, so it cannot drop out
+    /// of history, as-of reads or deliveries by falling outside a range of codes.
+    pub fn family(self) -> KindFamily {
+        use EventKind::*;
+        match self {
+            AccountOpened | PointsAwarded | HoldReserved | HoldCommitted | HoldReleased | HoldExpired | TierChanged
+            | PointsReversed => KindFamily::Ledger,
+            ExternalReceived
+            | ExternalProcessed
+            | ExternalAttemptFailed
+            | ExternalDeadLettered
+            | DeadLetterDiscarded
+            | RedriveRequested => KindFamily::Pipeline,
+            LinkCreated | LinkVerified | LinkVerifyFailed | LinkRevoked | LinkExpired => KindFamily::Link,
+            CompRefused => KindFamily::Refusal,
+            SessionStarted | SessionRefreshed | SessionEnded | ApiKeyCreated | ApiKeyRevoked => KindFamily::Credential,
+            EndpointRegistered
+            | EndpointUpdated
+            | DeliveryDispatched
+            | DeliveryDelivered
+            | DeliveryFailed
+            | DeliveryFailedPermanently
+            | DeliveryAcked
+            | DeliveryRetried => KindFamily::Delivery,
+        }
+    }
+
     /// A ledger entry of an account (its balance history); the others are the ingest
-    /// pipeline's bookkeeping, which changes no balance.
+    /// pipeline's bookkeeping and the rest, which change no balance.
     pub fn is_ledger(self) -> bool {
-        self.code() <= EventKind::PointsReversed.code()
+        self.family() == KindFamily::Ledger
     }
 
     /// A change to sessions or API keys.
     pub fn is_credential(self) -> bool {
-        (EventKind::SessionStarted.code()..=EventKind::ApiKeyRevoked.code()).contains(&self.code())
+        self.family() == KindFamily::Credential
     }
 }
 
