@@ -765,7 +765,7 @@ async fn authorization_matrix_over_every_rpc() {
     let channel = server.channel().await;
     let methods = methods();
     let served: BTreeSet<_> = methods.iter().map(|(p, _)| p.as_str()).collect();
-    let table: BTreeSet<_> = tally::api::auth::METHODS.iter().map(|(p, _)| *p).collect();
+    let table: BTreeSet<_> = tally::api::auth::METHODS.iter().map(|(p, _, _)| *p).collect();
     assert_eq!(
         served, table,
         "the door's permission table must name exactly the RPCs served"

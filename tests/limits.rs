@@ -76,3 +76,47 @@ async fn a_tenant_over_its_rate_is_told_when_to_retry() {
     assert!(client.open_account(request(open("a6"), "t1", "svc")).await.is_err());
     server.stop().await;
 }
+
+/// Every RPC that changes something is limited at the door, from the one method table, so no
+/// handler can forget it (the Deliveries RPCs once did); no read ever is. Each method gets a
+/// tenant of its own with a bucket of one: its second call must be refused as over the rate
+/// (a read's never), whatever the first call's fate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutating_rpc_is_limited_at_the_door_and_no_read_is() {
+    use tally::api::auth::{Charge, METHODS};
+    let mut server = TestServer::start_configured(|slot, engine| {
+        let limit = RateLimit {
+            per_second: 1,
+            burst: 1,
+        };
+        slot.set_limits(TenantLimiter::new(limit, engine.clock.clone()));
+    })
+    .await;
+    let channel = server.channel().await;
+    let mut limited = 0;
+    for (n, (path, _, charge)) in METHODS.iter().enumerate() {
+        if path.ends_with("/Replay") || path.ends_with("/Subscribe") {
+            continue; // streams: reads
+        }
+        let tenant = format!("rate-{n}");
+        let token = support::token(&tenant, "svc", &support::ALL_ROLES);
+        let headers = vec![("authorization", format!("Bearer {token}"))];
+        let mut last = Ok(());
+        for _ in 0..2 {
+            last = support::raw_call(&channel, path, false, Vec::new(), &headers).await;
+        }
+        let rate_limited = matches!(&last, Err(status)
+            if status.get_details_error_info().is_some_and(|i| i.reason == "TENANT_RATE_LIMITED"));
+        match charge {
+            Charge::One => {
+                assert!(rate_limited, "{path}: the second call in a second: {last:?}");
+                limited += 1;
+            }
+            Charge::Free => assert!(!rate_limited, "{path}: {last:?}"),
+            // Charged by their handlers per item (an empty batch here): not this test's.
+            Charge::PerItem => {}
+        }
+    }
+    assert!(limited >= 28, "{limited} mutating RPCs");
+    server.stop().await;
+}

@@ -121,7 +121,6 @@ impl Identity for IdentityService {
         request: Request<proto::StartSessionRequest>,
     ) -> Result<Response<proto::SessionResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let command = Command::StartSession {
             session_id: fresh_id("s-")?,
@@ -162,7 +161,6 @@ impl Identity for IdentityService {
         request: Request<proto::RefreshSessionRequest>,
     ) -> Result<Response<proto::SessionResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let session_id = target_session(&caller.principal, &r.session_id)?;
         let command = Command::RefreshSession {
@@ -178,7 +176,6 @@ impl Identity for IdentityService {
         request: Request<proto::EndSessionRequest>,
     ) -> Result<Response<proto::EndSessionResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let session_id = target_session(&caller.principal, &r.session_id)?;
         let command = Command::EndSession {
@@ -223,7 +220,6 @@ impl Identity for IdentityService {
         request: Request<proto::CreateApiKeyRequest>,
     ) -> Result<Response<proto::CreateApiKeyResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let role = if r.role.is_empty() { "service" } else { r.role.as_str() };
         if !Role::parse(role).is_some_and(|role| API_KEY_ROLES.contains(&role)) {
@@ -294,7 +290,6 @@ impl Identity for IdentityService {
         request: Request<proto::RevokeApiKeyRequest>,
     ) -> Result<Response<proto::ApiKeyInfo>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let command = Command::RevokeApiKey {
             key_id: r.key_id.clone(),

@@ -244,7 +244,6 @@ fn redrive_result(receipt_seq: u64, result: Result<Receipt, Rejection>) -> proto
 impl Ingest for IngestService {
     async fn ingest(&self, request: Request<proto::IngestRequest>) -> Result<Response<proto::IngestResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = ingest_command(&caller, request.get_ref())?;
         let receipt = self.submit(meta, command).await?;
         Ok(Response::new(ingest_response(&receipt)))
@@ -365,7 +364,6 @@ impl Ingest for IngestService {
         request: Request<proto::RedriveRequest>,
     ) -> Result<Response<proto::RedriveResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = operator_meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id)?;
         if r.idempotency_key.len() > MAX_REDRIVE_KEY_BYTES {
@@ -442,7 +440,6 @@ impl Ingest for IngestService {
         request: Request<proto::DiscardRequest>,
     ) -> Result<Response<proto::DiscardResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let r = request.get_ref();
         let meta = operator_meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id)?;
         let command = Command::Discard {

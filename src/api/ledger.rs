@@ -91,7 +91,6 @@ impl Ledger for LedgerService {
         request: Request<proto::OpenAccountRequest>,
     ) -> Result<Response<proto::OpenAccountResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::open_account(&caller, request.get_ref());
         let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::open_account_response(&receipt)))
@@ -99,7 +98,6 @@ impl Ledger for LedgerService {
 
     async fn award(&self, request: Request<proto::AwardRequest>) -> Result<Response<proto::AwardResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::award(&caller, request.get_ref())?;
         let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::award_response(&receipt)))
@@ -110,7 +108,6 @@ impl Ledger for LedgerService {
         request: Request<proto::ReserveRequest>,
     ) -> Result<Response<proto::ReserveResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::reserve(&caller, request.get_ref());
         let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::reserve_response(&receipt)))
@@ -118,7 +115,6 @@ impl Ledger for LedgerService {
 
     async fn commit(&self, request: Request<proto::CommitRequest>) -> Result<Response<proto::CommitResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::commit(&caller, request.get_ref());
         let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::commit_response(&receipt)))
@@ -129,7 +125,6 @@ impl Ledger for LedgerService {
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
         let caller = Caller::of(&request)?;
-        self.slot.admit(&caller.tenant, 1)?;
         let (meta, command) = convert::release(&caller, request.get_ref());
         let receipt = self.submit_authorized(&caller, meta, command).await?;
         Ok(Response::new(convert::release_response(&receipt)))
