@@ -1228,7 +1228,13 @@ fn random_command_streams_match_the_reference_model() {
     };
     let mut total = Tally::default();
     let count = seeds.len();
-    for seed in seeds {
+    // A long run says which seed it is on, so that a crash that is not a panic (an abort)
+    // still names its seed.
+    let progress = std::env::var("TALLY_SIM_PROGRESS").is_ok();
+    for (n, seed) in seeds.into_iter().enumerate() {
+        if progress {
+            eprintln!("simulation: seed {} of {count}: TALLY_SIM_SEED={seed}", n + 1);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
