@@ -94,6 +94,19 @@ pub(crate) fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>,
         })
         .collect();
     segments.sort();
+    // Readers open a segment by the name the log gives it: a file named otherwise (`1.seg`)
+    // would be scanned and then never read. The log did not write it; it is refused.
+    if let Some((first_seq, name)) = segments.iter().find(|(first, name)| *name != segment_name(*first)) {
+        return Err(LogError::Corrupt {
+            seq: *first_seq,
+            path: storage.path(name),
+            offset: 0,
+            reason: format!(
+                "a segment file named {name}; the log names it {}",
+                segment_name(*first_seq)
+            ),
+        });
+    }
     Ok(segments)
 }
 
