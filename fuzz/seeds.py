@@ -4,7 +4,8 @@
 Small valid inputs for the fuzzer to start from (and a few nearly valid ones): frames and
 segments cut from the golden logs in snapshots/, Ledger requests encoded by hand, ingest
 payloads of each type. Run from anywhere: `python3 fuzz/seeds.py`. The committed corpora
-are these seeds and what fuzzing added, minimized with `cargo fuzz cmin`.
+are what fuzzing kept from these seeds and from its own finds, minimized with
+`cargo fuzz cmin` and cut down by fuzz/pick.py.
 """
 
 import json
