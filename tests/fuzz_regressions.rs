@@ -60,33 +60,64 @@ fn ingest_json_corpus() {
     replay("ingest_json", harness::ingest_json);
 }
 
+/// The log a `log_scan` fixture stands for, on a simulated disk.
+fn log_of(fixture: &str) -> tally::log::SimDisk {
+    use tally::log::{SimDisk, Storage};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz/log_scan")
+        .join(fixture);
+    let input = std::fs::read(path).expect("the fixture");
+    let disk = SimDisk::new(1, "/log");
+    for (name, bytes) in harness::segment_files(&input) {
+        let file = disk.create(&name, bytes.len() as u64).expect("a new file");
+        file.write_all_at(&bytes, 0).expect("written");
+    }
+    disk
+}
+
+/// Asserts that verifying the log on `disk`, opening it for reading and opening it for
+/// writing all refuse it as corrupt at `seq`, with a reason that says `reason`.
+fn assert_refused(disk: &tally::log::SimDisk, seq: u64, reason: &str) {
+    use std::sync::Arc;
+    use tally::log::{verify_storage, FileLog, LogError, LogOptions, LogReader};
+    let refused = |error: LogError| match error {
+        LogError::Corrupt {
+            seq: at, reason: why, ..
+        } => {
+            assert_eq!(at, seq, "{why}");
+            assert!(why.contains(reason), "{why}");
+        }
+        other => panic!("{other}"),
+    };
+    refused(verify_storage(disk).expect_err("verify refuses the log"));
+    refused(
+        LogReader::open_on(Arc::new(disk.clone()))
+            .err()
+            .expect("a reader refuses the log"),
+    );
+    refused(
+        FileLog::open_on(Arc::new(disk.clone()), LogOptions::default())
+            .err()
+            .expect("the writer refuses the log"),
+    );
+}
+
 /// Found by `log_scan`: a log whose segment file is named `1.seg` verified and opened, and
 /// then no record of it could be read (readers open `00000000000000000001.seg`). Such a
-/// file is now refused when the log is listed, naming it.
+/// file is now refused, named, when the log is listed.
 #[test]
 fn a_segment_named_otherwise_is_refused() {
-    use std::sync::Arc;
-    use tally::log::{verify_storage, FileLog, LogError, LogOptions, LogReader, SimDisk, Storage};
+    let disk = log_of("short-segment-name");
+    assert_eq!(disk.files()[0].0, "1.seg");
+    assert_refused(&disk, 1, "1.seg");
+}
 
-    let input =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/log_scan/short-segment-name"))
-            .expect("the fixture");
-    let segment = &input[1..]; // the harness's flags byte, then the segment file
-    for (name, refused) in [("1.seg", true), ("00000000000000000001.seg", false)] {
-        let disk = SimDisk::new(1, "/log");
-        let file = disk.create(name, segment.len() as u64).expect("a new file");
-        file.write_all_at(segment, 0).expect("written");
-        match verify_storage(&disk) {
-            Err(LogError::Corrupt { reason, .. }) if refused => {
-                assert!(reason.contains(name), "the error names the file: {reason}")
-            }
-            Ok(verified) if !refused => assert_eq!(verified.head.seq, 2),
-            other => panic!("{name}: {other:?}"),
-        }
-        assert_eq!(LogReader::open_on(Arc::new(disk.clone())).is_err(), refused);
-        assert_eq!(
-            FileLog::open_on(Arc::new(disk.clone()), LogOptions::default()).is_err(),
-            refused
-        );
-    }
+/// Found with `log_scan`: after a damaged frame in the last segment, the scan looks for a
+/// valid frame further on (to tell damage from a torn tail), and one that names the largest
+/// sequence number made it add past `u64::MAX` (a panic with overflow checks). Such a frame
+/// is now not valid, and the damage before it is refused as corruption.
+#[test]
+fn a_frame_at_the_largest_sequence_number_is_not_an_overflow() {
+    let disk = log_of("largest-sequence-number");
+    assert_refused(&disk, 2, "frame header counts more records");
 }

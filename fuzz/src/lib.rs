@@ -137,11 +137,25 @@ const SEGMENT_HEADER_LEN: usize = 64;
 /// with an error); opening refuses a torn tail when told to and otherwise cuts it off; the
 /// repaired log verifies, takes an append and verifies with it.
 pub fn log_scan(data: &[u8]) {
-    let Some((&flags, rest)) = data.split_first() else {
-        return;
-    };
+    let Some(&flags) = data.first() else { return };
     let disk = SimDisk::new(u64::from(flags), SIM_DIR);
+    for (name, bytes) in segment_files(data) {
+        let Ok(created) = disk.create(&name, bytes.len() as u64) else {
+            continue; // two segments of one name: the first is the file
+        };
+        created.write_all_at(&bytes, 0).expect("the simulated disk writes");
+        created.sync_data().expect("the simulated disk syncs");
+    }
+    check_log(&disk);
+}
+
+/// The segment files a `log_scan` input stands for, named, as the target writes them.
+pub fn segment_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let Some((&flags, rest)) = data.split_first() else {
+        return Vec::new();
+    };
     let mut chain = GENESIS_HASH;
+    let mut files = Vec::new();
     for file in cut_segments(rest) {
         let mut bytes = file.to_vec();
         if flags & scan_flags::FIX_HASHES != 0 {
@@ -159,13 +173,9 @@ pub fn log_scan(data: &[u8]) {
             0 => format!("{first_seq:020}.seg"),
             _ => format!("{first_seq}.seg"),
         };
-        let Ok(created) = disk.create(&name, bytes.len() as u64) else {
-            continue; // two segments of one name: the first is the file
-        };
-        created.write_all_at(&bytes, 0).expect("the simulated disk writes");
-        created.sync_data().expect("the simulated disk syncs");
+        files.push((name, bytes));
     }
-    check_log(&disk);
+    files
 }
 
 /// The segment files of a `log_scan` input: a new one starts at each segment magic.

@@ -196,7 +196,13 @@ fn walk_frame(
             });
         }
         first_ts.get_or_insert(record.ts_us);
-        (prev, ts, pos, seq) = (record.hash, record.ts_us, pos + record.len, seq + 1);
+        // A frame that `valid_frame_after` finds names its own first sequence number, which
+        // may be the largest there is: nothing can follow it.
+        let next = seq.checked_add(1).ok_or_else(|| DecodeError {
+            seq,
+            reason: "sequence number out of range".into(),
+        })?;
+        (prev, ts, pos, seq) = (record.hash, record.ts_us, pos + record.len, next);
     }
     if pos != header.frame_len {
         return Err(fail("frame length does not match its records"));
