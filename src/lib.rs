@@ -29,3 +29,10 @@ pub mod operator;
 pub mod projection;
 pub mod query;
 pub mod telemetry;
+
+/// What `fuzz/` and `tests/fuzz_regressions.rs` need and the API does not give: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The trait that decodes the wire messages of [`crate::api::proto`].
+    pub use prost::Message;
+}

@@ -94,6 +94,19 @@ pub(crate) fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>,
         })
         .collect();
     segments.sort();
+    // Readers open a segment by the name the log gives it: a file named otherwise (`1.seg`)
+    // would be scanned and then never read. The log did not write it; it is refused.
+    if let Some((first_seq, name)) = segments.iter().find(|(first, name)| *name != segment_name(*first)) {
+        return Err(LogError::Corrupt {
+            seq: *first_seq,
+            path: storage.path(name),
+            offset: 0,
+            reason: format!(
+                "a segment file named {name}; the log names it {}",
+                segment_name(*first_seq)
+            ),
+        });
+    }
     Ok(segments)
 }
 
@@ -183,7 +196,13 @@ fn walk_frame(
             });
         }
         first_ts.get_or_insert(record.ts_us);
-        (prev, ts, pos, seq) = (record.hash, record.ts_us, pos + record.len, seq + 1);
+        // A frame that `valid_frame_after` finds names its own first sequence number, which
+        // may be the largest there is: nothing can follow it.
+        let next = seq.checked_add(1).ok_or_else(|| DecodeError {
+            seq,
+            reason: "sequence number out of range".into(),
+        })?;
+        (prev, ts, pos, seq) = (record.hash, record.ts_us, pos + record.len, next);
     }
     if pos != header.frame_len {
         return Err(fail("frame length does not match its records"));
