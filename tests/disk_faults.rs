@@ -19,8 +19,7 @@ mod support;
 
 use std::sync::Arc;
 use support::{meta, Rng};
-use tally::domain::event::{AccountOpened, PointsAwarded, PromotionSource};
-use tally::domain::{AwardRequest, Command, Effect, Envelope, Event};
+use tally::domain::{AwardRequest, Command, Envelope, Event};
 use tally::engine::{EngineConfig, EngineError, LogPlace, Status};
 use tally::log::{
     Durability, FileLog, LogError, LogOptions, LogReader, LogWriter, Recovery, SimDisk, Storage, MIN_SEGMENT_BYTES,
@@ -34,38 +33,8 @@ fn options(durability: Durability) -> LogOptions {
     }
 }
 
-/// The record every test writes at `seq`: the same bytes whichever run writes it.
 fn event(seq: u64) -> (Envelope, Event) {
-    let envelope = Envelope {
-        event_id: uuid::Uuid::from_u128(seq as u128),
-        tenant: "t1".into(),
-        stream: format!("p{}", seq % 11),
-        actor: "tester".into(),
-        idempotency_key: format!("k{seq}"),
-        ..Envelope::default()
-    };
-    let event = if seq.is_multiple_of(5) {
-        Event::AccountOpened(AccountOpened { tier: "Member".into() })
-    } else {
-        Event::PointsAwarded(PointsAwarded {
-            points: seq,
-            source: tally::domain::event::AwardSource::Promotion(PromotionSource {
-                promotion_id: "p".into(),
-                external_reward_id: format!("reward-{seq}-{}", "x".repeat((seq % 40) as usize)),
-            }),
-            effect: Effect {
-                posted_before: 0,
-                posted_after: seq,
-                held_before: 0,
-                held_after: 0,
-                lifetime_before: 0,
-                lifetime_after: seq,
-                tier_before: "Member".into(),
-                tier_after: "Member".into(),
-            },
-        })
-    };
-    (envelope, event)
+    support::sample_record(seq, (seq % 40) as usize)
 }
 
 fn open(disk: &SimDisk, durability: Durability) -> Result<FileLog, LogError> {

@@ -6,11 +6,12 @@
 //! continues across segments and restarts; readers return exactly the committed records by
 //! sequence number and by time.
 
+mod support;
+
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use tally::domain::event::{AccountOpened, PointsAwarded, PromotionSource};
-use tally::domain::{Effect, Envelope, Event};
+use tally::domain::{Envelope, Event};
 use tally::log::{self, Durability, FileLog, LogError, LogOptions, LogWriter, Recovery, MIN_SEGMENT_BYTES};
 
 fn options() -> LogOptions {
@@ -22,36 +23,7 @@ fn options() -> LogOptions {
 }
 
 fn event(seq: u64) -> (Envelope, Event) {
-    let envelope = Envelope {
-        event_id: uuid::Uuid::from_u128(seq as u128),
-        tenant: "t1".into(),
-        stream: format!("p{}", seq % 7),
-        actor: "tester".into(),
-        idempotency_key: format!("k{seq}"),
-        ..Envelope::default()
-    };
-    let event = if seq.is_multiple_of(3) {
-        Event::AccountOpened(AccountOpened { tier: "Member".into() })
-    } else {
-        Event::PointsAwarded(PointsAwarded {
-            points: seq,
-            source: tally::domain::event::AwardSource::Promotion(PromotionSource {
-                promotion_id: "p".into(),
-                external_reward_id: format!("r{seq}"),
-            }),
-            effect: Effect {
-                posted_before: 0,
-                posted_after: seq,
-                held_before: 0,
-                held_after: 0,
-                lifetime_before: 0,
-                lifetime_after: seq,
-                tier_before: "Member".into(),
-                tier_after: "Member".into(),
-            },
-        })
-    };
-    (envelope, event)
+    support::sample_record(seq, 0)
 }
 
 /// Appends records `from..=to` in frames of `per_frame`, timestamps 1000 × seq.

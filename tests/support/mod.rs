@@ -502,3 +502,40 @@ pub fn serve(data_dir: &std::path::Path, extra: &[&str]) -> (Stop, String) {
     let address = wait_until_serving(server.stdout.take().unwrap());
     (Stop(server), address)
 }
+
+/// A record for log tests: an opening every third sequence number, else an award, in seven
+/// streams; `pad` more bytes in the award's reward id make records of uneven lengths.
+pub fn sample_record(seq: u64, pad: usize) -> (tally::domain::Envelope, tally::domain::Event) {
+    use tally::domain::event::{AccountOpened, AwardSource, PointsAwarded, PromotionSource};
+    use tally::domain::{Effect, Envelope, Event};
+    let envelope = Envelope {
+        event_id: uuid::Uuid::from_u128(seq as u128),
+        tenant: "t1".into(),
+        stream: format!("p{}", seq % 7),
+        actor: "tester".into(),
+        idempotency_key: format!("k{seq}"),
+        ..Envelope::default()
+    };
+    let event = if seq.is_multiple_of(3) {
+        Event::AccountOpened(AccountOpened { tier: "Member".into() })
+    } else {
+        Event::PointsAwarded(PointsAwarded {
+            points: seq,
+            source: AwardSource::Promotion(PromotionSource {
+                promotion_id: "p".into(),
+                external_reward_id: format!("r{seq}{}", "x".repeat(pad)),
+            }),
+            effect: Effect {
+                posted_before: 0,
+                posted_after: seq,
+                held_before: 0,
+                held_after: 0,
+                lifetime_before: 0,
+                lifetime_after: seq,
+                tier_before: "Member".into(),
+                tier_after: "Member".into(),
+            },
+        })
+    };
+    (envelope, event)
+}
