@@ -364,14 +364,9 @@ pub const METHODS: &[(&str, Access, Charge)] = &[
     ),
 ];
 
-/// The access a method needs, `None` if the table does not know it.
-pub fn access_of(path: &str) -> Option<Access> {
-    METHODS.iter().find(|(p, _, _)| *p == path).map(|(_, a, _)| *a)
-}
-
-/// What a call of `path` costs of its tenant's rate limit.
-pub fn charge_of(path: &str) -> Option<Charge> {
-    METHODS.iter().find(|(p, _, _)| *p == path).map(|(_, _, c)| *c)
+/// What a method needs and what it costs, `None` if the table does not know it.
+pub fn method(path: &str) -> Option<(Access, Charge)> {
+    METHODS.iter().find(|(p, _, _)| *p == path).map(|(_, a, c)| (*a, *c))
 }
 
 /// How the caller proved who it is.
@@ -911,7 +906,7 @@ impl Authenticator {
     ) -> Result<Principal, Status> {
         let engine = self.slot.engine()?;
         let settings = self.slot.auth()?;
-        let access = access_of(path).ok_or_else(|| {
+        let (access, charge) = method(path).ok_or_else(|| {
             denied(
                 "METHOD_NOT_AUTHORIZED",
                 format!("no permission is defined for {}; nobody may call it", quote(path)),
@@ -941,7 +936,7 @@ impl Authenticator {
         // The tenant's rate limit, for every call that changes something: here, from the
         // one table, so that no handler can forget it. Batches count their items in their
         // handlers.
-        if charge_of(path) == Some(Charge::One) {
+        if charge == Charge::One {
             self.slot.admit(&principal.tenant, 1)?;
         }
         Ok(principal)
