@@ -110,6 +110,8 @@ pub struct EngineSection {
     pub snapshot_every_records: u64,
     /// Records between projection snapshot files; 0 turns them off.
     pub projection_snapshot_every_records: u64,
+    /// MiB of the projection store's page cache (sled's; its own default is 1 GiB).
+    pub projection_cache_mib: u64,
     /// How often the sweeper expires holds past their deadline, in milliseconds.
     pub sweep_interval_ms: u64,
 }
@@ -306,6 +308,7 @@ impl Default for EngineSection {
             inbox_capacity: crate::engine::DEFAULT_INBOX_CAPACITY,
             snapshot_every_records: crate::engine::DEFAULT_SNAPSHOT_EVERY,
             projection_snapshot_every_records: crate::engine::DEFAULT_PROJECTION_SNAPSHOT_EVERY,
+            projection_cache_mib: crate::projection::DEFAULT_CACHE_BYTES >> 20,
             sweep_interval_ms: crate::engine::sweeper::DEFAULT_SWEEP_INTERVAL.as_millis() as u64,
         }
     }
@@ -503,6 +506,7 @@ impl Config {
             inbox_capacity: self.engine.inbox_capacity,
             snapshot_every: self.engine.snapshot_every_records,
             projection_snapshot_every: self.engine.projection_snapshot_every_records,
+            projection_cache_bytes: self.engine.projection_cache_mib << 20,
             ..EngineConfig::new(&self.storage.data_dir)
         };
         Ok(Settings {

@@ -61,7 +61,7 @@ enum Cmd {
     /// Needs the server stopped (use the StartRebuild RPC while it runs).
     Rebuild {
         data_dir: PathBuf,
-        /// One projection (accounts, holds, history, idempotency, correlation, actor).
+        /// One projection (history, idempotency, correlation, actor).
         #[arg(long)]
         projection: Option<String>,
         /// Compare only; exit 1 if a projection differs from the fold of the log.
@@ -568,6 +568,9 @@ struct ServeArgs {
     /// engine.projection_snapshot_every_records: records between projection snapshot files (0: off).
     #[arg(long, env = "TALLY_PROJECTION_SNAPSHOT_EVERY_RECORDS")]
     projection_snapshot_every_records: Option<u64>,
+    /// engine.projection_cache_mib: MiB of the projection store's page cache.
+    #[arg(long, env = "TALLY_PROJECTION_CACHE_MIB")]
+    projection_cache_mib: Option<u64>,
     /// engine.sweep_interval_ms: how often the sweeper expires holds past their deadline.
     #[arg(long, env = "TALLY_SWEEP_INTERVAL_MS")]
     sweep_interval_ms: Option<u64>,

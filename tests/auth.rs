@@ -443,7 +443,7 @@ fn row(path: &str, f: &Fixtures) -> Row {
             "server-admin",
             "admin",
             proto::StartRebuildRequest {
-                projection: "accounts".into(),
+                projection: "history".into(),
                 verify_only: true,
                 ..Default::default()
             }
@@ -1631,7 +1631,7 @@ async fn operations_belong_to_their_tenant_and_server_jobs_to_the_servers_operat
     // Rebuilds and snapshots serve every tenant: a tenant's admin may not start them, the
     // server's operator may, and tenants do not see them.
     let rebuild = proto::StartRebuildRequest {
-        projection: "accounts".into(),
+        projection: "history".into(),
         verify_only: true,
         ..Default::default()
     };

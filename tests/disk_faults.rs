@@ -339,9 +339,10 @@ async fn a_failed_fsync_is_never_acknowledged_and_a_restart_recovers() {
     // The caller retries with the same key: applied once whatever the failed commit left.
     let retried = handle.submit(meta("a2"), award("p1", "r2", 50)).await.unwrap();
     assert_eq!(retried.replayed, head == 3, "retry after an unknown outcome");
-    let account = handle.projections();
     handle.wait_for_projections().await.unwrap();
-    assert_eq!(account.account("t1", "p1").unwrap().unwrap().posted, 150);
+    let head = handle.reader().head().seq;
+    let account = handle.indexed().account_at("t1", "p1", head);
+    assert_eq!(account.unwrap().unwrap().account.posted, 150);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

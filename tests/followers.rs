@@ -77,7 +77,9 @@ async fn health_becomes(changes: &mut tonic::Streaming<HealthCheckResponse>, sta
 
 async fn posted(handle: &EngineHandle) -> u64 {
     handle.wait_for_projections().await.unwrap();
-    handle.projections().account("t1", "p1").unwrap().unwrap().posted
+    let head = handle.reader().head().seq;
+    let as_of = handle.indexed().account_at("t1", "p1", head);
+    as_of.unwrap().unwrap().account.posted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,10 +30,17 @@ fn golden_dir(version: u32) -> PathBuf {
 }
 
 /// The write-side state and the projections, as sorted text.
-fn dump(state: &State, records: &[Record], projections: &Projections, head_hash: &[u8; 32]) -> String {
+fn dump(
+    state: &State,
+    records: &[Record],
+    projections: &Projections,
+    reader: &tally::log::LogReader,
+    head_hash: &[u8; 32],
+) -> String {
     let mut out = String::new();
     let hash: String = head_hash.iter().map(|b| format!("{b:02x}")).collect();
     writeln!(out, "head {} {hash}", state.head_seq).unwrap();
+    let indexed = tally::query::indexed::Indexed { projections, reader };
     let mut accounts: Vec<_> = state.accounts.iter().collect();
     accounts.sort_by(|a, b| a.0.cmp(b.0));
     for (key, a) in accounts {
@@ -50,17 +57,20 @@ fn dump(state: &State, records: &[Record], projections: &Projections, head_hash:
             a.opened_seq
         )
         .unwrap();
-        let view = projections
-            .account(key.tenant(), key.account())
+        // The account as its history, read through the index from the log, folds.
+        let view = indexed
+            .account_at(key.tenant(), key.account(), state.head_seq)
             .unwrap()
-            .expect("projected");
+            .expect("projected")
+            .account;
         writeln!(
             out,
             "  projected posted={} held={} lifetime={} tier={} active_holds={} last_seq={}",
             view.posted, view.held, view.lifetime, view.tier, view.active_holds, view.last_seq
         )
         .unwrap();
-        for entry in projections.history(key.tenant(), key.account(), 0, 1000).unwrap() {
+        let history = indexed.history(key.tenant(), key.account(), 0, 1000);
+        for entry in history.unwrap().expect("opened accounts have a history") {
             let kind = tally::domain::EventKind::from_code(entry.kind).unwrap().name();
             writeln!(
                 out,
@@ -251,8 +261,8 @@ fn fold_golden(dir: &Path) -> String {
     let verified = tally::log::verify(copy.path()).expect("the golden log verifies");
     assert!(verified.torn_tail.is_none());
     let (log, _) = FileLog::open(copy.path(), LogOptions::default()).unwrap();
-    let records: Vec<_> = log
-        .reader()
+    let reader = log.reader();
+    let records: Vec<_> = reader
         .iter_from(1)
         .collect::<Result<_, _>>()
         .expect("every golden record decodes");
@@ -263,7 +273,7 @@ fn fold_golden(dir: &Path) -> String {
     let store = tempfile::tempdir().unwrap();
     let projections = Projections::open(store.path()).unwrap();
     projections.apply(&records).unwrap();
-    dump(&state, &records, &projections, &verified.head.hash)
+    dump(&state, &records, &projections, &reader, &verified.head.hash)
 }
 
 #[test]

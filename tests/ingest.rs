@@ -761,7 +761,7 @@ async fn later_events_park_behind_a_dead_letter_and_apply_in_order_after_redrive
     assert_eq!(h.pipeline_stats(TENANT).await.unwrap().dead_letter_depth, 0);
     // The history shows the ledger events in that order, each with its before/after.
     h.wait_for_projections().await.unwrap();
-    let history = h.projections().history(TENANT, "m1", 0, 100).unwrap();
+    let history = h.indexed().history(TENANT, "m1", 0, 100).unwrap().unwrap_or_default();
     let posted_after: Vec<u64> = history.iter().map(|e| e.effect.posted_after).collect();
     assert_eq!(posted_after, [0, 300, 350, 50]);
 }
@@ -906,10 +906,7 @@ async fn redrive_is_idempotent_and_discard_is_audited() {
     assert_eq!(record.envelope.actor, "ops-ana");
     assert!(matches!(&record.event, Event::DeadLetterDiscarded(d) if d.reason == "member closed at partner"));
     h.wait_for_projections().await.unwrap();
-    let by_actor = h
-        .projections()
-        .by_actor(TENANT, "ops-ana", 0, u64::MAX, None, 100)
-        .unwrap();
+    let by_actor = h.indexed().by_actor(TENANT, "ops-ana", 0, u64::MAX, 0, 100).unwrap();
     let row = by_actor
         .iter()
         .find(|row| row.seq == record.seq)

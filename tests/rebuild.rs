@@ -126,16 +126,20 @@ async fn a_corrupted_projection_is_caught_by_verify_and_repaired_by_rebuild() {
         tally(&["rebuild", &data, "--verify"]).status.success(),
         "a sound store verifies"
     );
-    let corrupted_key;
+    let (corrupted_key, corrupted_len);
     {
         let db = sled::open(engine.dir.path().join("projections")).unwrap();
-        let accounts = live_tree(&db, "accounts");
-        let (key, _) = accounts.iter().next().unwrap().unwrap();
+        let history = live_tree(&db, "history");
+        let (key, value) = history.iter().next().unwrap().unwrap();
+        assert_eq!(key.len(), 10, "a run of the history index");
         corrupted_key = key.escape_ascii().to_string();
-        accounts.insert(key, b"\x91\xa5bogus".to_vec()).unwrap();
+        corrupted_len = value.len();
+        let mut damaged = value.to_vec();
+        damaged[value.len() / 2] ^= 0x10;
+        history.insert(key, damaged).unwrap();
         db.flush().unwrap();
     }
-    let caught = tally(&["rebuild", &data, "--verify", "--projection", "accounts"]);
+    let caught = tally(&["rebuild", &data, "--verify", "--projection", "history"]);
     let stdout = String::from_utf8_lossy(&caught.stdout);
     assert_eq!(caught.status.code(), Some(1), "{stdout}");
     assert!(
@@ -144,11 +148,11 @@ async fn a_corrupted_projection_is_caught_by_verify_and_repaired_by_rebuild() {
     );
     assert!(
         stdout.contains(&format!(
-            "first differing row \"{corrupted_key}\": left 7 bytes 91a5626f677573"
+            "first differing row \"{corrupted_key}\": left {corrupted_len} bytes"
         )),
-        "the mismatch names the row that differs and the live bytes: {stdout}"
+        "the mismatch names the row that does not decode and its live bytes: {stdout}"
     );
-    let repaired = tally(&["rebuild", &data, "--projection", "accounts"]);
+    let repaired = tally(&["rebuild", &data, "--projection", "history"]);
     assert!(repaired.status.success() && String::from_utf8_lossy(&repaired.stdout).contains("swapped in"));
     let after = tally(&["rebuild", &data, "--verify"]);
     assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stdout));
@@ -163,7 +167,7 @@ async fn operations_over_grpc_have_state_progress_and_history() {
     let op = client
         .start_rebuild(request(
             StartRebuildRequest {
-                projection: "holds".into(),
+                projection: "history".into(),
                 verify_only: true,
                 ..Default::default()
             },
@@ -181,7 +185,7 @@ async fn operations_over_grpc_have_state_progress_and_history() {
         .unwrap()
         .into_inner();
     assert_eq!(done.state(), OperationState::Completed);
-    assert!(done.ended_at_us >= done.started_at_us && done.result.contains("holds"));
+    assert!(done.ended_at_us >= done.started_at_us && done.result.contains("history"));
     let export = StartReplayToFileRequest {
         replay: Some(ReplayRequest::default()),
         file_name: "all.jsonl".into(),

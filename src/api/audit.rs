@@ -5,9 +5,8 @@ use super::caller::Caller;
 use super::convert;
 use super::proto::{self, audit_server::Audit};
 use super::slot::EngineSlot;
-use super::status::{invalid, not_found, storage, to_status};
+use super::status::{indexed, invalid, not_found, storage, to_status};
 use crate::domain::quote;
-use crate::engine::EngineError;
 use crate::projection::HistoryView;
 use crate::query::{self, subscribe::Delivery, Replay};
 use std::pin::Pin;
@@ -44,10 +43,6 @@ impl AuditService {
     async fn consistent(&self) -> Result<(), Status> {
         self.engine()?.wait_for_projections().await.map_err(to_status)
     }
-}
-
-fn store(error: crate::projection::StoreError) -> Status {
-    to_status(EngineError::Store(error))
 }
 
 fn page_size(requested: u32) -> Result<usize, Status> {
@@ -226,11 +221,11 @@ impl Audit for AuditService {
                 .map_err(|_| invalid("page_token", "is not a token this server issued"))?,
         };
         self.consistent().await?;
-        let rows = self
-            .engine()?
-            .projections()
+        let engine = self.engine()?;
+        let rows = engine
+            .indexed()
             .by_correlation(&caller.tenant, &r.correlation_id, after, size + 1)
-            .map_err(store)?;
+            .map_err(indexed)?;
         Ok(Response::new(entries(rows, size, |last| last.seq.to_string())))
     }
 
@@ -244,18 +239,25 @@ impl Audit for AuditService {
         let after = match r.page_token.split_once(':') {
             None if r.page_token.is_empty() => None,
             Some((ts, seq)) => Some((
-                ts.parse().map_err(|_| invalid("page_token", "malformed"))?,
+                ts.parse::<u64>().map_err(|_| invalid("page_token", "malformed"))?,
                 seq.parse().map_err(|_| invalid("page_token", "malformed"))?,
             )),
             None => return Err(invalid("page_token", "is not a token this server issued")),
         };
         let to = if r.to_time_us == 0 { u64::MAX } else { r.to_time_us };
         self.consistent().await?;
-        let rows = self
-            .engine()?
-            .projections()
-            .by_actor(&caller.tenant, &r.actor, r.from_time_us, to, after, size + 1)
-            .map_err(store)?;
+        let engine = self.engine()?;
+        let rows = engine
+            .indexed()
+            .by_actor(
+                &caller.tenant,
+                &r.actor,
+                r.from_time_us,
+                to,
+                after.map_or(0, |(_, seq)| seq),
+                size + 1,
+            )
+            .map_err(indexed)?;
         Ok(Response::new(entries(rows, size, |last| {
             format!("{}:{}", last.ts_us, last.seq)
         })))
@@ -268,29 +270,21 @@ impl Audit for AuditService {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         self.consistent().await?;
-        let projections = self.engine()?.projections();
-        let view = projections
-            .idempotency(&caller.tenant, &r.idempotency_scope, &r.idempotency_key)
-            .map_err(store)?
-            .ok_or_else(|| {
-                not_found(
-                    "IDEMPOTENCY_KEY_NOT_FOUND",
-                    format!(
-                        "no command with key {} in scope {}",
-                        quote(&r.idempotency_key),
-                        quote(&r.idempotency_scope)
-                    ),
-                )
-            })?;
-        let rows = projections
-            .history_range(
-                &caller.tenant,
-                &view.account_id,
-                view.first_seq - 1,
-                view.last_seq,
-                usize::MAX,
-            )
-            .map_err(store)?;
+        let engine = self.engine()?;
+        let rows = engine
+            .indexed()
+            .by_idempotency_key(&caller.tenant, &r.idempotency_scope, &r.idempotency_key)
+            .map_err(indexed)?;
+        if rows.is_empty() {
+            return Err(not_found(
+                "IDEMPOTENCY_KEY_NOT_FOUND",
+                format!(
+                    "no command with key {} in scope {}",
+                    quote(&r.idempotency_key),
+                    quote(&r.idempotency_scope)
+                ),
+            ));
+        }
         Ok(Response::new(entries(rows, usize::MAX, |_| String::new())))
     }
 
@@ -314,12 +308,14 @@ impl Audit for AuditService {
                 .map_err(|e| to_status(e.into()))?,
         };
         self.consistent().await?;
-        let projections = self.engine()?.projections();
-        let rows = projections
-            .history_range(&caller.tenant, &r.account_id, 0, sequence, usize::MAX)
-            .map_err(store)?;
-        let as_of = query::asof::account_as_of(sequence, &rows, |id| projections.hold(id).map_err(|e| e.to_string()))
-            .map_err(|e| storage(e.to_string()))?
+        let engine = self.engine()?;
+        let as_of = engine
+            .indexed()
+            .account_at(&caller.tenant, &r.account_id, sequence)
+            .map_err(|e| match e {
+                query::indexed::AccountAtError::Indexed(e) => indexed(e),
+                query::indexed::AccountAtError::AsOf(e) => storage(e.to_string()),
+            })?
             .ok_or_else(|| {
                 not_found(
                     "ACCOUNT_NOT_FOUND",

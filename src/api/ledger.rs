@@ -265,18 +265,12 @@ impl Ledger for LedgerService {
                 .map_err(|_| invalid("page_token", "is not a token this server issued"))?,
         };
         self.consistent().await?;
-        let projections = self.engine()?.projections();
-        let store_error = |e: crate::projection::StoreError| to_status(e.into());
-        if projections
-            .account(&caller.tenant, &request.account_id)
-            .map_err(store_error)?
-            .is_none()
-        {
-            return Err(not_found_account(&request.account_id));
-        }
-        let mut rows = projections
+        let engine = self.engine()?;
+        let mut rows = engine
+            .indexed()
             .history(&caller.tenant, &request.account_id, after_seq, page_size + 1)
-            .map_err(store_error)?;
+            .map_err(super::status::indexed)?
+            .ok_or_else(|| not_found_account(&request.account_id))?;
         let more = rows.len() > page_size;
         rows.truncate(page_size);
         let next_page_token = match (more, rows.last()) {

@@ -387,6 +387,17 @@ pub fn not_found(reason: &'static str, message: impl Into<String>) -> Status {
 }
 
 /// INTERNAL / STORAGE_ERROR for an I/O failure outside the engine (files the API makes).
+/// A query through the indexes that failed: as the store's or the log's error, or, for an
+/// index that names records not filed under its key, `STORAGE_ERROR`.
+pub fn indexed(error: crate::query::indexed::IndexedError) -> Status {
+    use crate::query::indexed::IndexedError;
+    match error {
+        IndexedError::Store(e) => to_status(EngineError::Store(e)),
+        IndexedError::Log(e) => to_status(EngineError::Log(e)),
+        mismatch @ IndexedError::Mismatch { .. } => storage(mismatch.to_string()),
+    }
+}
+
 pub fn storage(message: impl Into<String>) -> Status {
     Classified {
         code: Code::Internal,

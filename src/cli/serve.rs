@@ -70,6 +70,9 @@ pub(crate) fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) 
     if let Some(v) = args.projection_snapshot_every_records {
         c.engine.projection_snapshot_every_records = v;
     }
+    if let Some(v) = args.projection_cache_mib {
+        c.engine.projection_cache_mib = v;
+    }
     if let Some(v) = args.sweep_interval_ms {
         c.engine.sweep_interval_ms = v;
     }

@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub snapshot_every: u64,
     /// 0 turns periodic projection snapshots off (they can still be asked for).
     pub projection_snapshot_every: u64,
+    /// Bytes of the projection store's page cache.
+    pub projection_cache_bytes: u64,
     /// Where the log's segments live.
     pub log_place: LogPlace,
 }
@@ -85,6 +87,7 @@ impl EngineConfig {
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             projection_snapshot_every: DEFAULT_PROJECTION_SNAPSHOT_EVERY,
+            projection_cache_bytes: crate::projection::DEFAULT_CACHE_BYTES,
             log_place: LogPlace::DataDir,
         }
     }
@@ -388,7 +391,12 @@ impl Engine {
         };
         let (log, opened) = FileLog::open_on(config.log_storage(), options)?;
         let reader = log.reader();
-        let projections = open_projections(&config.data_dir.join("projections"))?;
+        let projections = open_projections(
+            &config.data_dir.join("projections"),
+            &crate::projection::StoreOptions {
+                cache_bytes: config.projection_cache_bytes,
+            },
+        )?;
         let head = log.head();
         for name in ProjectionName::ALL {
             let checkpoint = projections.checkpoint(name)?;
@@ -557,7 +565,10 @@ static OPEN_STORES: Mutex<Vec<(PathBuf, std::sync::Weak<Projections>)>> = Mutex:
 /// store once: such a store is taken over as it is. That is safe because the caller owns
 /// the data directory, and an engine's threads hold that lock until they end, so nothing
 /// writes the store any more; reopening it would read the same rows.
-fn open_projections(dir: &std::path::Path) -> Result<Arc<Projections>, EngineError> {
+fn open_projections(
+    dir: &std::path::Path,
+    options: &crate::projection::StoreOptions,
+) -> Result<Arc<Projections>, EngineError> {
     let mut open = OPEN_STORES.lock().expect("open stores lock");
     open.retain(|(_, store)| store.strong_count() > 0);
     if let Some(store) = open
@@ -567,7 +578,7 @@ fn open_projections(dir: &std::path::Path) -> Result<Arc<Projections>, EngineErr
     {
         return Ok(store);
     }
-    let store = Arc::new(Projections::open(dir)?);
+    let store = Arc::new(Projections::open_with(dir, options)?);
     open.push((dir.to_path_buf(), Arc::downgrade(&store)));
     Ok(store)
 }
@@ -1177,6 +1188,14 @@ impl EngineHandle {
                 let written = jobs::replay_to_file(&reader, window, filter, max_events, &target.path, control)?;
                 Ok(format!("{written} events written to {}", target.shown))
             }))
+    }
+
+    /// The indexes and the log together, for queries through the indexes.
+    pub fn indexed(&self) -> crate::query::indexed::Indexed<'_> {
+        crate::query::indexed::Indexed {
+            projections: self.projections(),
+            reader: self.reader(),
+        }
     }
 
     pub fn projections(&self) -> &Projections {

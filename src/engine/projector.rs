@@ -94,6 +94,13 @@ impl super::followers::Follower for Projector {
                 }
                 continue;
             }
+            // Caught up: what was folded in memory is written once it is old enough.
+            if let Err(error) = self.write_due() {
+                tracing::error!(%error, "projection write failed; retrying");
+                health.trouble(Self::NAME, format!("cannot write the projections: {error}"));
+                self.signal.wait_stop(IDLE_POLL);
+                continue;
+            }
             health.fine(Self::NAME);
             self.signal.wait_since(seen, IDLE_POLL);
             self.hurry.linger(LINGER);
@@ -118,7 +125,15 @@ impl Projector {
             let _applying = self.apply_lock.lock().expect("apply lock");
             self.projections.apply(&records)?;
         }
+        // Queries see what was folded at once; writing it out comes after.
         self.applied.send_replace(self.projections.applied()?);
+        self.write_due()
+    }
+
+    /// Writes the folded postings when enough gathered or they waited long enough.
+    fn write_due(&self) -> Result<(), Box<dyn std::error::Error>> {
+        let _applying = self.apply_lock.lock().expect("apply lock");
+        self.projections.write_due()?;
         Ok(())
     }
 }

@@ -1,51 +1,76 @@
-//! Projections: folds of the log into sled trees, one tree per projection with its
-//! checkpoint (the last applied sequence number). A projection whose fold is not idempotent
-//! writes its checkpoint in the same atomic batch as its rows; an idempotent one writes the
-//! checkpoint after its rows, so a crash can only make it fold some records twice, to the
-//! same rows. sled holds nothing that cannot be rebuilt from the log.
+//! Projections: indexes that point into the log, folded from it. Each maps keys (an
+//! account, an idempotency key, a correlation id, an actor; always under a tenant) to the
+//! sequence numbers of the records filed under them, as posting lists in a sled tree
+//! (`postings.rs`); a query reads its records from the log by sequence number. Balances and
+//! holds are not copied here: the sequencer answers them, and the past is in the history.
 //!
-//! Each projection lives in a *generation* of its tree (`accounts.3`); a rebuild folds into
+//! The projector folds records into memory (cheap, and visible to queries at once) and
+//! writes what it gathered in one flush: at most one row per bucket of each index, in few
+//! large sled batches, the checkpoint (the last sequence number the rows cover) in the last
+//! one. Each row is written atomically with the postings it holds; a flush cut short
+//! leaves some buckets ahead of the checkpoint, and the records folded again after a
+//! restart skip, bucket by bucket, what a bucket already holds. sled holds nothing that
+//! cannot be rebuilt from the log.
+//!
+//! Each projection lives in a *generation* of its tree (`history.3`); a rebuild folds into
 //! the next generation and swaps it in, so readers never see a half-built projection.
 //!
 //! Invariant: projections never decide anything; they only follow the log.
 
-mod fold;
 pub mod keys;
+pub mod postings;
 mod rebuild;
 pub mod views;
 
 use crate::domain::Record;
+use postings::{Pending, Posting, BUCKETS};
 pub use rebuild::{latest_projection_snapshot, Rebuild, RebuildOutcome, SnapshotInfo};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-pub use views::{AccountView, HistoryView, HoldView, IdempotencyView};
+use std::sync::{Arc, Mutex, RwLock};
+pub use views::{AccountView, HistoryView, HoldView};
 
-/// The key of a projection's checkpoint inside its own tree. Row keys start with an ASCII
-/// tenant id or are 8-byte hold ids, so no row can collide with it.
+/// The key of a projection's checkpoint inside its own tree. Run keys are 10 bytes, so no
+/// row can collide with it.
 pub(crate) const CHECKPOINT_KEY: [u8; 9] = [0xFF; 9];
+
+/// The format of the projection store; a store of another format is emptied and folded
+/// again from the log (docs/FORMAT.md, "Projections").
+const STORE_FORMAT: u64 = 2;
+/// Where the store's format is kept, in the `generations` tree.
+const FORMAT_KEY: &str = "\0format";
+
+/// Rows per sled batch of a flush: a batch holds sled's write lock while it applies (about
+/// 5 µs a row), so readers wait at most about a millisecond for one.
+const ROWS_PER_SLED_BATCH: usize = 256;
+
+/// Records a flush gathers at most: a flush writes at most one row per bucket of each index
+/// however many records it covers, so larger is cheaper per record; this bounds the memory
+/// the unwritten postings take (~100 bytes each) and the records folded again after a crash.
+pub const FLUSH_RECORDS: u64 = 65_536;
+
+/// How long folded records wait at most to be written.
+pub const FLUSH_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Default bytes of sled's page cache (`projections.cache_mib`). The indexes are small and
+/// read a row a query; sled's own default is 1 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
 
 /// The projections this build maintains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProjectionName {
-    /// Balances, tier and active-hold count per account.
-    Accounts,
-    /// Every hold and its resolution.
-    Holds,
-    /// Every event per account, with balances before and after.
+    /// Every record per account (stream); the ones that move a balance marked.
     History,
-    /// The events each idempotency identity produced.
+    /// The records each idempotency identity produced.
     Idempotency,
-    /// Events by correlation id.
+    /// Records by correlation id.
     Correlation,
-    /// Events by actor and time.
+    /// Records by actor (a time window is a range of sequence numbers).
     Actor,
 }
 
 impl ProjectionName {
-    pub const ALL: [ProjectionName; 6] = [
-        ProjectionName::Accounts,
-        ProjectionName::Holds,
+    pub const ALL: [ProjectionName; 4] = [
         ProjectionName::History,
         ProjectionName::Idempotency,
         ProjectionName::Correlation,
@@ -54,8 +79,6 @@ impl ProjectionName {
 
     pub fn name(self) -> &'static str {
         match self {
-            ProjectionName::Accounts => "accounts",
-            ProjectionName::Holds => "holds",
             ProjectionName::History => "history",
             ProjectionName::Idempotency => "idempotency",
             ProjectionName::Correlation => "correlation",
@@ -67,12 +90,22 @@ impl ProjectionName {
         Self::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    /// Whether folding the same records twice leaves the same rows: true when every row is
-    /// keyed by its record or set to absolute values. Such projections may write rows and
-    /// checkpoint separately; the others (an account's count of active holds moves by ±1)
-    /// write both in one atomic batch.
-    pub fn idempotent_fold(self) -> bool {
-        !matches!(self, ProjectionName::Accounts)
+    /// The key a record is filed under in this index, with its flag; `None` if it is not.
+    pub fn entry(self, record: &Record) -> Option<(Vec<u8>, bool)> {
+        let e = &record.envelope;
+        match self {
+            ProjectionName::History => Some((keys::account(&e.tenant, &e.stream), record.event.kind().is_ledger())),
+            ProjectionName::Idempotency => (!e.idempotency_key.is_empty()).then(|| {
+                (
+                    keys::idempotency(&e.tenant, &e.idempotency_scope, &e.idempotency_key),
+                    false,
+                )
+            }),
+            ProjectionName::Correlation => {
+                (!e.correlation_id.is_empty()).then(|| (keys::correlation(&e.tenant, &e.correlation_id), false))
+            }
+            ProjectionName::Actor => Some((keys::actor(&e.tenant, &e.actor), false)),
+        }
     }
 }
 
@@ -81,57 +114,421 @@ impl ProjectionName {
 pub enum StoreError {
     #[error("projection store: {0}")]
     Sled(#[from] sled::Error),
-    #[error("projection {tree}: row does not decode: {reason}")]
+    #[error("projection {tree}: row does not decode: {reason}; rebuild the projection (tally rebuild)")]
     Decode { tree: &'static str, reason: String },
     #[error("projection snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
 }
 
-/// The projection store: a sled database with one tree per projection.
+/// How the projection store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of sled's page cache.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// What an index holds in memory.
+#[derive(Default)]
+struct Mem {
+    /// The checkpoint in the tree: every run covers at most this far... and every bucket
+    /// holds everything up to it.
+    durable: u64,
+    /// The last sequence number folded (in memory or written).
+    applied: u64,
+    /// Postings folded after `durable`, not yet being written.
+    active: Pending,
+    /// Postings being written by a flush: queries read them until the flush ends.
+    frozen: Option<Arc<Pending>>,
+    /// When the oldest posting in `active` was folded.
+    oldest: Option<std::time::Instant>,
+}
+
+/// One index: its tree, its unwritten postings, and the runs of each bucket.
+pub(crate) struct Index {
+    name: ProjectionName,
+    tree: sled::Tree,
+    mem: RwLock<Mem>,
+    /// Each bucket's runs, oldest first: (last sequence number, bytes). Changed by flushes,
+    /// one at a time.
+    runs: Mutex<Vec<Vec<(u64, usize)>>>,
+}
+
+impl Index {
+    fn open(name: ProjectionName, tree: sled::Tree) -> Result<Self, StoreError> {
+        let checkpoint = checkpoint_of(&tree)?;
+        let index = Self {
+            name,
+            tree,
+            mem: RwLock::new(Mem {
+                durable: checkpoint,
+                applied: checkpoint,
+                ..Mem::default()
+            }),
+            runs: Mutex::new(Vec::new()),
+        };
+        index.load_runs()?;
+        Ok(index)
+    }
+
+    /// Reads the runs of every bucket from the tree.
+    fn load_runs(&self) -> Result<(), StoreError> {
+        let mut runs = vec![Vec::new(); BUCKETS as usize];
+        for row in self.tree.iter() {
+            let (key, value) = row?;
+            if let Some((bucket, last)) = postings::parse_run_key(&key) {
+                runs[bucket as usize].push((last, value.len()));
+            }
+        }
+        *self.runs.lock().expect("runs lock") = runs;
+        Ok(())
+    }
+
+    fn decode_error(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Decode {
+            tree: self.name.name(),
+            reason: reason.into(),
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        self.mem.read().expect("index lock").applied
+    }
+
+    fn pending(&self) -> (u64, Option<std::time::Instant>) {
+        let mem = self.mem.read().expect("index lock");
+        (mem.applied - mem.durable, mem.oldest)
+    }
+
+    /// Folds consecutive records after the last one folded into memory.
+    fn fold(&self, records: &[Record]) {
+        let applied = self.applied();
+        let start = records.partition_point(|r| r.seq <= applied);
+        let todo = &records[start..];
+        let Some(last) = todo.last() else { return };
+        assert_eq!(
+            todo[0].seq,
+            applied + 1,
+            "projection {} folds gapless records",
+            self.name.name()
+        );
+        let entries: Vec<(Vec<u8>, Posting)> = todo
+            .iter()
+            .filter_map(|r| {
+                self.name
+                    .entry(r)
+                    .map(|(key, flag)| (key, postings::posting(r.seq, flag)))
+            })
+            .collect();
+        let mut mem = self.mem.write().expect("index lock");
+        for (key, posting) in entries {
+            mem.active.push(key, posting);
+        }
+        mem.oldest.get_or_insert_with(std::time::Instant::now);
+        mem.applied = last.seq;
+    }
+
+    /// Writes what was folded in memory: per bucket one run (merged with the bucket's
+    /// newest runs while the new one is at least half their size), the checkpoint last.
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut runs = self.runs.lock().expect("runs lock");
+        let (frozen, to) = {
+            let mut mem = self.mem.write().expect("index lock");
+            if mem.applied == mem.durable {
+                return Ok(());
+            }
+            let active = std::mem::take(&mut mem.active);
+            let frozen = match mem.frozen.take() {
+                // A flush that failed: its postings come first.
+                Some(failed) => {
+                    let mut combined = Pending::default();
+                    for source in [&*failed, &active] {
+                        for (key, list) in &source.entries {
+                            for &p in list {
+                                combined.push(key.clone(), p);
+                            }
+                        }
+                    }
+                    combined
+                }
+                None => active,
+            };
+            let frozen = Arc::new(frozen);
+            mem.frozen = Some(frozen.clone());
+            mem.oldest = None;
+            (frozen, mem.applied)
+        };
+        match self.write_runs(&mut runs, &frozen, to) {
+            Ok(()) => {
+                let mut mem = self.mem.write().expect("index lock");
+                mem.durable = to;
+                mem.frozen = None;
+                Ok(())
+            }
+            Err(error) => {
+                // What the tree holds now decides; the postings stay frozen for the next try.
+                drop(runs);
+                self.load_runs()?;
+                Err(error)
+            }
+        }
+    }
+
+    fn write_runs(&self, runs: &mut [Vec<(u64, usize)>], frozen: &Pending, to: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut rows = 0;
+        for (bucket, groups) in frozen.by_bucket() {
+            let bucket_runs = &mut runs[bucket as usize];
+            // After a flush cut short, a bucket may already hold some of these records.
+            let high = bucket_runs.last().map_or(0, |r| r.0);
+            let mut groups: Vec<(Vec<u8>, Vec<Posting>)> = groups
+                .into_iter()
+                .map(|(key, list)| {
+                    let list: Vec<Posting> = list.iter().copied().filter(|&p| postings::seq_of(p) > high).collect();
+                    (key.to_vec(), list)
+                })
+                .filter(|(_, list)| !list.is_empty())
+                .collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let mut encoded = postings::encode_run(groups.iter().map(|(k, l)| (k.as_slice(), l.as_slice())));
+            while let Some(&(older_last, older_len)) = bucket_runs.last() {
+                if encoded.len() * 2 < older_len || older_len > postings::MAX_MERGED_RUN_BYTES {
+                    break;
+                }
+                let older_key = postings::run_key(bucket, older_last);
+                let older = self
+                    .tree
+                    .get(older_key)?
+                    .ok_or_else(|| self.decode_error(format!("run {older_last} of bucket {bucket} is missing")))?;
+                let older = postings::decode_run(&older)
+                    .map_err(|e| self.decode_error(format!("run {older_last} of bucket {bucket}: {e}")))?;
+                groups = postings::merge(older, groups);
+                encoded = postings::encode_run(groups.iter().map(|(k, l)| (k.as_slice(), l.as_slice())));
+                batch.remove(&older_key);
+                bucket_runs.pop();
+            }
+            batch.insert(&postings::run_key(bucket, to), encoded.as_slice());
+            bucket_runs.push((to, encoded.len()));
+            rows += 1;
+            if rows % ROWS_PER_SLED_BATCH == 0 {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        batch.insert(&CHECKPOINT_KEY, &to.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The postings of `key` with sequence numbers in `after + 1 ..= up_to`, ascending.
+    fn postings(&self, key: &[u8], after: u64, up_to: u64) -> Result<Vec<Posting>, StoreError> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
+        // Memory first: a flush that ends meanwhile has written these, and the rows read
+        // below are cut at the checkpoint seen here, so nothing is missed or doubled.
+        let (mut found, durable) = {
+            let mem = self.mem.read().expect("index lock");
+            let mut found: Vec<Posting> = mem
+                .frozen
+                .iter()
+                .flat_map(|f| f.get(key, after, up_to))
+                .chain(mem.active.get(key, after, up_to))
+                .collect();
+            found.sort_unstable();
+            (found, mem.durable)
+        };
+        let bucket = postings::bucket_of(key);
+        let limit = up_to.min(durable);
+        let mut from_runs = Vec::new();
+        if after < limit {
+            // A run's key is the last sequence number it covers: runs before `after` hold
+            // nothing wanted, and the first run reaching `limit` is the last to read.
+            let range = postings::run_key(bucket, after + 1)..=postings::run_key(bucket, u64::MAX);
+            for row in self.tree.range(range) {
+                let (row_key, run) = row?;
+                let (_, last) = postings::parse_run_key(&row_key).expect("a run key");
+                let list = postings::find_in_run(&run, key)
+                    .map_err(|e| self.decode_error(format!("run {last} of bucket {bucket}: {e}")))?;
+                from_runs.extend(
+                    list.into_iter()
+                        .flatten()
+                        .filter(|&p| postings::seq_of(p) > after && postings::seq_of(p) <= limit),
+                );
+                if last >= limit {
+                    break;
+                }
+            }
+        }
+        // Runs being merged can be seen twice; sequence numbers are unique.
+        from_runs.append(&mut found);
+        from_runs.sort_unstable();
+        from_runs.dedup();
+        Ok(from_runs)
+    }
+
+    /// Every key of one bucket with its postings, as folded so far (memory included).
+    fn bucket(&self, mem: &Mem, bucket: u16) -> Result<BTreeMap<Vec<u8>, Vec<Posting>>, StoreError> {
+        let mut keys: BTreeMap<Vec<u8>, Vec<Posting>> = BTreeMap::new();
+        for row in self.tree.scan_prefix(bucket.to_be_bytes()) {
+            let (row_key, run) = row?;
+            let Some((_, last)) = postings::parse_run_key(&row_key) else {
+                continue;
+            };
+            let groups = postings::decode_run(&run)
+                .map_err(|e| self.decode_error(format!("run {last} of bucket {bucket}: {e}")))?;
+            for (key, list) in groups {
+                keys.entry(key)
+                    .or_default()
+                    .extend(list.into_iter().filter(|&p| postings::seq_of(p) <= mem.durable));
+            }
+        }
+        for pending in mem.frozen.iter().map(|f| &**f).chain([&mem.active]) {
+            for (key, list) in &pending.entries {
+                if postings::bucket_of(key) == bucket {
+                    keys.entry(key.clone()).or_default().extend(list);
+                }
+            }
+        }
+        keys.retain(|_, list| {
+            list.sort_unstable();
+            list.dedup();
+            !list.is_empty()
+        });
+        Ok(keys)
+    }
+
+    /// The index as folded so far, bucket by bucket, keys ascending: what the digest and the
+    /// comparison read, whatever runs the postings happen to sit in.
+    fn for_each_bucket(
+        &self,
+        mut each: impl FnMut(u16, BTreeMap<Vec<u8>, Vec<Posting>>) -> bool,
+    ) -> Result<(), StoreError> {
+        let mem = self.mem.read().expect("index lock");
+        for bucket in 0..BUCKETS {
+            if !each(bucket, self.bucket(&mem, bucket)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn digest(&self) -> Result<[u8; 32], StoreError> {
+        let mut hasher = blake3::Hasher::new();
+        self.for_each_bucket(|_, keys| {
+            for (key, list) in keys {
+                hasher.update(&(key.len() as u64).to_le_bytes());
+                hasher.update(&key);
+                hasher.update(&(list.len() as u64).to_le_bytes());
+                for p in list {
+                    hasher.update(&p.to_le_bytes());
+                }
+            }
+            true
+        })?;
+        Ok(*hasher.finalize().as_bytes())
+    }
+
+    /// Empties the index, checkpoint included.
+    fn clear(&self) -> Result<(), StoreError> {
+        let mut runs = self.runs.lock().expect("runs lock");
+        let mut mem = self.mem.write().expect("index lock");
+        self.tree.clear()?;
+        *mem = Mem::default();
+        *runs = vec![Vec::new(); BUCKETS as usize];
+        Ok(())
+    }
+}
+
+/// The projection store: a sled database with one tree per index.
 pub struct Projections {
     db: sled::Db,
     /// Which generation of each projection's tree is live.
     generations: sled::Tree,
-    trees: RwLock<HashMap<ProjectionName, sled::Tree>>,
+    indexes: RwLock<HashMap<ProjectionName, Arc<Index>>>,
 }
 
 impl Projections {
+    /// Opens the store in `dir` with the default options; see [`Projections::open_with`].
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &StoreOptions::default())
+    }
+
     /// Opens the store in `dir`; the caller owns the data directory (`engine::DataDirLock`).
     /// A store sled finds damaged is moved aside (it is only a cache of the log) and a fresh
     /// one is folded from the log. An I/O error — a lock held by another process among them —
-    /// is returned as it is: a store that is merely busy or unreachable is never moved.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = match open_sled(dir) {
+    /// is returned as it is: a store that is merely busy or unreachable is never moved. A
+    /// store of an older format is emptied, to be folded again.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let db = match open_sled(dir, options) {
             Ok(db) => db,
             Err(sled::Error::Io(e)) => return Err(sled::Error::Io(e).into()),
             Err(error) => {
                 let aside = PathBuf::from(format!("{}.unreadable-{}", dir.display(), std::process::id()));
                 tracing::warn!(%error, moved_to = %aside.display(), "projection store unreadable; rebuilding from the log");
                 std::fs::rename(dir, &aside).map_err(|e| StoreError::Sled(e.into()))?;
-                sled::Config::new().path(dir).open()?
+                open_sled(dir, options)?
             }
         };
         let generations = db.open_tree("generations")?;
-        let mut trees = HashMap::new();
+        let format = generations
+            .get(FORMAT_KEY)?
+            .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])));
+        if format != Some(STORE_FORMAT) {
+            let old: Vec<_> = db
+                .tree_names()
+                .into_iter()
+                .filter(|name| {
+                    let name = String::from_utf8_lossy(name);
+                    !name.starts_with("aux.") && name != "generations" && name != "__sled__default"
+                })
+                .collect();
+            if format.is_some() || !old.is_empty() {
+                tracing::info!(
+                    format = format.unwrap_or(1),
+                    "projection store of an older format; folding the indexes again from the log"
+                );
+            }
+            for name in old {
+                db.drop_tree(name)?;
+            }
+            generations.clear()?;
+            generations.insert(FORMAT_KEY, &STORE_FORMAT.to_be_bytes())?;
+            generations.flush()?;
+        }
+        let mut indexes = HashMap::new();
         for name in ProjectionName::ALL {
             let generation = generation_of(&generations, name)?;
-            trees.insert(name, db.open_tree(tree_name(name, generation))?);
+            let tree = db.open_tree(tree_name(name, generation))?;
+            indexes.insert(name, Arc::new(Index::open(name, tree)?));
         }
         Ok(Self {
             db,
             generations,
-            trees: RwLock::new(trees),
+            indexes: RwLock::new(indexes),
         })
     }
 
-    /// The live tree of a projection (a cheap handle).
-    pub(crate) fn tree(&self, name: ProjectionName) -> sled::Tree {
-        self.trees.read().expect("projection map lock")[&name].clone()
+    fn index(&self, name: ProjectionName) -> Arc<Index> {
+        self.indexes.read().expect("projection map lock")[&name].clone()
     }
 
-    /// The last sequence number applied to a projection.
+    /// The last sequence number folded into a projection (queries see it at once).
     pub fn checkpoint(&self, name: ProjectionName) -> Result<u64, StoreError> {
-        checkpoint_of(&self.tree(name))
+        Ok(self.index(name).applied())
+    }
+
+    /// The last sequence number a projection's rows on disk cover.
+    pub fn durable_checkpoint(&self, name: ProjectionName) -> Result<u64, StoreError> {
+        checkpoint_of(&self.index(name).tree)
     }
 
     /// The lowest checkpoint: every projection has applied at least this far.
@@ -145,159 +542,100 @@ impl Projections {
 
     /// Empties a projection, checkpoint included, so that it folds again from the start.
     pub fn clear(&self, name: ProjectionName) -> Result<(), StoreError> {
-        self.tree(name).clear()?;
-        Ok(())
+        self.index(name).clear()
     }
 
-    /// Folds consecutive records into every projection whose checkpoint is behind them;
-    /// one atomic batch per projection.
+    /// Folds consecutive records into every projection whose checkpoint is behind them, in
+    /// memory; [`Projections::write_due`] and [`Projections::flush`] write them.
     pub fn apply(&self, records: &[Record]) -> Result<(), StoreError> {
         for name in ProjectionName::ALL {
-            apply_to(name, &self.tree(name), records)?;
+            self.index(name).fold(records);
         }
         Ok(())
     }
 
-    /// An account of a tenant.
-    pub fn account(&self, tenant: &str, account: &str) -> Result<Option<AccountView>, StoreError> {
-        decode(
-            "accounts",
-            self.tree(ProjectionName::Accounts)
-                .get(keys::account(tenant, account))?,
-        )
+    /// Writes what was folded in memory if it is [`FLUSH_RECORDS`] records or older than
+    /// [`FLUSH_AGE`]; returns whether it wrote.
+    pub fn write_due(&self) -> Result<bool, StoreError> {
+        let due = ProjectionName::ALL.iter().any(|&name| {
+            let (records, oldest) = self.index(name).pending();
+            records >= FLUSH_RECORDS || (records > 0 && oldest.is_some_and(|t| t.elapsed() >= FLUSH_AGE))
+        });
+        if due {
+            self.write_pending()?;
+        }
+        Ok(due)
     }
 
-    /// A hold, whatever its tenant (the caller checks the tenant).
-    pub fn hold(&self, hold_id: u64) -> Result<Option<HoldView>, StoreError> {
-        decode("holds", self.tree(ProjectionName::Holds).get(hold_id.to_be_bytes())?)
+    /// Writes what was folded in memory.
+    pub fn write_pending(&self) -> Result<(), StoreError> {
+        for name in ProjectionName::ALL {
+            self.index(name).flush()?;
+        }
+        Ok(())
     }
 
-    /// Up to `limit` history entries of an account with `after_seq < seq <= up_to_seq`.
-    pub fn history_range(
+    /// The postings of `key` in an index with sequence numbers in `after + 1 ..= up_to`.
+    pub fn postings(
+        &self,
+        name: ProjectionName,
+        key: &[u8],
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<Posting>, StoreError> {
+        self.index(name).postings(key, after, up_to)
+    }
+
+    /// The sequence numbers of an account's records after `after_seq` and up to
+    /// `up_to_seq`; only those that move a balance (the ingest pipeline's left out) when
+    /// `ledger_only`.
+    pub fn account_seqs(
         &self,
         tenant: &str,
         account: &str,
         after_seq: u64,
         up_to_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryView>, StoreError> {
-        if after_seq >= up_to_seq {
-            return Ok(Vec::new());
-        }
-        let start = keys::history(tenant, account, after_seq + 1);
-        let end = keys::history(tenant, account, up_to_seq);
-        let mut rows = Vec::new();
-        for row in self.tree(ProjectionName::History).range(start..=end).take(limit) {
-            let (_, value) = row?;
-            rows.push(decode("history", Some(value))?.expect("present"));
-        }
-        Ok(rows)
+        ledger_only: bool,
+    ) -> Result<Vec<u64>, StoreError> {
+        let found = self.postings(
+            ProjectionName::History,
+            &keys::account(tenant, account),
+            after_seq,
+            up_to_seq,
+        )?;
+        Ok(found
+            .into_iter()
+            .filter(|&p| !ledger_only || postings::flag_of(p))
+            .map(postings::seq_of)
+            .collect())
     }
 
-    /// Up to `limit` ledger entries of an account (the ingest pipeline's records left out)
-    /// with a sequence number above `after_seq`.
-    pub fn history(
+    /// The sequence numbers filed under a key of an index (no flags).
+    pub fn seqs(
         &self,
-        tenant: &str,
-        account: &str,
+        name: ProjectionName,
+        key: &[u8],
         after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryView>, StoreError> {
-        let start = keys::history(tenant, account, after_seq.saturating_add(1));
-        let end = keys::history(tenant, account, u64::MAX);
-        let mut rows = Vec::new();
-        for row in self.tree(ProjectionName::History).range(start..=end) {
-            if rows.len() == limit {
-                break;
-            }
-            let (_, value) = row?;
-            let view: HistoryView = decode("history", Some(value))?.expect("present");
-            if crate::domain::EventKind::from_code(view.kind).is_some_and(crate::domain::EventKind::is_ledger) {
-                rows.push(view);
-            }
-        }
-        Ok(rows)
+        up_to_seq: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(self
+            .postings(name, key, after_seq, up_to_seq)?
+            .into_iter()
+            .map(postings::seq_of)
+            .collect())
     }
 
-    fn history_row(&self, tenant: &str, account: &str, seq: u64) -> Result<HistoryView, StoreError> {
-        let row = self
-            .tree(ProjectionName::History)
-            .get(keys::history(tenant, account, seq))?;
-        Ok(decode("history", row)?.expect("indexed events have a history row"))
-    }
-
-    /// The events an idempotency identity produced.
-    pub fn idempotency(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<IdempotencyView>, StoreError> {
-        decode(
-            "idempotency",
-            self.tree(ProjectionName::Idempotency)
-                .get(keys::idempotency(tenant, scope, key))?,
-        )
-    }
-
-    /// Up to `limit` events with a correlation id, after sequence number `after_seq`.
-    pub fn by_correlation(
-        &self,
-        tenant: &str,
-        correlation_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryView>, StoreError> {
-        let start = keys::correlation(tenant, correlation_id, after_seq.saturating_add(1));
-        let end = keys::correlation(tenant, correlation_id, u64::MAX);
-        self.rows_by_index(ProjectionName::Correlation, start..=end, limit)
-    }
-
-    /// Up to `limit` events of an actor with `from_us <= ts < to_us`, after `(ts, seq)`.
-    pub fn by_actor(
-        &self,
-        tenant: &str,
-        actor: &str,
-        from_us: u64,
-        to_us: u64,
-        after: Option<(u64, u64)>,
-        limit: usize,
-    ) -> Result<Vec<HistoryView>, StoreError> {
-        if from_us >= to_us {
-            return Ok(Vec::new());
-        }
-        let start = match after {
-            Some((ts, seq)) => keys::actor(tenant, actor, ts, seq.saturating_add(1)),
-            None => keys::actor(tenant, actor, from_us, 0),
-        };
-        let end = keys::actor(tenant, actor, to_us - 1, u64::MAX);
-        self.rows_by_index(ProjectionName::Actor, start..=end, limit)
-    }
-
-    /// History rows for index entries whose key ends with the sequence number and whose
-    /// value is the account id.
-    fn rows_by_index(
-        &self,
-        index: ProjectionName,
-        range: std::ops::RangeInclusive<Vec<u8>>,
-        limit: usize,
-    ) -> Result<Vec<HistoryView>, StoreError> {
-        let mut rows = Vec::new();
-        for entry in self.tree(index).range(range).take(limit) {
-            let (key, account) = entry?;
-            let (tenant, seq) = keys::tenant_and_seq(&key);
-            let account = std::str::from_utf8(&account).expect("account ids are ASCII");
-            rows.push(self.history_row(tenant, account, seq)?);
-        }
-        Ok(rows)
-    }
-
-    /// blake3 over a projection's rows in key order, checkpoint excluded: two stores that
-    /// folded the same records have the same digest.
+    /// blake3 over a projection's keys and postings in key order: two stores that folded
+    /// the same records have the same digest, however their flushes fell.
     pub fn digest(&self, name: ProjectionName) -> Result<[u8; 32], StoreError> {
-        digest_of(&self.tree(name))
+        self.index(name).digest()
     }
 
     /// Compares a projection here (`left`) with the same projection in `other` (`right`):
-    /// both heads, both digests and, when they differ, the first row that does. A digest
+    /// both heads, both digests and, when they differ, the first key that does. A digest
     /// alone says that two folds disagree; this says where to look.
     pub fn compare(&self, other: &Projections, name: ProjectionName) -> Result<Comparison, StoreError> {
-        compare_trees(name, &self.tree(name), &other.tree(name))
+        compare_indexes(name, &self.index(name), &other.index(name))
     }
 
     /// A tree for other durable, non-ledger records (the operations history).
@@ -305,8 +643,10 @@ impl Projections {
         Ok(self.db.open_tree(format!("aux.{name}"))?)
     }
 
-    /// Writes everything to disk (on shutdown; in between, sled flushes on its own).
+    /// Writes what was folded in memory, then everything to disk (on shutdown; in between,
+    /// sled flushes on its own).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.write_pending()?;
         self.db.flush()?;
         Ok(())
     }
@@ -317,10 +657,10 @@ impl Projections {
 /// just stopped (a read finishing on a blocking thread, a server task ending) can, briefly.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+fn open_sled(dir: &Path, options: &StoreOptions) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new().path(dir).cache_capacity(options.cache_bytes).open() {
             // sled 0.34 says so only in the message of an `Other` I/O error.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
@@ -330,39 +670,6 @@ fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
             opened => return opened,
         }
     }
-}
-
-/// Folds the records after `tree`'s checkpoint into it, atomically with the new checkpoint.
-pub(crate) fn apply_to(name: ProjectionName, tree: &sled::Tree, records: &[Record]) -> Result<(), StoreError> {
-    let checkpoint = checkpoint_of(tree)?;
-    let start = records.partition_point(|r| r.seq <= checkpoint);
-    let todo = &records[start..];
-    let Some(last) = todo.last() else { return Ok(()) };
-    assert_eq!(
-        todo[0].seq,
-        checkpoint + 1,
-        "projection {} folds gapless records",
-        name.name()
-    );
-    let mut rows = Vec::with_capacity(todo.len());
-    fold::fold(name, tree, todo, &mut rows)?;
-    if name.idempotent_fold() {
-        // Rows first, checkpoint last: a crash in between leaves rows that the next fold
-        // writes again, identically. Plain inserts are about four times faster than a
-        // sled batch (BENCHMARKS.md).
-        for (key, value) in rows {
-            tree.insert(key, value)?;
-        }
-        tree.insert(CHECKPOINT_KEY, &last.seq.to_be_bytes())?;
-    } else {
-        let mut batch = sled::Batch::default();
-        for (key, value) in rows {
-            batch.insert(key, value);
-        }
-        batch.insert(&CHECKPOINT_KEY, &last.seq.to_be_bytes());
-        tree.apply_batch(batch)?;
-    }
-    Ok(())
 }
 
 /// Two folds of one projection side by side; see [`Projections::compare`].
@@ -435,13 +742,15 @@ impl std::fmt::Display for RowDifference {
     }
 }
 
-pub(crate) fn compare_trees(
+/// A side that cannot be read compares as this digest, with the damaged row named.
+const UNREADABLE_DIGEST: [u8; 32] = [0; 32];
+
+pub(crate) fn compare_indexes(
     projection: ProjectionName,
-    left: &sled::Tree,
-    right: &sled::Tree,
+    left: &Index,
+    right: &Index,
 ) -> Result<Comparison, StoreError> {
-    let left_digest = digest_of(left)?;
-    let right_digest = digest_of(right)?;
+    let (left_digest, right_digest) = (readable_digest(left)?, readable_digest(right)?);
     let first_difference = if left_digest == right_digest {
         None
     } else {
@@ -449,55 +758,75 @@ pub(crate) fn compare_trees(
     };
     Ok(Comparison {
         projection,
-        left_seq: checkpoint_of(left)?,
-        right_seq: checkpoint_of(right)?,
+        left_seq: left.applied(),
+        right_seq: right.applied(),
         left_digest,
         right_digest,
         first_difference,
     })
 }
 
-/// Walks both trees in key order, checkpoints excluded, to the first row that differs.
-fn first_difference(left: &sled::Tree, right: &sled::Tree) -> Result<Option<RowDifference>, StoreError> {
-    let rows = |tree: &sled::Tree| {
-        tree.iter()
-            .filter(|row| !matches!(row, Ok((key, _)) if key.as_ref() == CHECKPOINT_KEY))
-    };
-    let (mut left_rows, mut right_rows) = (rows(left), rows(right));
-    loop {
-        let difference = match (left_rows.next().transpose()?, right_rows.next().transpose()?) {
-            (None, None) => return Ok(None),
-            (Some((key, value)), None) => RowDifference {
-                key: key.to_vec(),
-                left: Some(value.to_vec()),
-                right: None,
-            },
-            (None, Some((key, value))) => RowDifference {
-                key: key.to_vec(),
-                left: None,
-                right: Some(value.to_vec()),
-            },
-            (Some((lk, lv)), Some((rk, rv))) if lk == rk && lv == rv => continue,
-            (Some((lk, lv)), Some((rk, rv))) => match lk.cmp(&rk) {
-                std::cmp::Ordering::Equal => RowDifference {
-                    key: lk.to_vec(),
-                    left: Some(lv.to_vec()),
-                    right: Some(rv.to_vec()),
-                },
-                std::cmp::Ordering::Less => RowDifference {
-                    key: lk.to_vec(),
-                    left: Some(lv.to_vec()),
-                    right: None,
-                },
-                std::cmp::Ordering::Greater => RowDifference {
-                    key: rk.to_vec(),
-                    left: None,
-                    right: Some(rv.to_vec()),
-                },
-            },
-        };
-        return Ok(Some(difference));
+/// An index's digest, or [`UNREADABLE_DIGEST`] when a row of it does not decode.
+fn readable_digest(index: &Index) -> Result<[u8; 32], StoreError> {
+    match index.digest() {
+        Err(StoreError::Decode { .. }) => Ok(UNREADABLE_DIGEST),
+        other => other,
     }
+}
+
+/// The first key, in bucket and key order, whose postings differ; a row of a side that
+/// does not decode is the difference, with its bytes.
+fn first_difference(left: &Index, right: &Index) -> Result<Option<RowDifference>, StoreError> {
+    let encode = |list: &Vec<Posting>| {
+        let mut bytes = Vec::with_capacity(list.len() * 8);
+        for p in list {
+            bytes.extend_from_slice(&p.to_be_bytes());
+        }
+        bytes
+    };
+    let left_mem = left.mem.read().expect("index lock");
+    let right_mem = right.mem.read().expect("index lock");
+    for bucket in 0..BUCKETS {
+        let sides = [left.bucket(&left_mem, bucket), right.bucket(&right_mem, bucket)];
+        let [l, r] = match sides {
+            [Ok(l), Ok(r)] => [l, r],
+            [Err(StoreError::Decode { .. }), _] => return Ok(Some(damaged_row(left, bucket, true)?)),
+            [_, Err(StoreError::Decode { .. })] => return Ok(Some(damaged_row(right, bucket, false)?)),
+            [Err(e), _] | [_, Err(e)] => return Err(e),
+        };
+        if l == r {
+            continue;
+        }
+        let keys: std::collections::BTreeSet<&Vec<u8>> = l.keys().chain(r.keys()).collect();
+        for key in keys {
+            let (lv, rv) = (l.get(key), r.get(key));
+            if lv != rv {
+                return Ok(Some(RowDifference {
+                    key: key.clone(),
+                    left: lv.map(encode),
+                    right: rv.map(encode),
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The first row of a bucket that does not decode, as a difference.
+fn damaged_row(index: &Index, bucket: u16, left: bool) -> Result<RowDifference, StoreError> {
+    for row in index.tree.scan_prefix(bucket.to_be_bytes()) {
+        let (key, value) = row?;
+        if postings::parse_run_key(&key).is_some() && postings::decode_run(&value).is_err() {
+            let value = Some(value.to_vec());
+            let (l, r) = if left { (value, None) } else { (None, value) };
+            return Ok(RowDifference {
+                key: key.to_vec(),
+                left: l,
+                right: r,
+            });
+        }
+    }
+    Err(index.decode_error(format!("bucket {bucket} does not decode")))
 }
 
 pub(crate) fn checkpoint_of(tree: &sled::Tree) -> Result<u64, StoreError> {
@@ -506,7 +835,9 @@ pub(crate) fn checkpoint_of(tree: &sled::Tree) -> Result<u64, StoreError> {
         .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
 }
 
-pub(crate) fn digest_of(tree: &sled::Tree) -> Result<[u8; 32], StoreError> {
+/// blake3 over a tree's rows in key order, checkpoint excluded: what a projection snapshot
+/// file records to check its rows.
+pub(crate) fn rows_checksum(tree: &sled::Tree) -> Result<[u8; 32], StoreError> {
     let mut hasher = blake3::Hasher::new();
     for row in tree.iter() {
         let (key, value) = row?;
@@ -529,21 +860,4 @@ fn generation_of(generations: &sled::Tree, name: ProjectionName) -> Result<u64, 
     Ok(generations
         .get(name.name())?
         .map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
-}
-
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    rmp_serde::to_vec(value).expect("encoding into a Vec cannot fail")
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    tree: &'static str,
-    bytes: Option<sled::IVec>,
-) -> Result<Option<T>, StoreError> {
-    bytes
-        .map(|b| rmp_serde::from_slice(&b))
-        .transpose()
-        .map_err(|e| StoreError::Decode {
-            tree,
-            reason: e.to_string(),
-        })
 }

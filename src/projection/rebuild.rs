@@ -1,20 +1,22 @@
 //! Rebuilding a projection into a fresh generation of its tree, and projection snapshot
 //! files that a rebuild (or a store that was lost) can start from.
 //!
-//! A snapshot file (`<name>-<seq>.snap`) holds one projection's rows as of a checkpoint:
+//! A snapshot file (`<name>-<seq>.snap`) holds one projection's rows (its runs) as of a
+//! checkpoint:
 //!
 //! ```text
-//! "TALLYPSN" | u32 version (1) | u16 name length | name | u64 seq | [32] chain hash of the
-//! log at seq | [32] projection digest | u64 row count | rows: u32 key length, key,
+//! "TALLYPSN" | u32 version (2) | u16 name length | name | u64 seq | [32] chain hash of the
+//! log at seq | [32] checksum of the rows | u64 row count | rows: u32 key length, key,
 //! u32 value length, value (key order)
 //! ```
 //!
 //! Loading checks the chain hash against the log (the snapshot belongs to this log) and the
-//! digest against the rows (the file is intact).
+//! checksum against the rows (the file is intact). Files of version 1 (rows of the
+//! projections before they pointed into the log) are not read.
 
 use super::{
-    apply_to, checkpoint_of, compare_trees, generation_of, tree_name, ProjectionName, Projections, RowDifference,
-    StoreError, CHECKPOINT_KEY,
+    checkpoint_of, compare_indexes, generation_of, rows_checksum, tree_name, Index, ProjectionName, Projections,
+    RowDifference, StoreError, CHECKPOINT_KEY,
 };
 use crate::domain::Record;
 use std::fs::{self, File};
@@ -22,7 +24,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TALLYPSN";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Snapshot files kept per projection; older ones are deleted.
 const KEEP_SNAPSHOTS: usize = 2;
 
@@ -30,7 +32,7 @@ const KEEP_SNAPSHOTS: usize = 2;
 pub struct Rebuild {
     name: ProjectionName,
     generation: u64,
-    tree: sled::Tree,
+    index: Index,
     from_snapshot: Option<u64>,
 }
 
@@ -60,7 +62,8 @@ pub struct SnapshotInfo {
     pub projection: ProjectionName,
     pub seq: u64,
     pub log_hash: [u8; 32],
-    pub digest: [u8; 32],
+    /// blake3 over the rows, to check the file.
+    pub checksum: [u8; 32],
     pub rows: u64,
     pub path: PathBuf,
 }
@@ -71,12 +74,14 @@ impl Rebuild {
     }
 
     pub fn checkpoint(&self) -> Result<u64, StoreError> {
-        checkpoint_of(&self.tree)
+        Ok(self.index.applied())
     }
 
-    /// Folds records after the rebuild's checkpoint.
+    /// Folds records after the rebuild's checkpoint and writes them: one flush per call, so
+    /// the caller passes large slices (a rebuild, `REBUILD_CHUNK`).
     pub fn apply(&self, records: &[Record]) -> Result<(), StoreError> {
-        apply_to(self.name, &self.tree, records)
+        self.index.fold(records);
+        self.index.flush()
     }
 }
 
@@ -96,7 +101,7 @@ impl Projections {
         Ok(Rebuild {
             name,
             generation,
-            tree: self.db.open_tree(tree_name)?,
+            index: Index::open(name, self.db.open_tree(tree_name)?)?,
             from_snapshot: None,
         })
     }
@@ -110,7 +115,7 @@ impl Projections {
                 format!("taken from another log (hash at sequence {} differs)", info.seq),
             ));
         }
-        let mut rebuild = self.begin_rebuild(info.projection)?;
+        let rebuild = self.begin_rebuild(info.projection)?;
         let mut reader = BufReader::new(File::open(&info.path).map_err(|e| snapshot_error(&info.path, e.to_string()))?);
         let header = read_header(&mut reader, &info.path)?;
         let mut hasher = blake3::Hasher::new();
@@ -124,35 +129,40 @@ impl Projections {
             }
             batch.insert(key, value);
         }
-        if *hasher.finalize().as_bytes() != header.digest {
-            return Err(snapshot_error(&info.path, "rows do not match the recorded digest"));
+        if *hasher.finalize().as_bytes() != header.checksum {
+            return Err(snapshot_error(&info.path, "rows do not match the recorded checksum"));
         }
         batch.insert(&CHECKPOINT_KEY, &header.seq.to_be_bytes());
-        rebuild.tree.apply_batch(batch)?;
-        rebuild.from_snapshot = Some(header.seq);
-        Ok(rebuild)
+        let tree = rebuild.index.tree.clone();
+        tree.apply_batch(batch)?;
+        Ok(Rebuild {
+            index: Index::open(rebuild.name, tree)?,
+            from_snapshot: Some(header.seq),
+            ..rebuild
+        })
     }
 
     /// Drops an unfinished rebuild.
     pub fn abandon_rebuild(&self, rebuild: Rebuild) -> Result<(), StoreError> {
-        self.db.drop_tree(rebuild.tree.name())?;
+        self.db.drop_tree(rebuild.index.tree.name())?;
         Ok(())
     }
 
     /// Makes a rebuild live without comparing it (the live projection is empty or lost).
     pub fn adopt_rebuild(&self, rebuild: Rebuild) -> Result<(), StoreError> {
         let name = rebuild.name;
-        rebuild.tree.flush()?;
+        rebuild.index.flush()?;
+        rebuild.index.tree.flush()?;
         self.generations
             .insert(name.name(), &rebuild.generation.to_be_bytes())?;
         self.generations.flush()?;
         let old = self
-            .trees
+            .indexes
             .write()
             .expect("projection map lock")
-            .insert(name, rebuild.tree);
+            .insert(name, std::sync::Arc::new(rebuild.index));
         if let Some(old) = old {
-            self.db.drop_tree(old.name())?;
+            self.db.drop_tree(old.tree.name())?;
         }
         Ok(())
     }
@@ -161,14 +171,10 @@ impl Projections {
     /// it in when `swap` is set; otherwise drops it.
     pub fn finish_rebuild(&self, rebuild: Rebuild, swap: bool) -> Result<RebuildOutcome, StoreError> {
         let name = rebuild.name;
-        let live = self.tree(name);
+        let live = self.index(name);
         let seq = rebuild.checkpoint()?;
-        assert_eq!(
-            checkpoint_of(&live)?,
-            seq,
-            "a rebuild is compared at the live checkpoint"
-        );
-        let comparison = compare_trees(name, &live, &rebuild.tree)?;
+        assert_eq!(live.applied(), seq, "a rebuild is compared at the live checkpoint");
+        let comparison = compare_indexes(name, &live, &rebuild.index)?;
         let outcome = RebuildOutcome {
             projection: name,
             seq,
@@ -196,13 +202,15 @@ impl Projections {
         log_hash: [u8; 32],
     ) -> Result<SnapshotInfo, StoreError> {
         fs::create_dir_all(dir).map_err(|e| snapshot_error(dir, e.to_string()))?;
-        let tree = self.tree(name);
+        let index = self.index(name);
+        index.flush()?;
+        let tree = index.tree.clone();
         let seq = checkpoint_of(&tree)?;
         let path = dir.join(format!("{}-{seq:020}.snap", name.name()));
         let temporary = path.with_extension("snap.tmp");
         let io = |e: std::io::Error| snapshot_error(&temporary, e.to_string());
         let rows = tree.len() as u64 - u64::from(tree.contains_key(CHECKPOINT_KEY)?);
-        let digest = super::digest_of(&tree)?;
+        let checksum = rows_checksum(&tree)?;
         let mut out = BufWriter::new(File::create(&temporary).map_err(io)?);
         out.write_all(MAGIC).map_err(io)?;
         out.write_all(&VERSION.to_le_bytes()).map_err(io)?;
@@ -210,7 +218,7 @@ impl Projections {
         out.write_all(name.name().as_bytes()).map_err(io)?;
         out.write_all(&seq.to_le_bytes()).map_err(io)?;
         out.write_all(&log_hash).map_err(io)?;
-        out.write_all(&digest).map_err(io)?;
+        out.write_all(&checksum).map_err(io)?;
         out.write_all(&rows.to_le_bytes()).map_err(io)?;
         let mut written = 0u64;
         for row in tree.iter() {
@@ -237,7 +245,7 @@ impl Projections {
             projection: name,
             seq,
             log_hash,
-            digest,
+            checksum,
             rows,
             path,
         })
@@ -302,7 +310,7 @@ fn read_header(reader: &mut impl Read, path: &Path) -> Result<SnapshotInfo, Stor
         projection,
         seq: u64::from_le_bytes(read_array(reader, path)?),
         log_hash: read_array(reader, path)?,
-        digest: read_array(reader, path)?,
+        checksum: read_array(reader, path)?,
         rows: u64::from_le_bytes(read_array(reader, path)?),
         path: path.to_path_buf(),
     })

@@ -1,5 +1,5 @@
-//! The rows projections store in sled (MessagePack). They are caches of the log: when one
-//! stops decoding after an upgrade, the projection is rebuilt from the log.
+//! Views of the log's records that queries answer with: an account's balances, a hold, a
+//! history entry. They are built from records as they are read, never stored.
 
 use crate::domain::{Effect, Event, HoldStatus, Record};
 use serde::{Deserialize, Serialize};
@@ -240,12 +240,4 @@ fn describe_source(source: &crate::domain::event::AwardSource) -> String {
         Manual(m) => m.reason.clone(),
         Promotion(p) => format!("promotion {} (reward {})", p.promotion_id, p.external_reward_id),
     }
-}
-
-/// The span of events an idempotency identity produced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyView {
-    pub account_id: String,
-    pub first_seq: u64,
-    pub last_seq: u64,
 }

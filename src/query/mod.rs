@@ -5,6 +5,7 @@
 
 pub mod asof;
 pub mod filter;
+pub mod indexed;
 pub mod json;
 pub mod replay;
 pub mod subscribe;
