@@ -138,8 +138,8 @@ impl Default for StoreOptions {
 /// What an index holds in memory.
 #[derive(Default)]
 struct Mem {
-    /// The checkpoint in the tree: every run covers at most this far... and every bucket
-    /// holds everything up to it.
+    /// The checkpoint in the tree: every bucket holds everything up to it (a bucket may
+    /// hold more, after a flush cut short).
     durable: u64,
     /// The last sequence number folded (in memory or written).
     applied: u64,
@@ -408,22 +408,17 @@ impl Index {
 
     /// The index as folded so far, bucket by bucket, keys ascending: what the digest and the
     /// comparison read, whatever runs the postings happen to sit in.
-    fn for_each_bucket(
-        &self,
-        mut each: impl FnMut(u16, BTreeMap<Vec<u8>, Vec<Posting>>) -> bool,
-    ) -> Result<(), StoreError> {
+    fn for_each_bucket(&self, mut each: impl FnMut(BTreeMap<Vec<u8>, Vec<Posting>>)) -> Result<(), StoreError> {
         let mem = self.mem.read().expect("index lock");
         for bucket in 0..BUCKETS {
-            if !each(bucket, self.bucket(&mem, bucket)?) {
-                break;
-            }
+            each(self.bucket(&mem, bucket)?);
         }
         Ok(())
     }
 
     fn digest(&self) -> Result<[u8; 32], StoreError> {
         let mut hasher = blake3::Hasher::new();
-        self.for_each_bucket(|_, keys| {
+        self.for_each_bucket(|keys| {
             for (key, list) in keys {
                 hasher.update(&(key.len() as u64).to_le_bytes());
                 hasher.update(&key);
@@ -432,7 +427,6 @@ impl Index {
                     hasher.update(&p.to_le_bytes());
                 }
             }
-            true
         })?;
         Ok(*hasher.finalize().as_bytes())
     }
@@ -524,11 +518,6 @@ impl Projections {
     /// The last sequence number folded into a projection (queries see it at once).
     pub fn checkpoint(&self, name: ProjectionName) -> Result<u64, StoreError> {
         Ok(self.index(name).applied())
-    }
-
-    /// The last sequence number a projection's rows on disk cover.
-    pub fn durable_checkpoint(&self, name: ProjectionName) -> Result<u64, StoreError> {
-        checkpoint_of(&self.index(name).tree)
     }
 
     /// The lowest checkpoint: every projection has applied at least this far.
