@@ -1,12 +1,13 @@
 //! Reading the past: open + verify, replay in-process and over gRPC, the cost of a
-//! one-hour window on logs of 1M and 10M events (it must not grow with the log), and
-//! projection rebuild rates. Logs are generated directly (valid events with consistent
-//! balances, 100 events per second of log time) so that 10M events take seconds to write.
-//! Each figure is the median of three runs.
+//! one-hour window on logs of 1M and 10M events (it must not grow with the log), point
+//! reads of scattered records by sequence number, and projection rebuild rates. Logs are
+//! generated directly (valid events with consistent balances, 100 events per second of log
+//! time) so that 10M events take seconds to write. Each figure is the median of three runs.
 //!
 //!     cargo bench --bench replay
 //!
 //! `TALLY_BENCH_SMALL=1` uses 100k and 1M events instead, for a quick look.
+//! `TALLY_BENCH_ONLY=point-reads` measures only the point reads (on both log sizes).
 
 mod common;
 
@@ -55,6 +56,14 @@ fn main() {
     } else {
         (1_000_000, 10_000_000)
     };
+    if std::env::var("TALLY_BENCH_ONLY").is_ok_and(|only| only == "point-reads") {
+        for size in [size_a, size_b] {
+            let dir = tempfile::tempdir().unwrap();
+            generate(dir.path(), size, Keys::None);
+            point_reads(&LogReader::open(&dir.path().join("log")).unwrap());
+        }
+        return;
+    }
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     for (dir, size) in dirs.iter().zip([size_a, size_b]) {
         let ((), seconds) = timed(|| generate(dir.path(), size, Keys::None));
@@ -106,6 +115,8 @@ fn main() {
         seconds * RATE,
         window_b / window_a
     );
+    point_reads(&reader_a);
+    point_reads(&reader_b);
 
     // The limit a rebuild runs into: sled's own insert rate for history-like rows.
     let (single, batched) = sled_insert_rates(size_a);
@@ -153,6 +164,74 @@ fn main() {
     );
 
     grpc_replay(dirs[0].path(), size_a);
+}
+
+/// Records a point read fetches, spread at random over the whole log.
+const POINT_READS: usize = 10_000;
+/// Of those, how many the old way (a sequential reader per record) reads: it is slow.
+const POINT_READS_ONE_BY_ONE: usize = 300;
+
+/// Reads `POINT_READS` records of one random spread (sorted) with `read_seqs`, one by one
+/// with `read_one`, and, for a few hundred of them, the old way: `iter_range(seq, seq)`,
+/// which reads ahead a whole chunk for each. The log was just written, so its files are in
+/// the page cache: this measures the reads' own cost, not a disk's.
+fn point_reads(reader: &LogReader) {
+    let head = reader.head().seq;
+    let mut state = 0x5EED_u64;
+    let mut seqs = std::collections::BTreeSet::new();
+    while seqs.len() < POINT_READS {
+        // xorshift64: a fixed spread for every run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        seqs.insert(1 + state % head);
+    }
+    let seqs: Vec<u64> = seqs.into_iter().collect();
+    let per_record_us = |seconds: f64, records: usize| seconds * 1e6 / records as f64;
+    let batch = median(
+        (0..RUNS)
+            .map(|_| {
+                let (records, seconds) = timed(|| reader.read_seqs(&seqs).unwrap());
+                assert!(records.iter().map(|r| r.seq).eq(seqs.iter().copied()));
+                seconds
+            })
+            .collect(),
+    );
+    let one_by_one = median(
+        (0..RUNS)
+            .map(|_| {
+                timed(|| {
+                    for &seq in &seqs {
+                        assert_eq!(tally::log::read_one(reader, seq).unwrap().unwrap().seq, seq);
+                    }
+                })
+                .1
+            })
+            .collect(),
+    );
+    let step = POINT_READS / POINT_READS_ONE_BY_ONE;
+    let sample: Vec<u64> = seqs.iter().step_by(step).copied().collect();
+    let old = median(
+        (0..RUNS)
+            .map(|_| {
+                timed(|| {
+                    for &seq in &sample {
+                        assert_eq!(reader.iter_range(seq, seq).next().unwrap().unwrap().seq, seq);
+                    }
+                })
+                .1
+            })
+            .collect(),
+    );
+    println!(
+        "point reads, {POINT_READS} records spread over {head}: read_seqs {:.2} µs/record; read_one each {:.2} µs/record; \
+         iter_range(seq, seq) each ({} of them) {:.1} µs/record; locator {:.2} bytes/record",
+        per_record_us(batch, seqs.len()),
+        per_record_us(one_by_one, seqs.len()),
+        sample.len(),
+        per_record_us(old, sample.len()),
+        reader.locator_bytes() as f64 / head as f64,
+    );
 }
 
 /// Seconds to fold the whole log into a fresh generation of `name`, in rebuild chunks.

@@ -2,7 +2,8 @@
 //!
 //! - [`domain`]: the rules, pure. Commands, events, `decide` and `evolve`, limits. No I/O.
 //! - [`log`]: the source of truth. Segment files of batch frames, each record chained by
-//!   blake3; recovery of a torn tail; verification; a sparse time and sequence index.
+//!   blake3; recovery of a torn tail; verification; a sparse time and sequence index, and
+//!   a dense in-memory locator for reads of chosen records by sequence number.
 //! - [`projection`]: folds of the log into sled trees (balances, holds, idempotency,
 //!   history), each checkpointed atomically with its state, and the write-state snapshot.
 //! - [`engine`]: the single-writer sequencer with group commit, its bounded inbox, the

@@ -6,7 +6,6 @@ use super::scan::{self, IndexEntry, Scan, INDEX_STRIDE_BYTES, SEGMENT_HEADER_LEN
 use super::storage::{FileStorage, Storage, StorageFile};
 use super::{Durability, Head, LogError, LogOptions, LogWriter, Recovery, MIN_SEGMENT_BYTES};
 use crate::domain::{Envelope, Event};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -27,6 +26,8 @@ struct Staged {
     seq: u64,
     ts_us: u64,
     prev_hash: [u8; 32],
+    /// Where the record starts in the batch's bytes (its frame's records).
+    at: usize,
 }
 
 /// What opening found and did.
@@ -97,24 +98,24 @@ impl FileLog {
             Some(last) => reopen_segment(storage.as_ref(), last, &scan, &options)?,
             None => create_segment(storage.as_ref(), scan.head.seq + 1, &options)?,
         };
-        let mut segments: BTreeMap<u64, PathBuf> =
-            scan.segments.iter().map(|s| (s.first_seq, s.path.clone())).collect();
-        segments.insert(active.first_seq, active.path.clone());
+        let head = scan.head;
+        let mut state = SharedState::from_scan(scan);
+        if state.locator.last_segment() != Some(active.first_seq) {
+            // A new log: its first segment was created just now.
+            state
+                .locator
+                .add_segment(active.first_seq, active.path.clone(), active.offset);
+        }
         let shared = Arc::new(Shared {
             storage: storage.clone(),
-            state: RwLock::new(SharedState {
-                head: scan.head,
-                bytes: scan.committed_bytes(),
-                segments,
-                index: scan.index,
-            }),
+            state: RwLock::new(state),
         });
         let log = FileLog {
             storage,
             options,
             active,
-            head: scan.head,
-            staged_head: scan.head,
+            head,
+            staged_head: head,
             staged: Vec::with_capacity(1 << 20),
             staged_records: Vec::new(),
             frame: Vec::with_capacity(1 << 20),
@@ -136,7 +137,7 @@ impl FileLog {
         let mut new_segment = None;
         if self.active.offset + size > self.active.capacity && self.active.offset > SEGMENT_HEADER_LEN as u64 {
             self.active = create_segment(self.storage.as_ref(), first_seq, &self.options)?;
-            new_segment = Some((self.active.first_seq, self.active.path.clone()));
+            new_segment = Some(self.active.path.clone());
         }
         if self.active.offset + size > self.active.capacity {
             let capacity = self.active.offset + size;
@@ -173,10 +174,27 @@ impl FileLog {
             });
             self.active.last_indexed = Some(self.active.offset);
         }
+        let frame_offset = self.active.offset;
         self.active.offset += size;
         self.sync_active()?;
+        let records_offset = frame_offset + FRAME_HEADER_LEN as u64;
         let mut shared = self.shared.state.write().expect("log index lock poisoned");
-        shared.segments.extend(new_segment);
+        if let Some(path) = new_segment {
+            shared
+                .locator
+                .add_segment(self.active.first_seq, path, SEGMENT_HEADER_LEN as u64);
+        }
+        // Readers locate the frame's records from the moment they see the new head: both
+        // change under this one lock.
+        let offsets = self.staged_records.iter().map(|r| records_offset + r.at as u64);
+        shared
+            .locator
+            .push_frame(self.active.first_seq, offsets, self.active.offset);
+        assert_eq!(
+            shared.locator.last_seq(),
+            self.staged_head.seq,
+            "the locator holds every committed record"
+        );
         shared.index.extend(new_index);
         shared.head = self.staged_head;
         shared.bytes += size;
@@ -196,8 +214,14 @@ impl LogWriter for FileLog {
         assert_eq!(seq, self.staged_head.seq + 1, "records are staged in gapless sequence");
         assert!(ts_us >= self.staged_head.ts_us, "timestamps never decrease");
         let prev_hash = self.staged_head.hash;
+        let at = self.staged.len();
         let hash = codec::encode_record(&mut self.staged, &prev_hash, seq, ts_us, envelope, event);
-        self.staged_records.push(Staged { seq, ts_us, prev_hash });
+        self.staged_records.push(Staged {
+            seq,
+            ts_us,
+            prev_hash,
+            at,
+        });
         self.staged_head = Head { seq, ts_us, hash };
         hash
     }

@@ -7,6 +7,7 @@
 
 pub mod codec;
 mod file;
+mod locator;
 mod reader;
 mod scan;
 pub mod sim;
@@ -105,6 +106,9 @@ pub enum LogError {
     /// The writer failed earlier; nothing more can be appended safely.
     #[error("the log writer failed earlier and accepts no more appends")]
     Poisoned,
+    /// A read by sequence number asked for one the log does not hold (0, or past the head).
+    #[error("sequence {seq} is not in the log (its head is {head})")]
+    NotInLog { seq: u64, head: u64 },
 }
 
 impl LogError {
@@ -128,10 +132,12 @@ pub trait LogWriter: Send {
     fn reader(&self) -> LogReader;
 }
 
-/// Reads one record by sequence number.
+/// Reads one record by sequence number (`None` if the log does not hold it), with one
+/// positioned read ([`LogReader::read_seqs`]).
 pub fn read_one(reader: &LogReader, seq: u64) -> Result<Option<Record>, LogError> {
+    // The head only moves forward: a sequence number at or before it stays readable.
     if seq == 0 || seq > reader.head().seq {
         return Ok(None);
     }
-    reader.iter_range(seq, seq).next().transpose()
+    Ok(reader.read_seqs(&[seq])?.pop())
 }

@@ -11,6 +11,7 @@
 //! record.
 
 use super::codec::{self, DecodeError, FRAME_HEADER_LEN};
+use super::locator::Locator;
 use super::storage::{FileStorage, Storage};
 use super::{Head, LogError};
 use crate::domain::EventKind;
@@ -138,6 +139,8 @@ pub(crate) struct Scan {
     pub head: Head,
     pub segments: Vec<SegmentInfo>,
     pub index: Vec<IndexEntry>,
+    /// Every record of the segments above, up to the head (the torn tail left out).
+    pub locator: Locator,
     pub torn: Option<Torn>,
 }
 
@@ -156,14 +159,17 @@ struct FrameSummary {
     last_hash: [u8; 32],
 }
 
-/// Checks one frame at the start of `bytes`, continuing the chain from `prev_hash`.
+/// Checks one frame at the start of `bytes`, continuing the chain from `prev_hash`, and
+/// puts where each of its records starts (from the start of the frame) in `record_starts`.
 /// `Ok(None)`: zeros, the end of the written part of the segment.
 fn walk_frame(
     bytes: &[u8],
     expected_seq: u64,
     prev_hash: &[u8; 32],
     last_ts: u64,
+    record_starts: &mut Vec<usize>,
 ) -> Result<Option<FrameSummary>, DecodeError> {
+    record_starts.clear();
     let Some(header) = codec::decode_frame_header(bytes, expected_seq)? else {
         return Ok(None);
     };
@@ -196,6 +202,7 @@ fn walk_frame(
             });
         }
         first_ts.get_or_insert(record.ts_us);
+        record_starts.push(pos);
         // A frame that `valid_frame_after` finds names its own first sequence number, which
         // may be the largest there is: nothing can follow it.
         let next = seq.checked_add(1).ok_or_else(|| DecodeError {
@@ -286,7 +293,11 @@ fn valid_frame_after(bytes: &[u8], from: usize, head_seq: u64) -> bool {
         }
         let first_seq = codec::u64_at(bytes, at + 16);
         let prev: [u8; 32] = bytes[at + 24..at + 56].try_into().expect("32 bytes");
-        first_seq > head_seq && matches!(walk_frame(&bytes[at..], first_seq, &prev, 0), Ok(Some(_)))
+        first_seq > head_seq
+            && matches!(
+                walk_frame(&bytes[at..], first_seq, &prev, 0, &mut Vec::new()),
+                Ok(Some(_))
+            )
     })
 }
 
@@ -300,8 +311,11 @@ pub(crate) fn scan(storage: &dyn Storage) -> Result<Scan, LogError> {
         },
         segments: Vec::new(),
         index: Vec::new(),
+        locator: Locator::default(),
         torn: None,
     };
+    // Reused from frame to frame: the scan allocates nothing per frame.
+    let mut record_starts = Vec::new();
     for (position, (first_seq, name)) in listed.iter().enumerate() {
         let last = position + 1 == listed.len();
         let path = &storage.path(name);
@@ -340,9 +354,18 @@ pub(crate) fn scan(storage: &dyn Storage) -> Result<Scan, LogError> {
         }
         let mut offset = SEGMENT_HEADER_LEN;
         let mut last_indexed: Option<usize> = None;
+        result
+            .locator
+            .add_segment(*first_seq, path.clone(), SEGMENT_HEADER_LEN as u64);
         let failure = loop {
             let head = result.head;
-            match walk_frame(&bytes[offset..], head.seq + 1, &head.hash, head.ts_us) {
+            match walk_frame(
+                &bytes[offset..],
+                head.seq + 1,
+                &head.hash,
+                head.ts_us,
+                &mut record_starts,
+            ) {
                 Ok(None) => match bytes[offset..].iter().rposition(|&b| b != 0) {
                     None => break None,
                     Some(_) => {
@@ -367,6 +390,10 @@ pub(crate) fn scan(storage: &dyn Storage) -> Result<Scan, LogError> {
                         ts_us: frame.last_ts,
                         hash: frame.last_hash,
                     };
+                    let starts = record_starts.iter().map(|start| (offset + start) as u64);
+                    result
+                        .locator
+                        .push_frame(*first_seq, starts, (offset + frame.len) as u64);
                     offset += frame.len;
                 }
                 Err(error) => break Some(error),
