@@ -373,10 +373,11 @@ async fn send(engine: &EngineHandle, job: &Job, secret: &str, outbound: &Outboun
         latency_us,
         error,
     };
-    let record = match engine.reader().iter_range(job.event_seq, job.event_seq).next() {
-        Some(Ok(record)) => record,
-        Some(Err(error)) => return failed(format!("cannot read event {}: {error}", job.event_seq), 0),
-        None => return failed(format!("event {} is not in the log", job.event_seq), 0),
+    // One point read, checked against the chain (not a read-ahead of the frame around it).
+    let record = match crate::log::read_one(engine.reader(), job.event_seq) {
+        Ok(Some(record)) => record,
+        Err(error) => return failed(format!("cannot read event {}: {error}", job.event_seq), 0),
+        Ok(None) => return failed(format!("event {} is not in the log", job.event_seq), 0),
     };
     let body = crate::query::json::to_json_line(&record);
     let timestamp = (engine.now_us() / 1_000_000).to_string();

@@ -26,7 +26,7 @@ pub fn records(
     key: &[u8],
     seqs: &[u64],
 ) -> Result<Vec<Record>, IndexedError> {
-    let records = read_seqs(reader, seqs)?;
+    let records = reader.read_seqs(seqs)?;
     for record in &records {
         if index.entry(record).is_none_or(|(k, _)| k != key) {
             return Err(IndexedError::Mismatch {
@@ -168,27 +168,6 @@ impl<'a> Indexed<'a> {
         let key = keys::idempotency(tenant, scope, key);
         self.by_key(ProjectionName::Idempotency, &key, 0, u64::MAX, usize::MAX)
     }
-}
-
-/// Records by sequence number (ascending), through ranges of the log.
-fn read_seqs(reader: &LogReader, seqs: &[u64]) -> Result<Vec<Record>, LogError> {
-    let mut out = Vec::with_capacity(seqs.len());
-    let mut i = 0;
-    while i < seqs.len() {
-        let mut j = i;
-        while j + 1 < seqs.len() && seqs[j + 1] - seqs[j] < 64 {
-            j += 1;
-        }
-        let wanted = &seqs[i..=j];
-        for record in reader.iter_range(seqs[i], seqs[j]) {
-            let record = record?;
-            if wanted.binary_search(&record.seq).is_ok() {
-                out.push(record);
-            }
-        }
-        i = j + 1;
-    }
-    Ok(out)
 }
 
 impl<'a> Indexed<'a> {
