@@ -157,7 +157,7 @@ fn every_index_query_equals_a_filtered_scan_of_the_records() {
 /// Puts a projection's checkpoint back to `seq`, as if the flush after it wrote its rows
 /// but not its last batch.
 fn cut_checkpoint(dir: &std::path::Path, name: ProjectionName, seq: u64) {
-    let db = sled::open(dir).unwrap();
+    let db = support::open_sled_store(dir);
     let tree = db.open_tree(format!("{}.0", name.name())).unwrap();
     tree.insert([0xFF; 9], &seq.to_be_bytes()).unwrap();
     db.flush().unwrap();

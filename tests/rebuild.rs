@@ -128,7 +128,7 @@ async fn a_corrupted_projection_is_caught_by_verify_and_repaired_by_rebuild() {
     );
     let (corrupted_key, corrupted_len);
     {
-        let db = sled::open(engine.dir.path().join("projections")).unwrap();
+        let db = support::open_sled_store(&engine.dir.path().join("projections"));
         let history = live_tree(&db, "history");
         let (key, value) = history.iter().next().unwrap().unwrap();
         assert_eq!(key.len(), 10, "a run of the history index");

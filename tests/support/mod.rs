@@ -539,3 +539,21 @@ pub fn sample_record(seq: u64, pad: usize) -> (tally::domain::Envelope, tally::d
     };
     (envelope, event)
 }
+
+/// Opens a projections store directly, as a test that damages or cuts one must. sled lets go
+/// of its file lock on threads of its own after the last handle drops, so a store this
+/// process just closed can still be locked for a moment: wait for it, for at most 5 s, as
+/// the store's own open does.
+pub fn open_sled_store(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
