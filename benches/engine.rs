@@ -149,7 +149,15 @@ fn sequencer_work_alone() -> f64 {
                  state: &mut State,
                  (meta, command, identity): &(CommandMeta, Command, Identity),
                  now_us: u64| {
-        let Ok(Decision::Append(emitted)) = decide_identified(&policy, state, meta, command, identity, now_us) else {
+        let Ok(Decision::Append(emitted)) = decide_identified(
+            &policy,
+            state,
+            meta,
+            command,
+            identity,
+            now_us,
+            &tally::domain::state::NoOlderRecords,
+        ) else {
             panic!("every bench command is accepted");
         };
         for (at, e) in emitted.into_iter().enumerate() {

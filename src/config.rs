@@ -112,6 +112,11 @@ pub struct EngineSection {
     pub projection_snapshot_every_records: u64,
     /// MiB of the projection store's page cache (sled's; its own default is 1 GiB).
     pub projection_cache_mib: u64,
+    /// Log time for which the writer keeps an accepted command's identities whole in RAM;
+    /// older ones are read back from the log (docs/API.md, "Idempotency").
+    pub identity_window_seconds: u64,
+    /// MiB the identity window may take, whichever limit is reached first.
+    pub identity_window_mib: u64,
     /// How often the sweeper expires holds past their deadline, in milliseconds.
     pub sweep_interval_ms: u64,
 }
@@ -309,6 +314,8 @@ impl Default for EngineSection {
             snapshot_every_records: crate::engine::DEFAULT_SNAPSHOT_EVERY,
             projection_snapshot_every_records: crate::engine::DEFAULT_PROJECTION_SNAPSHOT_EVERY,
             projection_cache_mib: crate::projection::DEFAULT_CACHE_BYTES >> 20,
+            identity_window_seconds: crate::domain::identities::DEFAULT_WINDOW_SECONDS,
+            identity_window_mib: crate::domain::identities::DEFAULT_WINDOW_BYTES >> 20,
             sweep_interval_ms: crate::engine::sweeper::DEFAULT_SWEEP_INTERVAL.as_millis() as u64,
         }
     }
@@ -507,6 +514,10 @@ impl Config {
             snapshot_every: self.engine.snapshot_every_records,
             projection_snapshot_every: self.engine.projection_snapshot_every_records,
             projection_cache_bytes: self.engine.projection_cache_mib << 20,
+            identity_window: crate::domain::state::WindowPolicy::new(
+                self.engine.identity_window_seconds,
+                self.engine.identity_window_mib << 20,
+            ),
             ..EngineConfig::new(&self.storage.data_dir)
         };
         Ok(Settings {

@@ -571,6 +571,12 @@ struct ServeArgs {
     /// engine.projection_cache_mib: MiB of the projection store's page cache.
     #[arg(long, env = "TALLY_PROJECTION_CACHE_MIB")]
     projection_cache_mib: Option<u64>,
+    /// engine.identity_window_seconds: log time the writer keeps identities whole in RAM.
+    #[arg(long, env = "TALLY_IDENTITY_WINDOW_SECONDS")]
+    identity_window_seconds: Option<u64>,
+    /// engine.identity_window_mib: MiB the identity window may take.
+    #[arg(long, env = "TALLY_IDENTITY_WINDOW_MIB")]
+    identity_window_mib: Option<u64>,
     /// engine.sweep_interval_ms: how often the sweeper expires holds past their deadline.
     #[arg(long, env = "TALLY_SWEEP_INTERVAL_MS")]
     sweep_interval_ms: Option<u64>,

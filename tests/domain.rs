@@ -301,12 +301,33 @@ fn bad_input_is_refused_naming_the_field() {
         if let Command::Commit { .. } = command {
             h.ok(&meta("r"), reserve(10, 60));
         }
-        let rejection = h.refused(&meta("bad"), command.clone());
+        // A pulse takes no key (below); the others need one.
+        let mut sent = meta("bad");
+        if let Command::ExpireDue { .. } = command {
+            sent.idempotency = None;
+        }
+        let rejection = h.refused(&sent, command.clone());
         assert!(
             matches!(rejection, Rejection::InvalidArgument { field: f, .. } if f == field),
             "{command:?}: expected a rejection of {field}, got {rejection:?}"
         );
         assert!(h.records.len() <= 3, "a refused command appends nothing");
+    }
+    // The pulses' records carry no request to answer a retry with: a key is refused, not
+    // recorded where no fold could read it back.
+    for pulse in [Command::ExpireDue { limit: 10 }, Command::RetryDue] {
+        let mut h = funded(100);
+        let rejection = h.refused(&meta("pulse"), pulse.clone());
+        assert!(
+            matches!(
+                rejection,
+                Rejection::InvalidArgument {
+                    field: "idempotency_key",
+                    ..
+                }
+            ),
+            "{pulse:?} with a key: got {rejection:?}"
+        );
     }
 }
 

@@ -467,7 +467,15 @@ fn execute(
     now_us: u64,
 ) -> Outcome {
     let identity = Identity::of(meta, command);
-    let emitted = match decide_identified(policy, state, meta, command, &identity, now_us) {
+    let emitted = match decide_identified(
+        policy,
+        state,
+        meta,
+        command,
+        &identity,
+        now_us,
+        &tally::domain::state::NoOlderRecords,
+    ) {
         Ok(Decision::Append(emitted)) => emitted,
         Ok(Decision::Replay { first_seq, last_seq }) => {
             assert!((1..=last_seq).contains(&first_seq) && last_seq <= state.head_seq);

@@ -232,6 +232,7 @@ pub fn classify_rejection(rejection: &Rejection) -> Classified {
                 ("state", status.to_string()),
             ],
         ),
+        IdentityUnreadable { .. } => plain(Code::Unavailable, "IDENTITY_UNREADABLE", r),
     }
 }
 

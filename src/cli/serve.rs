@@ -73,6 +73,12 @@ pub(crate) fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) 
     if let Some(v) = args.projection_cache_mib {
         c.engine.projection_cache_mib = v;
     }
+    if let Some(v) = args.identity_window_seconds {
+        c.engine.identity_window_seconds = v;
+    }
+    if let Some(v) = args.identity_window_mib {
+        c.engine.identity_window_mib = v;
+    }
     if let Some(v) = args.sweep_interval_ms {
         c.engine.sweep_interval_ms = v;
     }

@@ -5,7 +5,7 @@ use super::command::{Command, CommandMeta};
 use super::event::{Effect, Event, TierChanged};
 use super::limits::{MAX_ID_BYTES, MAX_TENANT_BYTES, MAX_TRACE_ID_BYTES};
 use super::rejection::Rejection;
-use super::state::{Account, Fingerprint, Identity, NaturalKey, State};
+use super::state::{Account, Fingerprint, Identity, NaturalKey, NoOlderRecords, OlderRecords, Prior, State};
 use super::tier::TierPolicy;
 use super::{account, award, delivery, hold, ingest, link, session};
 
@@ -104,12 +104,17 @@ pub(super) struct Ctx<'a> {
     /// The identities of the command being decided, worked out beforehand; `None` where a
     /// handler decides on behalf of another request (the ingest pipeline's awards).
     pub identity: Option<&'a Identity>,
+    /// The log, for identities older than the window.
+    pub older: &'a dyn OlderRecords,
 }
 
 /// Decides `command` against `state` at `now_us` (the timestamp its events will carry).
 ///
 /// The idempotency check comes first, before any validation: a retry of an accepted
 /// command is answered with the original result even if the rules have changed since.
+///
+/// A state whose identity window has let identities go must be decided with
+/// [`decide_identified`] and the log those identities are read from.
 pub fn decide(
     policy: &Policy,
     state: &State,
@@ -117,12 +122,21 @@ pub fn decide(
     command: &Command,
     now_us: u64,
 ) -> Result<Decision, Rejection> {
-    decide_identified(policy, state, meta, command, &Identity::of(meta, command), now_us)
+    decide_identified(
+        policy,
+        state,
+        meta,
+        command,
+        &Identity::of(meta, command),
+        now_us,
+        &NoOlderRecords,
+    )
 }
 
 /// [`decide`], given the command's [`Identity`] (which must be `Identity::of(meta,
-/// command)`): the engine works it out on the caller's task, so that the one writer does
-/// not hash the command's texts.
+/// command)`, perhaps looked up among the older identities already): the engine works it
+/// out on the caller's task, so that the one writer does not hash the command's texts.
+/// `older` reads the records of identities that left the window.
 pub fn decide_identified(
     policy: &Policy,
     state: &State,
@@ -130,11 +144,15 @@ pub fn decide_identified(
     command: &Command,
     identity: &Identity,
     now_us: u64,
+    older: &dyn OlderRecords,
 ) -> Result<Decision, Rejection> {
-    debug_assert_eq!(identity, &Identity::of(meta, command), "an identity is its command's");
+    debug_assert!(
+        identity.same_command(&Identity::of(meta, command)),
+        "an identity is its command's"
+    );
     if let Some(key) = identity.key {
-        if let Some(&first_seq) = state.idempotency.by_key.get(&key) {
-            return replay_or_conflict(state, first_seq, command);
+        if let Some(prior) = find(state, &key, false, Some(identity), older)? {
+            return replay_or_conflict(prior, command);
         }
     }
     validate_meta(meta, command)?;
@@ -144,6 +162,7 @@ pub fn decide_identified(
         meta,
         now_us,
         identity: Some(identity),
+        older,
     };
     match command {
         Command::OpenAccount { account } => account::open(&ctx, account),
@@ -234,18 +253,32 @@ pub fn decide_identified(
 
 /// The answer for an identity that was used before: the original result if the request is
 /// the same, a conflict naming the first differing field if not.
-pub(super) fn replay_or_conflict(state: &State, first_seq: u64, command: &Command) -> Result<Decision, Rejection> {
-    let applied = state.idempotency.applied(first_seq);
-    match applied.request.first_difference(&command.print()) {
+pub(super) fn replay_or_conflict(prior: Prior, command: &Command) -> Result<Decision, Rejection> {
+    match prior.print.first_difference(&command.print()) {
         None => Ok(Decision::Replay {
-            first_seq,
-            last_seq: applied.last_seq,
+            first_seq: prior.first_seq,
+            last_seq: prior.last_seq,
         }),
         Some(field) => Err(Rejection::IdempotencyConflict {
             field,
-            original_sequence: first_seq,
+            original_sequence: prior.first_seq,
         }),
     }
+}
+
+/// [`super::state::Idempotency::find`]; a log that cannot be read refuses the command as
+/// unavailable (its outcome is not known: the caller retries).
+fn find(
+    state: &State,
+    fingerprint: &Fingerprint,
+    natural: bool,
+    identity: Option<&Identity>,
+    older: &dyn OlderRecords,
+) -> Result<Option<Prior>, Rejection> {
+    state
+        .idempotency
+        .find(fingerprint, natural, identity, older)
+        .map_err(|reason| Rejection::IdentityUnreadable { reason })
 }
 
 /// Replay or conflict for an operation whose natural identity was seen before.
@@ -259,8 +292,8 @@ pub(super) fn check_natural(
 ) -> Result<Option<Decision>, Rejection> {
     debug_assert!(known.is_none_or(|known| known == natural.fingerprint()));
     let fingerprint = known.unwrap_or_else(|| natural.fingerprint());
-    match ctx.state.idempotency.by_natural.get(&fingerprint).copied() {
-        Some(first_seq) => replay_or_conflict(ctx.state, first_seq, &command()).map(Some),
+    match find(ctx.state, &fingerprint, true, ctx.identity, ctx.older)? {
+        Some(prior) => replay_or_conflict(prior, &command()).map(Some),
         None => Ok(None),
     }
 }
@@ -269,12 +302,16 @@ fn validate_meta(meta: &CommandMeta, command: &Command) -> Result<(), Rejection>
     validate_id("tenant", &meta.tenant, MAX_TENANT_BYTES)?;
     validate_id("actor", &meta.actor, MAX_ID_BYTES)?;
     match &meta.idempotency {
-        // The worker's reports and the operators' retries are idempotent by their own
-        // checks, and their records carry no request to answer a retry with.
+        // The pulses, the worker's reports and the operators' retries are idempotent by
+        // their own checks, and their records carry no request to answer a retry with.
         Some(_)
             if matches!(
                 command,
-                Command::DispatchDelivery { .. } | Command::RecordDelivery { .. } | Command::RetryDeliveries { .. }
+                Command::ExpireDue { .. }
+                    | Command::RetryDue
+                    | Command::DispatchDelivery { .. }
+                    | Command::RecordDelivery { .. }
+                    | Command::RetryDeliveries { .. }
             ) =>
         {
             return Err(Rejection::invalid("idempotency_key", "this command takes none"));

@@ -11,7 +11,7 @@ use super::limits::MANUAL_REWARDS_PER_STAFF_PER_MINUTE;
 use super::state::{
     content_fingerprint, external_account_fingerprint, external_fingerprint, key_fingerprint, Account, AccountKey,
     Applied, Fingerprint, Hold, HoldStatus, Identity, Link, NaturalKey, Receipt, ReceiptStatus, Resolution, Resolved,
-    Reversible, State,
+    Reversible, State, WindowEntry,
 };
 
 /// Applies `record` to `state`. Records must come in sequence order, gapless.
@@ -198,6 +198,7 @@ pub fn evolve_identified(state: &mut State, record: &Record, first_of: Option<&I
     }
     state.deliveries.apply(record);
     remember_identity(state, record, first_of);
+    state.idempotency.evict(record.ts_us);
     state.head_seq = record.seq;
     state.head_ts_us = record.ts_us;
 }
@@ -306,6 +307,12 @@ fn remember_identity(state: &mut State, record: &Record, first_of: Option<&Ident
                     last_seq: record.seq,
                 },
             );
+            index.window.push_back(WindowEntry {
+                first_seq: record.seq,
+                ts_us: record.ts_us,
+                key: Some(identity),
+                natural,
+            });
             return;
         };
         let applied = index.applied.get_mut(&first_seq).expect("indexed command exists");
@@ -329,6 +336,12 @@ fn remember_identity(state: &mut State, record: &Record, first_of: Option<&Ident
                 last_seq: record.seq,
             },
         );
+        index.window.push_back(WindowEntry {
+            first_seq: record.seq,
+            ts_us: record.ts_us,
+            key: None,
+            natural: Some(natural),
+        });
     }
 }
 
@@ -784,7 +797,7 @@ pub fn request_of(record: &Record) -> Option<Command> {
     })
 }
 
-fn natural_of<'a>(record: &'a Record, request: &'a Command) -> Option<NaturalKey<'a>> {
+pub(super) fn natural_of<'a>(record: &'a Record, request: &'a Command) -> Option<NaturalKey<'a>> {
     match request {
         Command::Award { account, source } => Some(natural_key(&record.envelope.tenant, account, source, record.ts_us)),
         _ => None,

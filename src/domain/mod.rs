@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod event;
 mod evolve;
 mod hold;
+pub mod identities;
 mod ingest;
 pub mod limits;
 mod link;

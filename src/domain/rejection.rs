@@ -111,6 +111,10 @@ pub enum Rejection {
         event_seq: u64,
         status: &'static str,
     },
+    /// An identity older than the window could not be read back from the log: whether the
+    /// command was applied before is not known, so it is not decided (retry it).
+    #[error("cannot read an earlier use of this identity from the log: {reason}")]
+    IdentityUnreadable { reason: String },
 }
 
 impl Rejection {
@@ -146,6 +150,7 @@ impl Rejection {
             EndpointNotFound { .. } => "endpoint_not_found",
             DeliveryNotFound { .. } => "delivery_not_found",
             DeliveryNotDue { .. } => "delivery_not_due",
+            IdentityUnreadable { .. } => "identity_unreadable",
         }
     }
 

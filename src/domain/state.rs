@@ -4,6 +4,9 @@
 
 use super::command::{Command, CommandMeta, IdempotencyKey, RequestPrint};
 use super::event::{ExternalBody, LinkStatus};
+pub use super::identities::{
+    NoOlderRecords, OlderIdentities, OlderRecords, Prior, Recalled, WindowEntry, WindowPolicy,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -199,18 +202,27 @@ pub struct Applied {
     pub last_seq: u64,
 }
 
-/// Durable idempotency: every accepted command's identity, rebuilt from the log. It grows
-/// by one entry per accepted command for ever (keys are durable), so it keeps fingerprints
-/// and prints, not the texts: about 230 bytes a command (`benches/state.rs`).
+/// Durable idempotency: every accepted command's identity, rebuilt from the log. The recent
+/// ones (the window, [`super::identities`]) are kept whole: fingerprints, prints and
+/// ranges, about 336 bytes each; older ones as 8 bytes each, answered from the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Idempotency {
     /// [`key_fingerprint`] of `(tenant, scope, key)` → sequence number of the command's
-    /// first event.
+    /// first event, for identities in the window.
     pub by_key: FastMap<Fingerprint, u64>,
-    /// [`NaturalKey::fingerprint`] → sequence number of the command's first event.
+    /// [`NaturalKey::fingerprint`] → sequence number of the command's first event, for
+    /// identities in the window.
     pub by_natural: FastMap<Fingerprint, u64>,
     /// First sequence number → the command's print and its last event.
     pub applied: FastMap<u64, Applied>,
+    /// The identities in the window, oldest first: the order they leave it in.
+    pub window: VecDeque<WindowEntry>,
+    /// The identities that left the window.
+    pub older: OlderIdentities,
+    /// How many identities the window keeps: a setting, not state (equal folds of one log
+    /// under one policy hold equal windows).
+    #[serde(skip)]
+    pub policy: WindowPolicy,
 }
 
 /// What the idempotency index files a command under, worked out from the command alone:
@@ -231,6 +243,11 @@ pub struct Identity {
     pub natural: Option<Fingerprint>,
     /// The request's print, as the index keeps it.
     pub print: RequestPrint,
+    /// The version ([`OlderIdentities::cutoff`]) of the older identities `key` and
+    /// `natural` were looked up in before the command reached the writer, if they were.
+    pub checked_older: Option<u64>,
+    /// What was found for them there, and anything else read from the log for the command.
+    pub resolved: Vec<Recalled>,
 }
 
 impl Identity {
@@ -249,7 +266,31 @@ impl Identity {
             key,
             natural,
             print: command.print(),
+            checked_older: None,
+            resolved: Vec::new(),
         }
+    }
+
+    /// Looks the command's identities up among the identities that left the window
+    /// (`older`, as the writer last published them), reading any candidate from the log:
+    /// done on the submitting task, so that the writer need not. An error leaves the
+    /// identity unchecked, for the writer to look up.
+    pub fn check_older(&mut self, older: &OlderIdentities, records: &dyn OlderRecords) {
+        let mut resolved = Vec::new();
+        for fingerprint in [self.key, self.natural].into_iter().flatten() {
+            match super::identities::find_older(older, &fingerprint, &resolved, records) {
+                Ok(Some(found)) => resolved.push(found),
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+        self.resolved = resolved;
+        self.checked_older = Some(older.cutoff());
+    }
+
+    /// Whether two identities are of the same command (what was looked up aside).
+    pub fn same_command(&self, other: &Self) -> bool {
+        (self.key, self.natural, self.print) == (other.key, other.natural, other.print)
     }
 
     /// This identity, if the `at`-th record emitted for the command of `meta` is the one
@@ -264,8 +305,85 @@ impl Identity {
 }
 
 impl Idempotency {
+    /// An empty index keeping the window `policy` says.
+    pub fn with_policy(policy: WindowPolicy) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
+    }
+
+    /// The first sequence number of the command that used `key`, if it is in the window.
     pub fn first_seq_of_key(&self, tenant: &str, key: &IdempotencyKey) -> Option<u64> {
         self.by_key.get(&key_fingerprint(tenant, &key.scope, &key.key)).copied()
+    }
+
+    /// What the command that took the identity `fingerprint` (a key's if `natural` is
+    /// false) was, wherever it is: in the window, or older (read from the log, unless the
+    /// submitting task already did against the same older identities).
+    pub fn find(
+        &self,
+        fingerprint: &Fingerprint,
+        natural: bool,
+        identity: Option<&Identity>,
+        records: &dyn OlderRecords,
+    ) -> Result<Option<Prior>, String> {
+        let map = if natural { &self.by_natural } else { &self.by_key };
+        if let Some(&first_seq) = map.get(fingerprint) {
+            let applied = self.applied(first_seq);
+            return Ok(Some(Prior {
+                first_seq,
+                print: applied.request,
+                last_seq: applied.last_seq,
+            }));
+        }
+        if self.older.is_empty() {
+            return Ok(None);
+        }
+        let known = identity.map_or(&[][..], |i| &i.resolved[..]);
+        if let Some(identity) = identity {
+            let checked = identity.checked_older == Some(self.older.cutoff());
+            if checked && [identity.key, identity.natural].contains(&Some(*fingerprint)) {
+                return Ok(known.iter().find(|r| r.matches(fingerprint)).map(Prior::from));
+            }
+        }
+        Ok(super::identities::find_older(&self.older, fingerprint, known, records)?.map(|r| Prior::from(&r)))
+    }
+
+    /// Moves identities recorded before `now_us` out of the window, a chunk at a time, while
+    /// the policy says they leave.
+    pub(super) fn evict(&mut self, now_us: u64) {
+        let chunk = self.policy.chunk.max(1);
+        while self.window.len() >= chunk {
+            let newer = (self.window.len() - chunk) as u64;
+            if !self.window[chunk - 1].evictable(&self.policy, newer, now_us) {
+                return;
+            }
+            let evicted: Vec<WindowEntry> = self.window.drain(..chunk).collect();
+            for entry in &evicted {
+                if let Some(key) = &entry.key {
+                    let removed = self.by_key.remove(key);
+                    assert_eq!(
+                        removed,
+                        Some(entry.first_seq),
+                        "a key in the window maps to its command"
+                    );
+                }
+                if let Some(natural) = &entry.natural {
+                    let removed = self.by_natural.remove(natural);
+                    assert_eq!(
+                        removed,
+                        Some(entry.first_seq),
+                        "a natural identity in the window maps to its award"
+                    );
+                }
+                assert!(
+                    self.applied.remove(&entry.first_seq).is_some(),
+                    "a window entry has its command"
+                );
+            }
+            self.older.add(&evicted);
+        }
     }
 
     pub fn applied(&self, first_seq: u64) -> &Applied {

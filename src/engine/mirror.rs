@@ -35,6 +35,8 @@ pub(super) struct Mirror {
     pub snapshot_every: u64,
     /// The last record folded, for the lag on /metrics.
     pub folded: Arc<std::sync::atomic::AtomicU64>,
+    /// The identity window the state keeps.
+    pub window: crate::domain::state::WindowPolicy,
 }
 
 impl super::followers::Follower for Mirror {
@@ -84,7 +86,8 @@ impl super::followers::Follower for Mirror {
     /// again, from the write-state snapshot and the log, as a start would.
     fn reset(&mut self) -> Result<(), String> {
         let head = self.reader.head().seq;
-        let (state, _) = super::restore(&self.snapshot_dir, &self.reader, head).map_err(|e| e.to_string())?;
+        let (state, _) =
+            super::restore(&self.snapshot_dir, &self.reader, head, self.window).map_err(|e| e.to_string())?;
         self.state = state;
         self.folded
             .store(self.state.head_seq, std::sync::atomic::Ordering::Release);

@@ -25,6 +25,7 @@ pub use pipeline::{LetterFilter, LetterPage, LetterView, PipelineStats, ReceiptS
 pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
 
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
+use crate::domain::state::{OlderIdentities, OlderRecords, WindowPolicy};
 use crate::domain::{evolve, Command, CommandMeta, Identity, Policy, Record, Rejection, State};
 use crate::log::{self, Durability, FileLog, FileStorage, LogError, LogOptions, LogReader, LogWriter, Storage};
 use crate::projection::{ProjectionName, Projections, StoreError};
@@ -65,6 +66,8 @@ pub struct EngineConfig {
     pub projection_cache_bytes: u64,
     /// Where the log's segments live.
     pub log_place: LogPlace,
+    /// How many identities the writer keeps whole in RAM (older ones are read from the log).
+    pub identity_window: WindowPolicy,
 }
 
 /// Where the engine keeps its log.
@@ -89,6 +92,7 @@ impl EngineConfig {
             projection_snapshot_every: DEFAULT_PROJECTION_SNAPSHOT_EVERY,
             projection_cache_bytes: crate::projection::DEFAULT_CACHE_BYTES,
             log_place: LogPlace::DataDir,
+            identity_window: WindowPolicy::default(),
         }
     }
 
@@ -410,7 +414,7 @@ impl Engine {
             }
         }
         let adopted = adopt_projection_snapshots(&projections, &reader, &config.projection_snapshot_dir())?;
-        let (state, report) = restore(&config.data_dir, &reader, head.seq)?;
+        let (state, report) = restore(&config.data_dir, &reader, head.seq, config.identity_window)?;
         let report = StartReport {
             truncated: opened.truncated,
             projections_from_snapshot: adopted,
@@ -433,6 +437,7 @@ impl Engine {
             signal: signal.clone(),
             snapshot_dir: config.data_dir.clone(),
             snapshot_every: config.snapshot_every,
+            window: config.identity_window,
         };
         let projector = projector::Projector {
             projections: projections.clone(),
@@ -447,7 +452,10 @@ impl Engine {
         let operations = Operations::load(projections.aux_tree("operations")?, clock.clone());
         let failed = status_tx.clone();
         let credentials = Arc::new(std::sync::RwLock::new(state.credentials.clone()));
+        let older = Arc::new(std::sync::RwLock::new(Arc::new(state.idempotency.older.clone())));
         let sequencer = sequencer::Sequencer {
+            older: older.clone(),
+            reader: reader.clone(),
             credentials: credentials.clone(),
             credential_records: Vec::new(),
             state,
@@ -498,6 +506,7 @@ impl Engine {
             handle: EngineHandle {
                 inbox: inbox_tx,
                 reader,
+                older,
                 projections,
                 committed: committed_rx,
                 applied: applied_rx,
@@ -584,7 +593,12 @@ fn open_projections(
 }
 
 /// The write-side state: the snapshot if it belongs to this log, then the records after it.
-fn restore(data_dir: &std::path::Path, reader: &LogReader, head_seq: u64) -> Result<(State, StartReport), EngineError> {
+fn restore(
+    data_dir: &std::path::Path,
+    reader: &LogReader,
+    head_seq: u64,
+    window: WindowPolicy,
+) -> Result<(State, StartReport), EngineError> {
     let mut report = StartReport {
         head_seq,
         ..StartReport::default()
@@ -622,6 +636,9 @@ fn restore(data_dir: &std::path::Path, reader: &LogReader, head_seq: u64) -> Res
             State::default()
         }
     };
+    // The window is a setting: a snapshot taken under another one keeps the identities it
+    // let go, and the next record evicts under this one.
+    state.idempotency.policy = window;
     // Opening the log has just checked every hash of the chain: read it back trusted. A
     // record that breaks an invariant of the fold (its "before" balances disagree with the
     // state, say) is a log this build cannot serve: refused with its sequence number, not
@@ -725,6 +742,8 @@ fn read_ranges(reader: &LogReader, ranges: &[(u64, u64)]) -> Result<Vec<Vec<Reco
 pub struct EngineHandle {
     inbox: mpsc::Sender<Msg>,
     reader: LogReader,
+    /// The identities that left the writer's window, as it last published them.
+    older: Arc<std::sync::RwLock<Arc<OlderIdentities>>>,
     projections: Arc<Projections>,
     committed: watch::Receiver<u64>,
     applied: watch::Receiver<u64>,
@@ -790,9 +809,20 @@ impl EngineHandle {
         commands: Vec<(CommandMeta, Command)>,
     ) -> Result<Vec<Result<Receipt, Rejection>>, EngineError> {
         let (reply, answer) = oneshot::channel();
+        let older = self
+            .older
+            .read()
+            .expect("the sequencer never panics publishing")
+            .clone();
         let identities = commands
             .iter()
-            .map(|(meta, command)| Identity::of(meta, command))
+            .map(|(meta, command)| {
+                let mut identity = Identity::of(meta, command);
+                if !older.is_empty() {
+                    identity.check_older(&older, &self.reader);
+                }
+                identity
+            })
             .collect();
         self.send(Msg::Job(Job {
             commands,
@@ -1200,5 +1230,17 @@ impl EngineHandle {
 
     pub fn projections(&self) -> &Projections {
         &self.projections
+    }
+}
+
+/// The log answers for identities older than the writer's window.
+impl OlderRecords for LogReader {
+    fn read(&self, from: u64, to: u64) -> Result<Vec<Record>, String> {
+        let to = to.min(self.head().seq);
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<u64> = (from..=to).collect();
+        self.read_seqs(&seqs).map_err(|e| e.to_string())
     }
 }

@@ -25,6 +25,10 @@ pub const MAX_GROUP_COMMIT_COMMANDS: usize = 8192;
 
 pub(super) struct Sequencer {
     pub state: State,
+    /// Reads the records of identities older than the window.
+    pub reader: crate::log::LogReader,
+    /// Where the identities that left the window are published to the submitting tasks.
+    pub older: Arc<std::sync::RwLock<Arc<crate::domain::state::OlderIdentities>>>,
     pub log: Box<dyn LogWriter>,
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
@@ -87,6 +91,11 @@ impl Sequencer {
                 // Only a batch that appended something moves the head and wakes the followers.
                 self.committed.send_replace(head.seq);
             }
+            // Published after the commit: a submitting task reads the records it finds there.
+            let older = &self.state.idempotency.older;
+            if older.cutoff() != self.older.read().expect("only this thread writes it").cutoff() {
+                *self.older.write().expect("only this thread writes it") = Arc::new(older.clone());
+            }
             if !self.credential_records.is_empty() {
                 let mut view = self.credentials.write().expect("no panic holds the credentials");
                 for record in self.credential_records.drain(..) {
@@ -140,7 +149,8 @@ impl Sequencer {
 
     /// Decides one command and, if it appends, stages and folds its events.
     fn decide_one(&mut self, meta: &CommandMeta, command: &Command, identity: &Identity, now_us: u64) -> Outcome {
-        let emitted = match decide_identified(&self.policy, &self.state, meta, command, identity, now_us) {
+        let emitted = match decide_identified(&self.policy, &self.state, meta, command, identity, now_us, &self.reader)
+        {
             Ok(Decision::Append(emitted)) => emitted,
             Ok(Decision::Replay { first_seq, last_seq }) => return Outcome::Replayed { first_seq, last_seq },
             Ok(Decision::Nothing) => return Outcome::Nothing,

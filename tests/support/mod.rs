@@ -38,6 +38,12 @@ pub struct Harness {
     pub state: State,
     pub records: Vec<Record>,
     pub now_us: u64,
+    /// Whether commands are looked up among the identities older than the window before
+    /// they are decided, as the engine's submitting tasks do (else `decide` looks them up).
+    pub check_older_first: bool,
+    /// The older identities they are looked up in, if not the state's own: an older version,
+    /// as the engine's tasks may hold while the writer moves on.
+    pub published: Option<tally::domain::state::OlderIdentities>,
 }
 
 impl Default for Harness {
@@ -47,7 +53,22 @@ impl Default for Harness {
             state: State::default(),
             records: Vec::new(),
             now_us: T0,
+            check_older_first: true,
+            published: None,
         }
+    }
+}
+
+/// Records kept in memory, in sequence from 1, read as the log would be.
+pub struct InMemory<'a>(pub &'a [Record]);
+
+impl tally::domain::state::OlderRecords for InMemory<'_> {
+    fn read(&self, from: u64, to: u64) -> Result<Vec<Record>, String> {
+        let head = self.0.len() as u64;
+        if from == 0 || from > head {
+            return Err(format!("record {from} is not in the log"));
+        }
+        Ok(self.0[from as usize - 1..to.min(head) as usize].to_vec())
     }
 }
 
@@ -58,8 +79,13 @@ impl Harness {
     /// first and folds the records with it; [`Harness::refold`] folds them without, so
     /// comparing the two checks that both ways give one state.
     pub fn run(&mut self, meta: &CommandMeta, command: Command) -> Result<Decision, Rejection> {
-        let identity = Identity::of(meta, &command);
-        let decision = decide_identified(&self.policy, &self.state, meta, &command, &identity, self.now_us)?;
+        let mut identity = Identity::of(meta, &command);
+        let log = InMemory(&self.records);
+        let older = self.published.as_ref().unwrap_or(&self.state.idempotency.older);
+        if self.check_older_first && !older.is_empty() {
+            identity.check_older(older, &log);
+        }
+        let decision = decide_identified(&self.policy, &self.state, meta, &command, &identity, self.now_us, &log)?;
         if let Decision::Refuse { events, rejection } = decision {
             let unkeyed = CommandMeta {
                 idempotency: None,
@@ -119,6 +145,7 @@ impl Harness {
     /// State folded from scratch over the records so far.
     pub fn refold(&self) -> State {
         let mut state = State::default();
+        state.idempotency.policy = self.state.idempotency.policy;
         for record in &self.records {
             evolve(&mut state, record);
         }
