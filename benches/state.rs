@@ -1,5 +1,5 @@
-//! Memory of the write-side state (`domain::State`, what the sequencer keeps in RAM, and
-//! the state mirror once more), measured with a counting allocator: heap bytes held after
+//! Memory of the write-side state (`domain::State`, what the sequencer keeps in RAM, its
+//! one copy), measured with a counting allocator: heap bytes held after
 //! folding N accounts, divided by N. Two shapes:
 //!
 //! - accounts only: each opened by a record without an idempotency key (what an account

@@ -512,6 +512,7 @@ impl Config {
             },
             inbox_capacity: self.engine.inbox_capacity,
             snapshot_every: self.engine.snapshot_every_records,
+            snapshot_interval: crate::engine::DEFAULT_SNAPSHOT_INTERVAL,
             projection_snapshot_every: self.engine.projection_snapshot_every_records,
             projection_cache_bytes: self.engine.projection_cache_mib << 20,
             identity_window: crate::domain::state::WindowPolicy::new(

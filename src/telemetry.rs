@@ -23,8 +23,8 @@ pub const LOG_HEAD_SEQUENCE: &str = "tally_log_head_sequence";
 pub const LOG_BYTES: &str = "tally_log_bytes";
 /// Records a projection still has to apply, by `projection`.
 pub const PROJECTION_LAG: &str = "tally_projection_lag_records";
-/// Records the state mirror (which writes the write-state snapshots) has yet to fold.
-pub const MIRROR_LAG: &str = "tally_state_mirror_lag_records";
+/// Records after the newest write-state snapshot: what a restart after a crash folds.
+pub const SNAPSHOT_LAG: &str = "tally_snapshot_lag_records";
 
 /// Largest request head the endpoint reads: a scrape's GET line and headers are far below.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -64,8 +64,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_gauge!(LOG_BYTES, metrics::Unit::Bytes, "Bytes of committed frames in the log");
     metrics::describe_gauge!(PROJECTION_LAG, "Records a projection has yet to apply");
     metrics::describe_gauge!(
-        MIRROR_LAG,
-        "Records the state mirror has yet to fold (a restart folds at least these after the latest snapshot)"
+        SNAPSHOT_LAG,
+        "Records after the newest write-state snapshot (what a restart after a crash folds)"
     );
     Ok(handle)
 }
@@ -167,7 +167,7 @@ pub fn sample(slot: &EngineSlot) {
     let head = engine.committed_seq();
     metrics::gauge!(LOG_HEAD_SEQUENCE).set(head as f64);
     metrics::gauge!(LOG_BYTES).set(engine.log_bytes() as f64);
-    metrics::gauge!(MIRROR_LAG).set(head.saturating_sub(engine.mirror_seq()) as f64);
+    metrics::gauge!(SNAPSHOT_LAG).set(head.saturating_sub(engine.snapshot_seq()) as f64);
     for name in ProjectionName::ALL {
         if let Ok(checkpoint) = engine.projections().checkpoint(name) {
             metrics::gauge!(PROJECTION_LAG, "projection" => name.name()).set(head.saturating_sub(checkpoint) as f64);

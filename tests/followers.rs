@@ -1,5 +1,5 @@
-//! Protects what a follower in trouble looks like from outside. The projector and the state
-//! mirror fold the committed log on threads of their own; when one cannot (the disk fails
+//! Protects what a follower in trouble looks like from outside. The projector and the
+//! snapshotter read the committed log on threads of their own; when one cannot (the disk fails
 //! its reads, or a bug panics it):
 //! - the engine says so (`EngineHandle::followers`) and health answers NOT_SERVING, over
 //!   gRPC too;

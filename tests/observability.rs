@@ -160,8 +160,8 @@ async fn the_metrics_endpoint_counts_commands_by_kind_and_outcome() {
     assert!(sample(&page, "tally_group_commit_seconds_count", &[]).unwrap() >= 5.0);
     assert!(sample(&page, "tally_group_commit_commands_bucket", &[("le", "+Inf")]).unwrap() >= 5.0);
     assert!(sample(&page, "tally_projection_lag_records", &[("projection", "history")]).is_some());
-    let mirror_lag = sample(&page, "tally_state_mirror_lag_records", &[]).expect("the mirror's lag is shown");
-    assert!((0.0..=head as f64).contains(&mirror_lag), "{mirror_lag}");
+    let snapshot_lag = sample(&page, "tally_snapshot_lag_records", &[]).expect("the snapshot's lag is shown");
+    assert!((0.0..=head as f64).contains(&snapshot_lag), "{snapshot_lag}");
     assert_eq!(http_get(&metrics, "/nothing").0, "HTTP/1.1 404 Not Found");
 
     // The ingest pipeline: one event applied, one dead-lettered (one attempt only, so the

@@ -98,24 +98,89 @@ async fn state_returns_from_snapshot_and_log_tail() {
     workload(&engine, 30, 40).await;
 }
 
-/// The state mirror lets commits gather before it folds them, but folds every one: what it
-/// reached (shown as its lag on /metrics) comes to the head without any further commit.
+/// The snapshotter keeps no copy of the state: it restores one from the last snapshot and
+/// the log when a snapshot is due (here after every 50 records, at once), writes it, and
+/// lets it go. A restart after a crash folds only the log after it, to the same state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_state_mirror_reaches_the_head_without_further_commits() {
-    let engine = TestEngine::start();
-    workload(&engine, 0, 20).await;
-    let h = engine.handle();
-    let head = h.committed_seq();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while h.mirror_seq() < head {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the mirror stayed at {} of {head}",
-            h.mirror_seq()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+async fn the_snapshotter_writes_snapshots_from_the_last_one_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tally::engine::EngineConfig {
+        durability: tally::log::Durability::Buffered,
+        segment_bytes: 1 << 20,
+        snapshot_every: 50,
+        snapshot_interval: std::time::Duration::ZERO,
+        ..tally::engine::EngineConfig::new(dir.path())
+    };
+    let mut engine = TestEngine::start_with(dir, config);
+    let mut taken = Vec::new();
+    for round in 0..3 {
+        workload(&engine, round * 20, round * 20 + 20).await;
+        let h = engine.handle();
+        let head = h.committed_seq();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while h.snapshot_seq() + 50 <= head {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the newest snapshot stayed at {} of {head}",
+                h.snapshot_seq()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        taken.push(h.snapshot_seq());
     }
-    assert_eq!(h.mirror_seq(), head);
+    assert!(taken.windows(2).all(|w| w[0] < w[1]), "snapshots advance: {taken:?}");
+    let expected = engine.handle().inspect(|state| state.clone()).await.unwrap();
+    // A crash image: the log and the snapshot as the running engine left them (not the
+    // projections, which a start folds again from the log); the engine then stops.
+    let snapshot_at = *taken.last().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_crash_image(engine.dir.path(), copy.path());
+    engine.engine.take().unwrap().shutdown();
+    let crashed_dir_config = tally::engine::EngineConfig {
+        data_dir: copy.path().to_path_buf(),
+        ..engine.config.clone()
+    };
+    let restarted = tally::engine::Engine::start(crashed_dir_config, engine.clock.clone()).unwrap();
+    let report = restarted.report().clone();
+    assert!(report.snapshot_seq.unwrap_or(0) >= snapshot_at, "{report:?}");
+    assert_eq!(
+        report.snapshot_seq.unwrap() + report.folded,
+        expected.head_seq,
+        "{report:?}"
+    );
+    let state = restarted.handle().inspect(|state| state.clone()).await.unwrap();
+    assert!(state == expected, "the restored state is the state");
+    restarted.shutdown();
+}
+
+/// A graceful stop writes the snapshot at the head itself: the next start folds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_leaves_a_snapshot_at_the_head() {
+    let mut engine = TestEngine::start();
+    workload(&engine, 0, 20).await;
+    let head = engine.handle().committed_seq();
+    engine.restart();
+    let report = engine.engine.as_ref().unwrap().report().clone();
+    assert_eq!(report.snapshot_seq, Some(head), "{report:?}");
+    assert_eq!(report.folded, 0, "{report:?}");
+    assert_eq!(engine.handle().snapshot_seq(), head);
+}
+
+/// Copies a data directory as a crash would leave it, without its projections.
+fn copy_crash_image(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_name() == "projections" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_crash_image(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! Protects the ledger as a whole under random, seeded command streams driven through the
-//! real engine (sequencer, log, projector, state mirror) with a manual clock, on a simulated
+//! real engine (sequencer, log, projector, snapshotter) with a manual clock, on a simulated
 //! disk (`tally::log::SimDisk`, durability `sync`, small segments so that group commits
 //! roll) that fails: fsyncs and writes that fail, power cuts between two syncs of a commit
 //! and at rest, reads that fail at start, and bit flips in the write-state snapshot.
@@ -25,7 +25,7 @@
 //! `TALLY_SIM_SEEDS=N` runs N seeds (default 200); `TALLY_SIM_SEED=S` replays one seed.
 //! The long run is in the README's testing section.
 //!
-//! The followers (projector, state mirror) run on their own OS threads and fold when they
+//! The followers (projector, snapshotter) run on their own OS threads and fold when they
 //! wake, so every check of a projection first waits for the projector to reach the head it
 //! checks (`wait_for_projections`). A seed fixes the commands, the clock, the faults and the
 //! answers; what it cannot fix is how far a follower got at any instant, so no check may

@@ -55,7 +55,7 @@ pub async fn serve(
 /// Serves the API on `listener` until `shutdown` completes, then lets in-flight calls
 /// finish. The engine may arrive in the slot later (the port opens before recovery).
 /// Health reports SERVING only while the engine in the slot serves: NOT_SERVING while
-/// recovering, when the log was refused, while a follower (projector, state mirror) cannot
+/// recovering, when the log was refused, while a follower (projector, snapshotter) cannot
 /// fold the log, and once the engine fails or stops.
 pub async fn serve_slot(
     slot: EngineSlot,

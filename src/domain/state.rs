@@ -107,8 +107,8 @@ impl NaturalKey<'_> {
 /// (blake3 outputs): foldhash, seeded per process, instead of SipHash. Such keys cannot be
 /// steered by a caller into colliding buckets (a caller would have to grind blake3 against
 /// a seed it never sees), and the idempotency index takes three inserts per accepted
-/// command, in the sequencer and again in the state mirror: SipHash over keys that are
-/// already uniform hashes was a few percent of both threads' time (BENCHMARKS.md). Maps keyed by callers' texts (account ids) keep SipHash.
+/// command in the sequencer (and again whenever a state is restored): SipHash over keys that
+/// are already uniform hashes was a few percent of the folding threads' time (BENCHMARKS.md). Maps keyed by callers' texts (account ids) keep SipHash.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// 128 bits of a blake3 hash: how the idempotency index stores an identity, in 16 bytes

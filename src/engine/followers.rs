@@ -1,5 +1,5 @@
-//! The followers' supervision: the projector and the state mirror each run on a thread of
-//! their own, folding the committed log. One that cannot read the log, or that panics, must
+//! The followers' supervision: the projector and the snapshotter each run on a thread of
+//! their own, reading the committed log. One that cannot read the log, or that panics, must
 //! not be silent (queries waiting on it would time out while health says SERVING): its
 //! trouble is recorded here, health turns NOT_SERVING, queries that need it are answered
 //! UNAVAILABLE at once with the reason, and a panicked follower is started again from
@@ -141,7 +141,7 @@ pub(super) fn supervise<F: Follower>(mut follower: F, health: Arc<FollowerHealth
 pub fn describe() {
     metrics::describe_counter!(
         FOLLOWER_RESTARTS_TOTAL,
-        "Times a follower (projector, state mirror) was started again after a panic"
+        "Times a follower (projector, snapshotter) was started again after a panic"
     );
     metrics::describe_gauge!(
         FOLLOWER_HEALTHY,

@@ -8,13 +8,13 @@ mod clock;
 pub mod followers;
 pub mod jobs;
 pub mod metrics;
-mod mirror;
 pub mod operations;
 pub mod owner;
 pub mod pipeline;
 mod projector;
 mod sequencer;
 pub mod snapshot;
+mod snapshotter;
 pub mod sweeper;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -40,9 +40,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// RESOURCE_EXHAUSTED at once instead of queueing without bound.
 pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
 
-/// Records between periodic write-state snapshots (and at least 5 minutes, see the state
-/// mirror): a restart folds at most this many records, or 5 minutes' worth of them.
+/// Records between periodic write-state snapshots (and at least 5 minutes, see the
+/// snapshotter): a restart folds at most this many records, or 5 minutes' worth of them.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
+/// Least time between two write-state snapshots taken while serving.
+pub use snapshotter::DEFAULT_SNAPSHOT_INTERVAL;
 
 /// Records between periodic projection snapshot files: a lost projection store or a
 /// rebuild from a snapshot folds at most this many records.
@@ -60,6 +62,8 @@ pub struct EngineConfig {
     pub policy: Policy,
     pub inbox_capacity: usize,
     pub snapshot_every: u64,
+    /// Least time between two periodic write-state snapshots (5 minutes).
+    pub snapshot_interval: Duration,
     /// 0 turns periodic projection snapshots off (they can still be asked for).
     pub projection_snapshot_every: u64,
     /// Bytes of the projection store's page cache.
@@ -89,6 +93,7 @@ impl EngineConfig {
             policy: Policy::default(),
             inbox_capacity: DEFAULT_INBOX_CAPACITY,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            snapshot_interval: snapshotter::DEFAULT_SNAPSHOT_INTERVAL,
             projection_snapshot_every: DEFAULT_PROJECTION_SNAPSHOT_EVERY,
             projection_cache_bytes: crate::projection::DEFAULT_CACHE_BYTES,
             log_place: LogPlace::DataDir,
@@ -294,7 +299,7 @@ impl Signal {
 
 /// The followers' scheduling niceness. They are background work: balance and hold reads are
 /// answered by the sequencer, history queries wait for the projector only when they come,
-/// and nothing reads the state mirror but its snapshots; so under CPU pressure the
+/// and the snapshotter only writes snapshots; so under CPU pressure the
 /// sequencer and the API go first, and the followers catch up when the load eases.
 const FOLLOWER_NICENESS: libc::c_int = 10;
 
@@ -364,7 +369,7 @@ pub struct Engine {
     signal: Arc<Signal>,
     hurry: Arc<Hurry>,
     sequencer: Option<JoinHandle<()>>,
-    /// The projector and the state mirror.
+    /// The projector and the snapshotter.
     followers: Vec<JoinHandle<()>>,
     report: StartReport,
     /// The data directory's lock; the threads hold it too, so it is released when the last
@@ -429,14 +434,14 @@ impl Engine {
         let signal = Arc::new(Signal::default());
         let hurry = Arc::new(Hurry::default());
         let apply_lock = Arc::new(Mutex::new(()));
-        let mirror_folded = Arc::new(std::sync::atomic::AtomicU64::new(state.head_seq));
-        let mirror = mirror::Mirror {
-            folded: mirror_folded.clone(),
-            state: state.clone(),
+        let snapshot_saved = Arc::new(std::sync::Mutex::new(report.snapshot_seq.unwrap_or(0)));
+        let snapshotter = snapshotter::Snapshotter {
+            saved: snapshot_saved.clone(),
             reader: reader.clone(),
             signal: signal.clone(),
             snapshot_dir: config.data_dir.clone(),
             snapshot_every: config.snapshot_every,
+            interval: config.snapshot_interval,
             window: config.identity_window,
         };
         let projector = projector::Projector {
@@ -454,6 +459,8 @@ impl Engine {
         let credentials = Arc::new(std::sync::RwLock::new(state.credentials.clone()));
         let older = Arc::new(std::sync::RwLock::new(Arc::new(state.idempotency.older.clone())));
         let sequencer = sequencer::Sequencer {
+            snapshot_dir: config.data_dir.clone(),
+            snapshot_saved: snapshot_saved.clone(),
             older: older.clone(),
             reader: reader.clone(),
             credentials: credentials.clone(),
@@ -480,11 +487,11 @@ impl Engine {
             })
             .map_err(spawn_error)?;
         let (owned, health, woken) = (owner.clone(), followers.clone(), signal.clone());
-        let mirror = std::thread::Builder::new()
-            .name("tally-mirror".into())
+        let snapshotter = std::thread::Builder::new()
+            .name("tally-snapshots".into())
             .spawn(move || {
                 let _owner = owned;
-                followers::supervise(mirror, health, woken)
+                followers::supervise(snapshotter, health, woken)
             })
             .map_err(spawn_error)?;
         let owned = owner.clone();
@@ -517,13 +524,13 @@ impl Engine {
                 credentials,
                 clock,
                 hurry: hurry.clone(),
-                mirror_folded,
+                snapshot_saved: snapshot_saved.clone(),
                 followers,
             },
             signal,
             hurry,
             sequencer: Some(sequencer),
-            followers: vec![projector, mirror],
+            followers: vec![projector, snapshotter],
             report,
             _owner: owner,
         })
@@ -537,9 +544,9 @@ impl Engine {
         &self.report
     }
 
-    /// Stops accepting commands, lets the sequencer finish the batch in flight, lets the
-    /// projector and the state mirror catch up (the mirror writes a snapshot), and waits
-    /// for all three. Blocks the calling thread.
+    /// Stops accepting commands, lets the sequencer finish the batch in flight (it writes
+    /// the snapshot at the head as it stops), lets the projector catch up, and waits for
+    /// all three threads. Blocks the calling thread.
     pub fn shutdown(mut self) {
         // A full inbox still takes the stop message once the sequencer drains it. The send
         // runs on a thread of its own so that shutdown also works from async contexts.
@@ -754,8 +761,8 @@ pub struct EngineHandle {
     credentials: Arc<std::sync::RwLock<crate::domain::session::Credentials>>,
     clock: Arc<dyn Clock>,
     hurry: Arc<Hurry>,
-    /// The last record the state mirror folded.
-    mirror_folded: Arc<std::sync::atomic::AtomicU64>,
+    /// The sequence number of the newest write-state snapshot on disk.
+    snapshot_saved: Arc<std::sync::Mutex<u64>>,
     followers: Arc<FollowerHealth>,
 }
 
@@ -1090,7 +1097,7 @@ impl EngineHandle {
         *self.status.borrow() == Status::Serving && self.followers.summary().is_none()
     }
 
-    /// What keeps the projector or the state mirror from folding the log, if anything:
+    /// What keeps the projector or the snapshotter from reading the log, if anything:
     /// health reports NOT_SERVING while there is something.
     pub fn followers(&self) -> &FollowerHealth {
         &self.followers
@@ -1106,10 +1113,10 @@ impl EngineHandle {
         *self.committed.borrow()
     }
 
-    /// Sequence number of the last record the state mirror folded: the write-state snapshot
-    /// it writes next is at most this fresh.
-    pub fn mirror_seq(&self) -> u64 {
-        self.mirror_folded.load(std::sync::atomic::Ordering::Acquire)
+    /// Sequence number of the newest write-state snapshot on disk: a restart after a crash
+    /// folds the log after it.
+    pub fn snapshot_seq(&self) -> u64 {
+        *self.snapshot_saved.lock().expect("no panic holds the snapshot lock")
     }
 
     pub fn reader(&self) -> &LogReader {

@@ -25,6 +25,10 @@ pub const MAX_GROUP_COMMIT_COMMANDS: usize = 8192;
 
 pub(super) struct Sequencer {
     pub state: State,
+    /// Where a graceful stop writes the write-state snapshot, and the newest one's sequence
+    /// number (shared with the snapshotter).
+    pub snapshot_dir: std::path::PathBuf,
+    pub snapshot_saved: Arc<std::sync::Mutex<u64>>,
     /// Reads the records of identities older than the window.
     pub reader: crate::log::LogReader,
     /// Where the identities that left the window are published to the submitting tasks.
@@ -121,6 +125,17 @@ impl Sequencer {
             if appended {
                 self.projector.notify();
             }
+        }
+        // The state is whole and final: written at the head, the next start folds nothing.
+        let started = Instant::now();
+        let head = self.log.head();
+        match super::snapshotter::save_newer(&self.snapshot_dir, &self.snapshot_saved, &self.state, &head.hash) {
+            Ok(()) => tracing::info!(
+                seq = head.seq,
+                took_ms = started.elapsed().as_millis() as u64,
+                "write-state snapshot saved at the stop"
+            ),
+            Err(error) => tracing::error!(%error, "write-state snapshot at the stop failed"),
         }
         self.status.send_replace(Status::Stopped);
         tracing::info!(head = self.state.head_seq, "sequencer stopped");
