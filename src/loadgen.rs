@@ -53,6 +53,10 @@ pub struct BenchConfig {
     pub accounts: u64,
     pub distribution: Distribution,
     pub seed: u64,
+    /// Commands a second over all clients, or as fast as the server answers. With a rate,
+    /// each client sends on a schedule and a request's latency counts from when it was due
+    /// (so a stalled server shows in the percentiles rather than slowing the load).
+    pub rate: Option<f64>,
 }
 
 /// What a run measured.
@@ -91,7 +95,7 @@ impl BenchReport {
             "commands"
         };
         format!(
-            "workload {:?}, {:?}{}, {} clients, {} accounts ({:?}), {:.1} s measured\n\
+            "workload {:?}, {:?}{}, {} clients, {} accounts ({:?}){}, {:.1} s measured\n\
              throughput: {:.0} {unit}/s ({:.0} RPCs/s)\n\
              RPC latency (ms): p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n\
              errors: {errors}",
@@ -105,6 +109,10 @@ impl BenchReport {
             config.clients,
             config.accounts,
             config.distribution,
+            match config.rate {
+                Some(rate) => format!(", paced at {rate:.0} commands/s"),
+                None => String::new(),
+            },
             self.seconds,
             self.commands_per_second(),
             self.rpcs as f64 / self.seconds,
@@ -337,8 +345,30 @@ async fn drive(
         errors: BTreeMap::new(),
         first_messages: BTreeMap::new(),
     };
+    // Under a rate, this client's share: one RPC every `every`, the clients' schedules
+    // spread evenly across the first interval.
+    let per_rpc = match config.mode {
+        Mode::Unary => 1.0,
+        Mode::Batch => config.batch_size as f64,
+    };
+    let every = config
+        .rate
+        .map(|rate| Duration::from_secs_f64(per_rpc * config.clients as f64 / rate.max(f64::MIN_POSITIVE)));
+    let mut due =
+        Instant::now() + every.map_or(Duration::ZERO, |e| e.mul_f64(client.id as f64 / config.clients as f64));
     while Instant::now() < end {
-        let sent = Instant::now();
+        let sent = match every {
+            Some(every) => {
+                tokio::time::sleep_until(due.into()).await;
+                let sent = due;
+                due += every;
+                sent
+            }
+            None => Instant::now(),
+        };
+        if sent >= end {
+            break;
+        }
         let outcome = match config.mode {
             Mode::Unary => unary(client, config, picker).await,
             Mode::Batch => batch(client, config, picker).await,

@@ -488,6 +488,17 @@ struct BenchArgs {
     distribution: DistributionArg,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Commands a second over all clients (each client sends on a schedule, and latency
+    /// counts from when a request was due); without it, as fast as the server answers.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a positive number of commands a second")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -22,6 +22,7 @@ fn config(address: std::net::SocketAddr, mode: Mode, workload: Workload) -> Benc
         accounts: 100,
         distribution: Distribution::Zipf,
         seed: 7,
+        rate: None,
     }
 }
 
@@ -91,6 +92,34 @@ async fn the_ping_workload_checks_health_and_writes_nothing() {
         server.engine.handle().committed_seq(),
         before,
         "a health check writes nothing"
+    );
+    server.stop().await;
+}
+
+/// With a rate, the clients send on a schedule: no more commands than the rate allows in
+/// the measured window (one more per client for a schedule's edge), where an unpaced run
+/// of the same length sends more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_run_sends_no_more_than_its_rate() {
+    let mut server = TestServer::start().await;
+    let mut paced = config(server.address, Mode::Unary, Workload::Award);
+    paced.rate = Some(100.0);
+    paced.duration = Duration::from_secs(1);
+    let bound = 100 + paced.clients as u64;
+    let report = run(paced.clone()).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.commands > 0 && report.commands <= bound,
+        "{} commands in 1 s at 100/s",
+        report.commands
+    );
+    assert!(report.render(&paced).contains("paced at 100 commands/s"));
+    let unpaced = run(BenchConfig { rate: None, ..paced }).await.unwrap();
+    assert!(unpaced.errors.is_empty(), "{:?}", unpaced.errors);
+    assert!(
+        unpaced.commands > bound,
+        "unpaced, the same clients sent {} commands in 1 s",
+        unpaced.commands
     );
     server.stop().await;
 }

@@ -80,6 +80,7 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
             DistributionArg::Zipf => Distribution::Zipf,
         },
         seed: args.seed,
+        rate: args.rate,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
