@@ -275,11 +275,12 @@ fn grpc_replay(data_dir: &Path, events: u64) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(tally::api::serve(handle.clone(), listener, async {
+        let settings = tally::api::ApiSettings::for_data_dir(&handle.config().data_dir).unwrap();
+        let server = tokio::spawn(tally::api::serve(handle.clone(), settings, listener, async {
             let _ = stopped.await;
         }));
         let mut client = AuditClient::connect(format!("http://{address}")).await.unwrap();
-        // The server's key ring (made in the data directory on first use) signs an
+        // The server's key ring (made in the data directory with its settings) signs an
         // auditor's token.
         let auth = tally::api::auth::AuthSettings::for_data_dir(&handle.config().data_dir).unwrap();
         let roles = [tally::domain::access::Role::Auditor];

@@ -369,7 +369,7 @@ pub struct Settings {
     pub auth_audience: String,
     pub auth_clock_skew_seconds: u64,
     pub delivery_poll_interval: Duration,
-    pub delivery_destinations: crate::deliverer::Destinations,
+    pub delivery_destinations: crate::outbound::Destinations,
     pub delivery_ca_file: Option<PathBuf>,
     /// Per-tenant limits on mutating calls, if on.
     pub tenant_limit: Option<crate::api::limits::RateLimit>,
@@ -537,9 +537,9 @@ impl Config {
             auth_clock_skew_seconds: self.auth.clock_skew_seconds,
             delivery_poll_interval: Duration::from_millis(self.deliveries.poll_interval_ms),
             delivery_destinations: if self.deliveries.allow_private_networks {
-                crate::deliverer::Destinations::AnyAddress
+                crate::outbound::Destinations::AnyAddress
             } else {
-                crate::deliverer::Destinations::PublicOnly
+                crate::outbound::Destinations::PublicOnly
             },
             delivery_ca_file: match self.deliveries.ca_file.trim() {
                 "" => None,

@@ -13,6 +13,10 @@
 //!   gRPC status codes.
 //! - [`deliverer`]: the delivery worker: POSTs due events to endpoints (signed), records
 //!   each outcome as a command.
+//! - [`outbound`]: outbound HTTP (allowed destinations, trusted authorities, one POST),
+//!   used by the worker and by the API's check of an endpoint at registration.
+//! - [`secrets`]: the key ring, the secrets derived from it, HMAC and randomness, used by
+//!   the API's door and the worker alike.
 //! - [`config`]: every setting of the server, as one TOML document with defaults,
 //!   overridden by environment variables and flags.
 //! - [`telemetry`]: the Prometheus endpoint and the gauges sampled at each scrape.
@@ -27,8 +31,10 @@ pub mod engine;
 pub mod loadgen;
 pub mod log;
 pub mod operator;
+pub mod outbound;
 pub mod projection;
 pub mod query;
+pub mod secrets;
 pub mod telemetry;
 
 /// What `fuzz/` and `tests/fuzz_regressions.rs` need and the API does not give: not an API.

@@ -1445,7 +1445,7 @@ async fn keys_rotate_without_logging_anyone_out_and_tokens_are_for_this_server_o
         keys: KeyRing::parse(ring).unwrap(),
         ..support::test_auth()
     };
-    let mut server = TestServer::start_configured(|slot, _| slot.set_auth(settings(&new_ring))).await;
+    let mut server = TestServer::start_configured(|api, _| api.auth = settings(&new_ring)).await;
     let channel = server.channel().await;
     let now_s = server.engine.clock.now_us() / SECOND;
     let mut identity = IdentityClient::new(channel);
@@ -1812,11 +1812,11 @@ async fn an_overloaded_server_refuses_at_once_and_health_still_answers() {
     use tally::api::admission::Admission;
     use tally::api::auth::SIGNATURE_HEADER;
     let limit = 3;
-    let mut server = TestServer::start_configured(|slot, _| {
-        slot.set_admission(Admission {
+    let mut server = TestServer::start_configured(|api, _| {
+        api.admission = Admission {
             max_calls_in_flight: Some(limit),
             max_streams_per_connection: 64,
-        })
+        }
     })
     .await;
     let channel = server.channel().await;

@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use support::{token, with_token, TestEngine, TestServer};
 use tally::api::proto::{self, deliveries_client::DeliveriesClient, ledger_client::LedgerClient};
-use tally::deliverer::{Deliverer, Destinations, Outbound};
+use tally::deliverer::Deliverer;
 use tally::domain::delivery::{AckMode, EndpointConfig, Semantics};
 use tally::domain::{Command, CommandMeta, IdempotencyKey};
 use tally::engine::Clock;
+use tally::outbound::{Destinations, Outbound};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -168,8 +169,8 @@ fn settings(url: &str, semantics: i32, ack_mode: i32) -> proto::EndpointSettings
 
 /// A server whose endpoints may point at 127.0.0.1, and a worker to pulse by hand.
 async fn server() -> (TestServer, Deliverer) {
-    let server = TestServer::start_configured(|slot, _| slot.set_destinations(Destinations::AnyAddress)).await;
-    let deliverer = Deliverer::new(server.engine.handle(), support::test_auth(), any_address());
+    let server = TestServer::start_configured(|api, _| api.destinations = Destinations::AnyAddress).await;
+    let deliverer = Deliverer::new(server.engine.handle(), support::test_auth().keys, any_address());
     (server, deliverer)
 }
 
@@ -620,15 +621,15 @@ async fn at_most_once_is_never_retried_and_private_addresses_are_refused() {
         "fd00::1",
         "::1",
     ] {
-        assert!(!tally::deliverer::is_public(private.parse().unwrap()), "{private}");
+        assert!(!tally::outbound::is_public(private.parse().unwrap()), "{private}");
     }
-    assert!(tally::deliverer::is_public("2606:4700::1111".parse().unwrap()));
+    assert!(tally::outbound::is_public("2606:4700::1111".parse().unwrap()));
     // An attempt's error is recorded whatever the receiver or TLS said: printable, bounded.
     let noisy = tally::deliverer::printable(&"certificate not valid for name\n".repeat(100));
     assert!(noisy.len() <= 500 && !noisy.chars().any(char::is_control), "{noisy}");
-    assert!(!tally::deliverer::is_public("169.254.169.254".parse().unwrap()));
-    assert!(!tally::deliverer::is_public("::ffff:192.168.1.1".parse().unwrap()));
-    assert!(tally::deliverer::is_public("93.184.216.34".parse().unwrap()));
+    assert!(!tally::outbound::is_public("169.254.169.254".parse().unwrap()));
+    assert!(!tally::outbound::is_public("::ffff:192.168.1.1".parse().unwrap()));
+    assert!(tally::outbound::is_public("93.184.216.34".parse().unwrap()));
     strict.stop().await;
 }
 
@@ -689,7 +690,7 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
     }
     // Some delivered, then the at-most-once attempt of the next event is recorded as
     // dispatched and the process stops before its outcome.
-    let deliverer = Deliverer::new(h.clone(), auth.clone(), any_address());
+    let deliverer = Deliverer::new(h.clone(), auth.keys.clone(), any_address());
     let mut made = 0;
     while made < 40 {
         made += deliverer.pulse().await.unwrap();
@@ -720,7 +721,7 @@ async fn a_restart_mid_delivery_resumes_without_skipping() {
     drop(deliverer);
     engine.restart();
     let h = engine.handle();
-    let deliverer = Deliverer::new(h.clone(), auth, any_address());
+    let deliverer = Deliverer::new(h.clone(), auth.keys, any_address());
     assert_eq!(deliverer.settle_interrupted().await.unwrap(), 1);
     while deliverer.pulse().await.unwrap() > 0 {}
     let received: Vec<String> = receiver
@@ -795,7 +796,7 @@ async fn https_endpoints_are_delivered_to_when_their_certificate_is_trusted() {
     // One that trusts it (deliveries.ca_file) delivers.
     let pem = certified.cert.pem();
     let trusting = Outbound::new(Destinations::AnyAddress, Some(pem.as_bytes())).unwrap();
-    let deliverer = Deliverer::new(server.engine.handle(), support::test_auth(), trusting);
+    let deliverer = Deliverer::new(server.engine.handle(), support::test_auth().keys, trusting);
     server.engine.clock.advance(60 * SECOND);
     assert_eq!(deliverer.pulse().await.unwrap(), 1);
     assert_eq!(c.delivery(endpoint, seq).await.state, "delivered");

@@ -21,12 +21,12 @@ fn open(account: &str) -> OpenAccountRequest {
 
 #[tokio::test]
 async fn a_tenant_over_its_rate_is_told_when_to_retry() {
-    let mut server = TestServer::start_configured(|slot, engine| {
+    let mut server = TestServer::start_configured(|api, engine| {
         let limit = RateLimit {
             per_second: 10,
             burst: 5,
         };
-        slot.set_limits(TenantLimiter::new(limit, engine.clock.clone()));
+        api.limiter = Some(TenantLimiter::new(limit, engine.clock.clone()));
     })
     .await;
     let mut client = server.client().await;
@@ -84,12 +84,12 @@ async fn a_tenant_over_its_rate_is_told_when_to_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mutating_rpc_is_limited_at_the_door_and_no_read_is() {
     use tally::api::auth::{Charge, METHODS};
-    let mut server = TestServer::start_configured(|slot, engine| {
+    let mut server = TestServer::start_configured(|api, engine| {
         let limit = RateLimit {
             per_second: 1,
             burst: 1,
         };
-        slot.set_limits(TenantLimiter::new(limit, engine.clock.clone()));
+        api.limiter = Some(TenantLimiter::new(limit, engine.clock.clone()));
     })
     .await;
     let channel = server.channel().await;

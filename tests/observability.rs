@@ -315,8 +315,10 @@ async fn a_corrupt_log_keeps_the_port_open_not_serving_and_answers_data_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_not_serving_until_recovery_puts_the_engine_in() {
     use tally::api::EngineSlot;
-    let slot = EngineSlot::recovering();
-    slot.set_auth(support::test_auth());
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = tally::api::ApiSettings::for_data_dir(dir.path()).unwrap();
+    settings.auth = support::test_auth();
+    let slot = EngineSlot::recovering(settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

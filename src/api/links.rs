@@ -16,7 +16,6 @@ use crate::domain::limits::MAX_LINK_VERIFY_FAILURES;
 use crate::domain::state::Link;
 use crate::domain::{Command, CommandMeta, Rejection};
 use crate::engine::{EngineHandle, Receipt};
-use std::io::Write;
 use std::path::Path;
 use tonic::{Request, Response, Status};
 
@@ -67,16 +66,8 @@ fn key_file(path: &Path) -> std::io::Result<[u8; 32]> {
             .try_into()
             .map_err(|_| std::io::Error::other(format!("{} must hold exactly 32 bytes", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let key = super::auth::random_bytes()?;
-            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)?;
-            file.write_all(&key)?;
-            file.sync_all()?;
+            let key = crate::secrets::random_bytes()?;
+            crate::secrets::write_private(path, &key)?;
             Ok(key)
         }
         Err(e) => Err(e),
@@ -167,9 +158,9 @@ impl Links for LinksService {
         caller
             .principal
             .require_account(LinksWrite, LinksWriteOwn, &r.account_id)?;
-        let settings = self.slot.links()?;
-        let token =
-            super::auth::random_bytes().map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?;
+        let settings = self.slot.links();
+        let token = crate::secrets::random_bytes()
+            .map_err(|e| Status::internal(format!("STORAGE_ERROR: no randomness: {e}")))?;
         let meta = meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id);
         let command = Command::CreateLink {
             account: r.account_id.clone(),
@@ -210,7 +201,7 @@ impl Links for LinksService {
         let meta = meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id);
         let command = Command::VerifyLink {
             link_id: r.link_id,
-            token_hash: self.slot.links()?.hash(&token),
+            token_hash: self.slot.links().hash(&token),
         };
         let receipt = self.submit(meta, command).await?;
         if let Event::LinkVerifyFailed(failed) = &receipt.records[0].event {

@@ -27,7 +27,7 @@ pub mod status;
 pub mod strict;
 pub mod trace;
 
-pub use slot::{EngineSlot, Phase};
+pub use slot::{ApiSettings, EngineSlot, Phase};
 
 use crate::engine::EngineHandle;
 use proto::audit_server::AuditServer;
@@ -46,10 +46,11 @@ use tonic_health::ServingStatus;
 /// Serves the API for a running engine; see [`serve_slot`].
 pub async fn serve(
     engine: EngineHandle,
+    settings: ApiSettings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_slot(EngineSlot::ready(engine), listener, shutdown).await
+    serve_slot(EngineSlot::ready(engine, settings), listener, shutdown).await
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets in-flight calls

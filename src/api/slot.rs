@@ -23,7 +23,40 @@ pub enum Phase {
     Stopping,
 }
 
-/// A cheap, cloneable slot for the engine, filled once.
+/// What the API's services need besides the engine: built once, before serving, from the
+/// server's settings (`tally serve`) or the defaults for a data directory, and handed to
+/// the slot. Nothing in it is looked up or made on first use.
+pub struct ApiSettings {
+    /// The keys and rules of tokens and signed calls.
+    pub auth: super::auth::AuthSettings,
+    /// Where deep links point and the key that hashes their tokens.
+    pub links: super::links::LinkSettings,
+    /// Where delivery endpoints may point.
+    pub destinations: crate::outbound::Destinations,
+    /// How many calls the server admits at once.
+    pub admission: super::admission::Admission,
+    /// Per-tenant rate limits on mutating calls; none: no limits.
+    pub limiter: Option<super::limits::TenantLimiter>,
+}
+
+impl ApiSettings {
+    /// The defaults for a data directory: its key ring and link key (made there, mode 0600,
+    /// if missing), the default issuer, audience and links base URL, public destinations
+    /// only, the default admission and no rate limits.
+    pub fn for_data_dir(data_dir: &std::path::Path) -> Result<Self, String> {
+        Ok(Self {
+            auth: super::auth::AuthSettings::for_data_dir(data_dir)?,
+            links: super::links::LinkSettings::for_data_dir(data_dir, super::links::DEFAULT_BASE_URL)
+                .map_err(|e| format!("the link key: {e}"))?,
+            destinations: crate::outbound::Destinations::PublicOnly,
+            admission: super::admission::Admission::default(),
+            limiter: None,
+        })
+    }
+}
+
+/// A cheap, cloneable slot for the engine, filled once, with the settings the services
+/// were built with.
 #[derive(Clone)]
 pub struct EngineSlot {
     inner: Arc<Inner>,
@@ -32,32 +65,24 @@ pub struct EngineSlot {
 struct Inner {
     engine: OnceLock<EngineHandle>,
     phase: watch::Sender<Phase>,
-    links: OnceLock<super::links::LinkSettings>,
-    limiter: OnceLock<super::limits::TenantLimiter>,
-    auth: OnceLock<super::auth::AuthSettings>,
-    destinations: OnceLock<crate::deliverer::Destinations>,
-    admission: OnceLock<super::admission::Admission>,
+    settings: ApiSettings,
 }
 
 impl EngineSlot {
     /// An empty slot: the server is recovering.
-    pub fn recovering() -> Self {
+    pub fn recovering(settings: ApiSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine: OnceLock::new(),
                 phase: watch::Sender::new(Phase::Recovering),
-                links: OnceLock::new(),
-                limiter: OnceLock::new(),
-                auth: OnceLock::new(),
-                destinations: OnceLock::new(),
-                admission: OnceLock::new(),
+                settings,
             }),
         }
     }
 
     /// A slot with a running engine in it.
-    pub fn ready(engine: EngineHandle) -> Self {
-        let slot = Self::recovering();
+    pub fn ready(engine: EngineHandle, settings: ApiSettings) -> Self {
+        let slot = Self::recovering(settings);
         slot.fill(engine);
         slot
     }
@@ -68,83 +93,30 @@ impl EngineSlot {
         self.inner.phase.send_replace(Phase::Ready);
     }
 
-    /// The links' settings (base URL, token key); set once, before serving. Without them the
-    /// links service takes the defaults on first use (`LinkSettings::for_data_dir`).
-    pub fn set_links(&self, settings: super::links::LinkSettings) {
-        assert!(self.inner.links.set(settings).is_ok(), "link settings are set once");
+    /// The links' settings.
+    pub fn links(&self) -> &super::links::LinkSettings {
+        &self.inner.settings.links
     }
 
-    /// The links' settings, the defaults for the engine's data directory if none were set.
-    pub fn links(&self) -> Result<&super::links::LinkSettings, Status> {
-        if let Some(settings) = self.inner.links.get() {
-            return Ok(settings);
-        }
-        let engine = self.engine()?;
-        let settings =
-            super::links::LinkSettings::for_data_dir(&engine.config().data_dir, super::links::DEFAULT_BASE_URL)
-                .map_err(|e| Status::internal(format!("STORAGE_ERROR: cannot read or create the link key: {e}")))?;
-        let _ = self.inner.links.set(settings);
-        Ok(self.inner.links.get().expect("just set"))
+    /// Where endpoints may point.
+    pub fn destinations(&self) -> crate::outbound::Destinations {
+        self.inner.settings.destinations
     }
 
-    /// The keys and rules of tokens; set once, before serving. Without them the door takes
-    /// the defaults on first use (`AuthSettings::for_data_dir`).
-    pub fn set_auth(&self, settings: super::auth::AuthSettings) {
-        assert!(self.inner.auth.set(settings).is_ok(), "auth settings are set once");
+    /// The keys and rules of tokens.
+    pub fn auth(&self) -> &super::auth::AuthSettings {
+        &self.inner.settings.auth
     }
 
-    /// Where endpoints may point; set once, before serving (none: public addresses only).
-    pub fn set_destinations(&self, destinations: crate::deliverer::Destinations) {
-        assert!(
-            self.inner.destinations.set(destinations).is_ok(),
-            "destinations are set once"
-        );
-    }
-
-    pub fn destinations(&self) -> crate::deliverer::Destinations {
-        *self
-            .inner
-            .destinations
-            .get()
-            .unwrap_or(&crate::deliverer::Destinations::PublicOnly)
-    }
-
-    /// Whether auth settings were set.
-    pub fn has_auth(&self) -> bool {
-        self.inner.auth.get().is_some()
-    }
-
-    /// The auth settings, the defaults for the engine's data directory if none were set.
-    pub fn auth(&self) -> Result<&super::auth::AuthSettings, Status> {
-        if let Some(settings) = self.inner.auth.get() {
-            return Ok(settings);
-        }
-        let engine = self.engine()?;
-        let settings = super::auth::AuthSettings::for_data_dir(&engine.config().data_dir)
-            .map_err(|e| Status::internal(format!("STORAGE_ERROR: cannot read or create the auth keys: {e}")))?;
-        let _ = self.inner.auth.set(settings);
-        Ok(self.inner.auth.get().expect("just set"))
-    }
-
-    /// How many calls the server admits at once; set once, before serving (none: the
-    /// defaults).
-    pub fn set_admission(&self, admission: super::admission::Admission) {
-        assert!(self.inner.admission.set(admission).is_ok(), "admission is set once");
-    }
-
+    /// How many calls the server admits at once.
     pub fn admission(&self) -> super::admission::Admission {
-        self.inner.admission.get().copied().unwrap_or_default()
-    }
-
-    /// Per-tenant rate limits on mutating calls; set once, before serving (none: no limits).
-    pub fn set_limits(&self, limiter: super::limits::TenantLimiter) {
-        assert!(self.inner.limiter.set(limiter).is_ok(), "rate limits are set once");
+        self.inner.settings.admission
     }
 
     /// Lets `commands` mutating commands of `tenant` through, or refuses them with
     /// RESOURCE_EXHAUSTED and when to retry.
     pub fn admit(&self, tenant: &str, commands: usize) -> Result<(), Status> {
-        match self.inner.limiter.get() {
+        match &self.inner.settings.limiter {
             Some(limiter) => limiter.admit(tenant, commands as u64),
             None => Ok(()),
         }

@@ -225,15 +225,13 @@ pub(crate) async fn run_server(settings: Settings) -> ExitCode {
         let address = listener.local_addr().expect("a bound listener has an address");
         println!("tally metrics on http://{address}/metrics");
     }
-    let slot = EngineSlot::recovering();
-    match tally::api::links::LinkSettings::for_data_dir(&data_dir, &settings.links_base_url) {
-        Ok(links) => slot.set_links(links),
+    let links = match tally::api::links::LinkSettings::for_data_dir(&data_dir, &settings.links_base_url) {
+        Ok(links) => links,
         Err(error) => {
             eprintln!("tally: the link key: {error}");
             return ExitCode::from(2);
         }
-    }
-    slot.set_destinations(settings.delivery_destinations);
+    };
     let extra_roots = match &settings.delivery_ca_file {
         None => None,
         Some(file) => match std::fs::read(file) {
@@ -244,29 +242,34 @@ pub(crate) async fn run_server(settings: Settings) -> ExitCode {
             }
         },
     };
-    let outbound = match tally::deliverer::Outbound::new(settings.delivery_destinations, extra_roots.as_deref()) {
+    let outbound = match tally::outbound::Outbound::new(settings.delivery_destinations, extra_roots.as_deref()) {
         Ok(outbound) => outbound,
         Err(error) => {
             eprintln!("tally: deliveries.ca_file: {error}");
             return ExitCode::from(2);
         }
     };
-    match tally::api::auth::AuthSettings::load(
+    let auth = match tally::api::auth::AuthSettings::load(
         &settings.auth_keys_file,
         &settings.auth_issuer,
         &settings.auth_audience,
         settings.auth_clock_skew_seconds,
     ) {
-        Ok(auth) => slot.set_auth(auth),
+        Ok(auth) => auth,
         Err(error) => {
             eprintln!("tally: the auth keys: {error}");
             return ExitCode::from(2);
         }
-    }
-    if let Some(limit) = settings.tenant_limit {
-        slot.set_limits(tally::api::limits::TenantLimiter::new(limit, Arc::new(SystemClock)));
-    }
-    slot.set_admission(settings.admission);
+    };
+    let slot = EngineSlot::recovering(tally::api::ApiSettings {
+        auth,
+        links,
+        destinations: settings.delivery_destinations,
+        admission: settings.admission,
+        limiter: settings
+            .tenant_limit
+            .map(|limit| tally::api::limits::TenantLimiter::new(limit, Arc::new(SystemClock))),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop_rx = stop_rx.clone();
@@ -332,8 +335,8 @@ pub(crate) async fn run_server(settings: Settings) -> ExitCode {
         ),
     }
     let sweeper = sweeper::spawn(engine.handle(), settings.sweep_interval);
-    let auth = slot.auth().expect("the auth settings were set before serving").clone();
-    let deliverer = tally::deliverer::Deliverer::new(engine.handle(), auth, outbound);
+    let keys = slot.auth().keys.clone();
+    let deliverer = tally::deliverer::Deliverer::new(engine.handle(), keys, outbound);
     let (deliveries_stop, deliveries_stopped) = tokio::sync::watch::channel(false);
     let deliveries = tokio::spawn(deliverer.run(settings.delivery_poll_interval, deliveries_stopped));
     let served = server.await.expect("the server task does not panic");

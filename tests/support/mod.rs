@@ -226,24 +226,25 @@ impl TestServer {
         Self::start_configured(|_, _| {}).await
     }
 
-    /// A server whose slot `configure` sets up first (rate limits, link settings).
-    pub async fn start_configured(configure: impl FnOnce(&tally::api::EngineSlot, &TestEngine)) -> Self {
+    /// A server whose settings `configure` changes first (rate limits, keys, destinations);
+    /// the defaults are the test engine's data directory's, with [`test_auth`].
+    pub async fn start_configured(configure: impl FnOnce(&mut tally::api::ApiSettings, &TestEngine)) -> Self {
         Self::start_in_front_of(TestEngine::start(), configure).await
     }
 
     /// A server in front of an engine the test started (on a simulated disk, say).
     pub async fn start_in_front_of(
         engine: TestEngine,
-        configure: impl FnOnce(&tally::api::EngineSlot, &TestEngine),
+        configure: impl FnOnce(&mut tally::api::ApiSettings, &TestEngine),
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let slot = tally::api::EngineSlot::ready(engine.handle());
-        configure(&slot, &engine);
-        if !slot.has_auth() {
-            slot.set_auth(test_auth());
-        }
+        let mut settings =
+            tally::api::ApiSettings::for_data_dir(&engine.config.data_dir).expect("the default settings");
+        settings.auth = test_auth();
+        configure(&mut settings, &engine);
+        let slot = tally::api::EngineSlot::ready(engine.handle(), settings);
         let task = tokio::spawn(async move {
             tally::api::serve_slot(slot, listener, async {
                 let _ = rx.await;
