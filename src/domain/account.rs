@@ -1,9 +1,9 @@
 //! Opening accounts.
 
-use super::decide::{validate_id, Ctx, Decision, Emitted};
 use super::event::{AccountOpened, Event};
 use super::limits::MAX_ID_BYTES;
 use super::rejection::Rejection;
+use super::rules::{validate_id, Ctx, Decision, Emitted};
 use super::state::AccountKey;
 
 /// Opens `account` in the caller's tenant. An account that exists is answered with its

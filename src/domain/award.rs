@@ -1,12 +1,12 @@
 //! Awards: gameplay accrual from rating slips, manual staff rewards (comps), promotions.
 
 use super::command::{AwardRequest, Command};
-use super::decide::{
-    account, check_natural, tier_change, validate_id, validate_text, Balances, Ctx, Decision, Emitted,
-};
 use super::event::{AwardSource, CompRefused, Event, ManualSource, PointsAwarded, PromotionSource, RatingSlipSource};
 use super::limits::*;
 use super::rejection::Rejection;
+use super::rules::{
+    account, check_natural, in_range, tier_change, validate_id, validate_text, Balances, Ctx, Decision, Emitted,
+};
 use super::state::{NaturalKey, NaturalKind};
 use std::borrow::Cow;
 
@@ -251,16 +251,6 @@ pub(super) fn slip_ranges(
     in_range(fields[1], decisions_per_hour.into(), 1, MAX_DECISIONS_PER_HOUR.into())?;
     in_range(fields[2], minutes_played.into(), 1, MAX_MINUTES_PLAYED.into())?;
     in_range(fields[3], house_edge_bps.into(), 1, MAX_HOUSE_EDGE_BPS.into())
-}
-
-pub(super) fn in_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), Rejection> {
-    if value < min || value > max {
-        return Err(Rejection::invalid(
-            field,
-            format!("must be between {min} and {max}, got {value}"),
-        ));
-    }
-    Ok(())
 }
 
 fn check_comp_rate(ctx: &Ctx<'_>, staff_id: &str) -> Result<(), Rejection> {

@@ -137,7 +137,7 @@ pub enum Command {
     },
     /// An admin registers an endpoint; the API draws the nonce its secret is derived from.
     RegisterEndpoint {
-        config: super::delivery::EndpointConfig,
+        config: super::endpoints::EndpointConfig,
         secret_kid: String,
         secret_nonce: String,
     },
@@ -145,8 +145,8 @@ pub enum Command {
     /// state, so that a settings change never undoes a pause that came before it).
     UpdateEndpoint {
         endpoint_id: u64,
-        config: Option<super::delivery::EndpointConfig>,
-        status: Option<super::delivery::EndpointStatus>,
+        config: Option<super::endpoints::EndpointConfig>,
+        status: Option<super::endpoints::EndpointStatus>,
     },
     /// The delivery worker is about to make an at-most-once attempt.
     DispatchDelivery {
@@ -159,7 +159,7 @@ pub enum Command {
         endpoint_id: u64,
         event_seq: u64,
         attempt: u32,
-        result: super::delivery::AttemptResult,
+        result: super::endpoints::AttemptResult,
     },
     /// The receiver confirms a delivery.
     AckDelivery {
@@ -169,7 +169,7 @@ pub enum Command {
     },
     /// An operator retries failed deliveries by hand.
     RetryDeliveries {
-        selection: super::delivery::RetrySelection,
+        selection: super::endpoints::RetrySelection,
         reason: String,
     },
 }

@@ -788,7 +788,7 @@ pub struct ApiKeyRevoked {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRegistered {
     pub endpoint_id: u64,
-    pub config: super::delivery::EndpointConfig,
+    pub config: super::endpoints::EndpointConfig,
     pub secret_kid: String,
     pub secret_nonce: String,
 }
@@ -797,8 +797,8 @@ pub struct EndpointRegistered {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointUpdated {
     pub endpoint_id: u64,
-    pub config: super::delivery::EndpointConfig,
-    pub status: super::delivery::EndpointStatus,
+    pub config: super::endpoints::EndpointConfig,
+    pub status: super::endpoints::EndpointStatus,
 }
 
 /// At-most-once: the one attempt is about to be made (recorded first, so a crash during it

@@ -2,10 +2,10 @@
 //! Expiry is decided from record timestamps only: at or after `expires_at` a hold can no
 //! longer be committed or released, whether or not the pulse has expired it yet.
 
-use super::decide::{account, validate_id, Balances, Ctx, Decision, Emitted};
 use super::event::{Event, HoldCommitted, HoldExpired, HoldReleased, HoldReserved};
 use super::limits::*;
 use super::rejection::Rejection;
+use super::rules::{account, validate_id, Balances, Ctx, Decision, Emitted};
 use super::state::{AccountKey, Hold, HoldStatus};
 use std::collections::HashMap;
 

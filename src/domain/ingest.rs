@@ -10,13 +10,13 @@
 //! usually wait for one.
 
 use super::command::AwardRequest;
-use super::decide::{account, tier_change, validate_id, validate_text, Balances, Ctx, Decision, Emitted};
 use super::event::{
     DeadLetterDiscarded, Event, ExternalAttemptFailed, ExternalBody, ExternalDeadLettered, ExternalKind,
     ExternalProcessed, ExternalReceived, PointsReversed, RedriveRequested, ReversePolicy,
 };
 use super::limits::*;
 use super::rejection::Rejection;
+use super::rules::{account, tier_change, validate_id, validate_text, Balances, Ctx, Decision, Emitted};
 use super::state::{content_fingerprint, external_fingerprint, AccountKey, Receipt, ReceiptStatus, Resolution};
 use super::{account as accounts, award, CommandMeta};
 
@@ -29,7 +29,7 @@ pub fn validate_body(body: &ExternalBody) -> Result<(), Rejection> {
         ExternalBody::PointsAward {
             points, promotion_id, ..
         } => {
-            award::in_range("payload.points", *points, 1, MAX_AWARD_POINTS)?;
+            super::rules::in_range("payload.points", *points, 1, MAX_AWARD_POINTS)?;
             validate_id("payload.promotion_id", promotion_id, MAX_ID_BYTES)
         }
         ExternalBody::RatingSlipCompleted {
@@ -435,7 +435,7 @@ fn park(ctx: &Ctx<'_>, receipt: &Receipt, receipt_seq: u64, member: &AccountKey)
 /// retry together. The draw hashes the receipt and attempt: pure, and the same on replay.
 fn backoff_us(ctx: &Ctx<'_>, receipt_seq: u64, failed: u32) -> u64 {
     let policy = &ctx.policy.ingest;
-    super::decide::jittered_backoff_us(
+    super::rules::jittered_backoff_us(
         policy.retry_base_delay_ms,
         policy.retry_max_delay_ms,
         failed,

@@ -5,10 +5,10 @@
 //! at its deadline (log time) and locks after `MAX_LINK_VERIFY_FAILURES` wrong tokens; one
 //! external account is actively linked to one account at most.
 
-use super::decide::{account, validate_id, validate_text, Ctx, Decision, Emitted};
 use super::event::{Event, LinkCreated, LinkExpired, LinkRevoked, LinkStatus, LinkVerified, LinkVerifyFailed};
 use super::limits::*;
 use super::rejection::Rejection;
+use super::rules::{account, validate_id, validate_text, Ctx, Decision, Emitted};
 use super::state::{external_account_fingerprint, Link, State};
 
 pub(super) fn create(

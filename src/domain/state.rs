@@ -414,9 +414,9 @@ pub struct State {
     /// Links to accounts in other systems.
     pub links: LinkState,
     /// Sessions and API keys.
-    pub credentials: super::session::Credentials,
+    pub credentials: super::credentials::Credentials,
     /// Endpoints and their deliveries.
-    pub deliveries: super::delivery::DeliveryState,
+    pub deliveries: super::endpoints::DeliveryState,
 }
 
 /// Every link, the active one of each external account, and the pending ones by deadline.
