@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use tally::api::caller::Caller;
 use tally::api::proto;
 use tally::api::status::classify_rejection;
-use tally::api::{auth, convert, external, ingest};
+use tally::api::{auth, convert, external, ingest, records};
 use tally::domain::access::{Permissions, Role};
 use tally::domain::event::{AccountOpened, ExternalKind};
 use tally::domain::{
@@ -104,7 +104,7 @@ fn check_record(raw: &codec::RawRecord<'_>, prev: &[u8; 32], seq: u64) {
     assert_eq!(reread.hash, hash);
     assert_eq!((&reread.envelope, &reread.event), (&record.envelope, &record.event));
     // What the audit API and a fold make of any record that decodes.
-    let _ = convert::ledger_event(&record);
+    let _ = records::ledger_event(&record);
     let _ = request_of(&record);
 }
 

@@ -2,10 +2,10 @@
 //! digests, and audit queries. Every read is confined to the caller's tenant.
 
 use super::caller::Caller;
-use super::convert;
 use super::proto::{self, audit_server::Audit};
 use super::slot::EngineSlot;
 use super::status::{indexed, invalid, not_found, storage, to_status};
+use super::{convert, records};
 use crate::domain::quote;
 use crate::projection::HistoryView;
 use crate::query::{self, subscribe::Delivery, Replay};
@@ -114,7 +114,7 @@ impl Audit for AuditService {
                     }
                 }
                 let message = proto::ReplayResponse {
-                    item: Some(Item::Event(convert::ledger_event(&event))),
+                    item: Some(Item::Event(records::ledger_event(&event))),
                 };
                 // A closed channel is a client that went away (or cancelled): stop reading.
                 if tx.blocking_send(Ok(message)).is_err() {
@@ -156,7 +156,7 @@ impl Audit for AuditService {
         ));
         let stream = ReceiverStream::new(rx).map(|delivery| match delivery {
             Ok(Delivery::Event(record)) => Ok(proto::SubscribeResponse {
-                item: Some(Item::Event(convert::ledger_event(&record))),
+                item: Some(Item::Event(records::ledger_event(&record))),
             }),
             Ok(Delivery::Checkpoint(sequence)) => Ok(proto::SubscribeResponse {
                 item: Some(Item::Checkpoint(proto::Checkpoint { sequence })),

@@ -2,9 +2,9 @@
 //! translate and delegate: the pipeline's rules are the domain's (`domain/ingest.rs`).
 
 use super::caller::Caller;
-use super::convert;
 use super::external;
 use super::proto::{self, ingest_server::Ingest};
+use super::records;
 use super::slot::EngineSlot;
 use super::status::{classify_rejection, invalid, to_status};
 use super::trace;
@@ -90,7 +90,7 @@ pub fn ingest_response(receipt: &Receipt) -> proto::IngestResponse {
             (false, _) => Duplicate::Content,
         } as i32,
         duplicate_of: received.duplicate_of,
-        events: receipt.records.iter().map(convert::ledger_event).collect(),
+        events: receipt.records.iter().map(records::ledger_event).collect(),
         ..Default::default()
     };
     let outcome = receipt.records.get(1).map(|r| &r.event);

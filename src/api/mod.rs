@@ -22,6 +22,7 @@ pub mod malformed;
 pub mod operations;
 pub mod payload;
 pub mod proto;
+pub mod records;
 pub mod slot;
 pub mod status;
 pub mod strict;

@@ -1,6 +1,6 @@
 //! `tally ingest` and `tally dlq`: clients of a running server.
 
-use super::{DeliveriesCommand, DlqCommand, KeysCommand, LetterFilterArgs, TargetArgs};
+use super::client_args::{DeliveriesCommand, DlqCommand, KeysCommand, LetterFilterArgs, TargetArgs};
 use std::path::Path;
 use std::process::ExitCode;
 use tally::api::proto;

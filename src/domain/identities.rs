@@ -419,10 +419,10 @@ impl Recalled {
                 .then(|| key_fingerprint(&e.tenant, &e.idempotency_scope, &e.idempotency_key))
         };
         let record = &records[at];
-        let Some(request) = super::evolve::request_of(record) else {
+        let Some(request) = super::requests::request_of(record) else {
             return Ok(None);
         };
-        let natural = super::evolve::natural_of(record, &request).map(|n| n.fingerprint());
+        let natural = super::requests::natural_of(record, &request).map(|n| n.fingerprint());
         let print = request.print();
         let previous = at.checked_sub(1).map(|i| &records[i]);
         let key = key_of(record).filter(|k| previous.is_none_or(|p| key_of(p).as_ref() != Some(k)));

@@ -30,6 +30,7 @@
 //! ```
 
 use crate::domain::event::*;
+use crate::domain::event::{event_from_kind, for_each_payload};
 use uuid::Uuid;
 
 pub const FRAME_MAGIC: u32 = 0x4D52_4654;
@@ -266,83 +267,14 @@ fn decode_envelope(mut bytes: &[u8]) -> Option<Envelope> {
 }
 
 fn encode_payload(buf: &mut Vec<u8>, event: &Event) {
-    let result = match event {
-        Event::AccountOpened(e) => rmp_serde::encode::write(buf, e),
-        Event::PointsAwarded(e) => rmp_serde::encode::write(buf, e),
-        Event::HoldReserved(e) => rmp_serde::encode::write(buf, e),
-        Event::HoldCommitted(e) => rmp_serde::encode::write(buf, e),
-        Event::HoldReleased(e) => rmp_serde::encode::write(buf, e),
-        Event::HoldExpired(e) => rmp_serde::encode::write(buf, e),
-        Event::TierChanged(e) => rmp_serde::encode::write(buf, e),
-        Event::PointsReversed(e) => rmp_serde::encode::write(buf, e),
-        Event::ExternalReceived(e) => rmp_serde::encode::write(buf, e),
-        Event::ExternalProcessed(e) => rmp_serde::encode::write(buf, e),
-        Event::ExternalAttemptFailed(e) => rmp_serde::encode::write(buf, e),
-        Event::ExternalDeadLettered(e) => rmp_serde::encode::write(buf, e),
-        Event::DeadLetterDiscarded(e) => rmp_serde::encode::write(buf, e),
-        Event::RedriveRequested(e) => rmp_serde::encode::write(buf, e),
-        Event::LinkCreated(e) => rmp_serde::encode::write(buf, e),
-        Event::LinkVerified(e) => rmp_serde::encode::write(buf, e),
-        Event::LinkVerifyFailed(e) => rmp_serde::encode::write(buf, e),
-        Event::LinkRevoked(e) => rmp_serde::encode::write(buf, e),
-        Event::LinkExpired(e) => rmp_serde::encode::write(buf, e),
-        Event::CompRefused(e) => rmp_serde::encode::write(buf, e),
-        Event::SessionStarted(e) => rmp_serde::encode::write(buf, e),
-        Event::SessionRefreshed(e) => rmp_serde::encode::write(buf, e),
-        Event::SessionEnded(e) => rmp_serde::encode::write(buf, e),
-        Event::ApiKeyCreated(e) => rmp_serde::encode::write(buf, e),
-        Event::ApiKeyRevoked(e) => rmp_serde::encode::write(buf, e),
-        Event::EndpointRegistered(e) => rmp_serde::encode::write(buf, e),
-        Event::EndpointUpdated(e) => rmp_serde::encode::write(buf, e),
-        Event::DeliveryDispatched(e) => rmp_serde::encode::write(buf, e),
-        Event::DeliveryDelivered(e) => rmp_serde::encode::write(buf, e),
-        Event::DeliveryFailed(e) | Event::DeliveryFailedPermanently(e) => rmp_serde::encode::write(buf, e),
-        Event::DeliveryAcked(e) => rmp_serde::encode::write(buf, e),
-        Event::DeliveryRetried(e) => rmp_serde::encode::write(buf, e),
-    };
-    result.expect("encoding plain structs into a Vec cannot fail");
+    for_each_payload!(event, body => rmp_serde::encode::write(buf, body))
+        .expect("encoding plain structs into a Vec cannot fail");
 }
 
 fn decode_payload(kind: u16, payload: &[u8]) -> Result<Event, String> {
     let kind = EventKind::from_code(kind).ok_or_else(|| format!("unknown event kind {kind}"))?;
     let err = |e: rmp_serde::decode::Error| format!("{} payload: {e}", kind.name());
-    Ok(match kind {
-        EventKind::AccountOpened => Event::AccountOpened(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::PointsAwarded => Event::PointsAwarded(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::HoldReserved => Event::HoldReserved(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::HoldCommitted => Event::HoldCommitted(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::HoldReleased => Event::HoldReleased(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::HoldExpired => Event::HoldExpired(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::TierChanged => Event::TierChanged(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::PointsReversed => Event::PointsReversed(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::ExternalReceived => Event::ExternalReceived(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::ExternalProcessed => Event::ExternalProcessed(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::ExternalAttemptFailed => Event::ExternalAttemptFailed(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::ExternalDeadLettered => Event::ExternalDeadLettered(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::DeadLetterDiscarded => Event::DeadLetterDiscarded(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::RedriveRequested => Event::RedriveRequested(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::LinkCreated => Event::LinkCreated(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::LinkVerified => Event::LinkVerified(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::LinkVerifyFailed => Event::LinkVerifyFailed(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::LinkRevoked => Event::LinkRevoked(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::LinkExpired => Event::LinkExpired(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::CompRefused => Event::CompRefused(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::SessionStarted => Event::SessionStarted(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::SessionRefreshed => Event::SessionRefreshed(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::SessionEnded => Event::SessionEnded(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::ApiKeyCreated => Event::ApiKeyCreated(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::ApiKeyRevoked => Event::ApiKeyRevoked(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::EndpointRegistered => Event::EndpointRegistered(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::EndpointUpdated => Event::EndpointUpdated(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::DeliveryDispatched => Event::DeliveryDispatched(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::DeliveryDelivered => Event::DeliveryDelivered(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::DeliveryFailed => Event::DeliveryFailed(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::DeliveryFailedPermanently => {
-            Event::DeliveryFailedPermanently(rmp_serde::from_slice(payload).map_err(err)?)
-        }
-        EventKind::DeliveryAcked => Event::DeliveryAcked(rmp_serde::from_slice(payload).map_err(err)?),
-        EventKind::DeliveryRetried => Event::DeliveryRetried(rmp_serde::from_slice(payload).map_err(err)?),
-    })
+    Ok(event_from_kind!(kind, rmp_serde::from_slice(payload).map_err(err)?))
 }
 
 pub fn u16_at(bytes: &[u8], at: usize) -> u16 {

@@ -2,7 +2,8 @@
 //! per line, stable field names, jq-friendly.
 
 use super::time::format_rfc3339;
-use crate::domain::{Event, Record};
+use crate::domain::event::for_each_payload;
+use crate::domain::Record;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -26,41 +27,8 @@ struct Line<'a> {
 /// One record as one line of JSON (without the newline).
 pub fn to_json_line(record: &Record) -> String {
     let e = &record.envelope;
-    let data = match &record.event {
-        Event::AccountOpened(body) => serde_json::to_value(body),
-        Event::PointsAwarded(body) => serde_json::to_value(body),
-        Event::HoldReserved(body) => serde_json::to_value(body),
-        Event::HoldCommitted(body) => serde_json::to_value(body),
-        Event::HoldReleased(body) => serde_json::to_value(body),
-        Event::HoldExpired(body) => serde_json::to_value(body),
-        Event::TierChanged(body) => serde_json::to_value(body),
-        Event::PointsReversed(body) => serde_json::to_value(body),
-        Event::ExternalReceived(body) => serde_json::to_value(body),
-        Event::ExternalProcessed(body) => serde_json::to_value(body),
-        Event::ExternalAttemptFailed(body) => serde_json::to_value(body),
-        Event::ExternalDeadLettered(body) => serde_json::to_value(body),
-        Event::DeadLetterDiscarded(body) => serde_json::to_value(body),
-        Event::RedriveRequested(body) => serde_json::to_value(body),
-        Event::LinkCreated(body) => serde_json::to_value(body),
-        Event::LinkVerified(body) => serde_json::to_value(body),
-        Event::LinkVerifyFailed(body) => serde_json::to_value(body),
-        Event::LinkRevoked(body) => serde_json::to_value(body),
-        Event::LinkExpired(body) => serde_json::to_value(body),
-        Event::CompRefused(body) => serde_json::to_value(body),
-        Event::SessionStarted(body) => serde_json::to_value(body),
-        Event::SessionRefreshed(body) => serde_json::to_value(body),
-        Event::SessionEnded(body) => serde_json::to_value(body),
-        Event::ApiKeyCreated(body) => serde_json::to_value(body),
-        Event::ApiKeyRevoked(body) => serde_json::to_value(body),
-        Event::EndpointRegistered(body) => serde_json::to_value(body),
-        Event::EndpointUpdated(body) => serde_json::to_value(body),
-        Event::DeliveryDispatched(body) => serde_json::to_value(body),
-        Event::DeliveryDelivered(body) => serde_json::to_value(body),
-        Event::DeliveryFailed(body) | Event::DeliveryFailedPermanently(body) => serde_json::to_value(body),
-        Event::DeliveryAcked(body) => serde_json::to_value(body),
-        Event::DeliveryRetried(body) => serde_json::to_value(body),
-    }
-    .expect("event bodies are plain data");
+    let data =
+        for_each_payload!(&record.event, body => serde_json::to_value(body)).expect("event bodies are plain data");
     let line = Line {
         seq: record.seq,
         ts_us: record.ts_us,
