@@ -2,16 +2,12 @@
 
 use super::command::{AwardRequest, Command};
 use super::event::{AwardSource, CompRefused, Event, ManualSource, PointsAwarded, PromotionSource, RatingSlipSource};
+use super::fingerprint::natural_key;
 use super::limits::*;
 use super::rejection::Rejection;
 use super::rules::{
     account, check_natural, in_range, tier_change, validate_id, validate_text, Balances, Ctx, Decision, Emitted,
 };
-use super::state::{NaturalKey, NaturalKind};
-use std::borrow::Cow;
-
-/// µs in a UTC day: manual comps without an external id are deduplicated per day.
-const DAY_US: u64 = 86_400_000_000;
 
 pub(super) fn award(ctx: &Ctx<'_>, account_id: &str, source: &AwardRequest) -> Result<Decision, Rejection> {
     validate_id("account_id", account_id, MAX_ID_BYTES)?;
@@ -289,55 +285,4 @@ pub fn accrual(
     // The input bounds keep theo below 2^64: 1e8 × 1e4 × 1440 × 1e4 / 6e5 = 2.4e13.
     let theo = u64::try_from(theo).expect("bounded inputs keep theo within u64");
     (theo, u64::try_from(points).unwrap_or(u64::MAX))
-}
-
-/// The award's natural identity: the slip, the external reward, or the day's comp.
-pub(super) fn natural_key<'a>(tenant: &'a str, account: &str, source: &'a AwardRequest, ts_us: u64) -> NaturalKey<'a> {
-    if let Some(natural) = timeless_natural_key(tenant, source) {
-        return natural;
-    }
-    let AwardRequest::Manual {
-        staff_id,
-        points,
-        reason,
-        ..
-    } = source
-    else {
-        unreachable!("only a comp without an external id has a natural identity that depends on the day")
-    };
-    NaturalKey {
-        tenant,
-        kind: NaturalKind::ManualComp,
-        id: Cow::Owned(comp_id(account, staff_id, *points, reason, ts_us / DAY_US)),
-    }
-}
-
-/// An award's natural identity when it does not depend on the day it is recorded: every
-/// source's but a comp's without an external id (`None`).
-pub(super) fn timeless_natural_key<'a>(tenant: &'a str, source: &'a AwardRequest) -> Option<NaturalKey<'a>> {
-    let (kind, id) = match source {
-        AwardRequest::RatingSlip { slip_id, .. } => (NaturalKind::RatingSlip, slip_id),
-        AwardRequest::Promotion { external_reward_id, .. } => (NaturalKind::PromotionReward, external_reward_id),
-        AwardRequest::Manual { external_reward_id, .. } if !external_reward_id.is_empty() => {
-            (NaturalKind::ManualReward, external_reward_id)
-        }
-        AwardRequest::Manual { .. } => return None,
-    };
-    Some(NaturalKey {
-        tenant,
-        kind,
-        id: Cow::Borrowed(id.as_str()),
-    })
-}
-
-/// A comp's identity within its UTC day: blake3 over the length-prefixed fields, 128 bits.
-fn comp_id(account: &str, staff_id: &str, points: u64, reason: &str, day: u64) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for part in [account.as_bytes(), staff_id.as_bytes(), reason.as_bytes()] {
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    hasher.update(&points.to_le_bytes());
-    hasher.update(&day.to_le_bytes());
-    hasher.finalize().to_hex()[..32].to_string()
 }

@@ -137,7 +137,7 @@ pub enum Command {
     },
     /// An admin registers an endpoint; the API draws the nonce its secret is derived from.
     RegisterEndpoint {
-        config: super::endpoints::EndpointConfig,
+        config: super::event::EndpointConfig,
         secret_kid: String,
         secret_nonce: String,
     },
@@ -145,8 +145,8 @@ pub enum Command {
     /// state, so that a settings change never undoes a pause that came before it).
     UpdateEndpoint {
         endpoint_id: u64,
-        config: Option<super::endpoints::EndpointConfig>,
-        status: Option<super::endpoints::EndpointStatus>,
+        config: Option<super::event::EndpointConfig>,
+        status: Option<super::event::EndpointStatus>,
     },
     /// The delivery worker is about to make an at-most-once attempt.
     DispatchDelivery {
@@ -159,7 +159,7 @@ pub enum Command {
         endpoint_id: u64,
         event_seq: u64,
         attempt: u32,
-        result: super::endpoints::AttemptResult,
+        result: AttemptResult,
     },
     /// The receiver confirms a delivery.
     AckDelivery {
@@ -169,7 +169,7 @@ pub enum Command {
     },
     /// An operator retries failed deliveries by hand.
     RetryDeliveries {
-        selection: super::endpoints::RetrySelection,
+        selection: RetrySelection,
         reason: String,
     },
 }
@@ -560,4 +560,29 @@ fn encoded_digest(value: &impl Serialize) -> u64 {
 fn text_digest(text: &str) -> u64 {
     let hash = blake3::hash(text.as_bytes());
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// What the worker saw of one attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    /// 0: no HTTP answer.
+    pub status_code: u16,
+    pub latency_us: u64,
+    /// Empty on a 2xx answer.
+    pub error: String,
+}
+
+/// Which deliveries a retry by hand is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetrySelection {
+    One {
+        endpoint_id: u64,
+        event_seq: u64,
+    },
+    /// `to_us` 0: no end.
+    FailedBetween {
+        endpoint_id: u64,
+        from_us: u64,
+        to_us: u64,
+    },
 }

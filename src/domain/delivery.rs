@@ -10,10 +10,9 @@
 //! confirm call `Ack`, which is an event too, and operators retry by hand. So the history
 //! of every delivery is in the log, auditable and rebuildable.
 
-pub use super::endpoints::{
-    deliverable, AckMode, Attempt, AttemptResult, Delivery, DeliveryState, DeliveryStatus, Endpoint, EndpointConfig,
-    EndpointStats, EndpointStatus, RetrySelection, Semantics,
-};
+pub use super::command::{AttemptResult, RetrySelection};
+pub use super::endpoints::{deliverable, Attempt, Delivery, DeliveryState, DeliveryStatus, Endpoint, EndpointStats};
+pub use super::event::{AckMode, EndpointConfig, EndpointStatus, Semantics};
 use super::event::{
     DeliveryAcked, DeliveryDelivered, DeliveryDispatched, DeliveryFailed, DeliveryRetried, EndpointRegistered,
     EndpointUpdated, Event, EventKind,

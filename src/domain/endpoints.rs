@@ -4,79 +4,10 @@
 //! decide delivery commands are in `delivery.rs`; events and commands carry these types,
 //! so they sit below both.
 
-use super::event::{Event, EventKind, Record};
+use super::event::{EndpointConfig, EndpointStatus, Event, EventKind, Record};
 use super::limits::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-
-/// How often a receiver may get one event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Semantics {
-    /// One attempt, recorded before it is made; never retried, even after a crash.
-    AtMostOnce,
-    /// Retried until delivered (acknowledged, in explicit-ack mode) or failed for good.
-    AtLeastOnce,
-    /// At least once, with a stable idempotency key the receiver deduplicates on, and an
-    /// explicit ack: effectively once if the receiver keeps its promise.
-    ExactlyOnce,
-}
-
-impl Semantics {
-    pub fn name(self) -> &'static str {
-        match self {
-            Semantics::AtMostOnce => "at_most_once",
-            Semantics::AtLeastOnce => "at_least_once",
-            Semantics::ExactlyOnce => "exactly_once",
-        }
-    }
-}
-
-/// What counts as delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AckMode {
-    /// Any 2xx answer.
-    Status2xx,
-    /// A 2xx answer, then the receiver's `Ack` within the ack timeout; without it the event
-    /// is delivered again.
-    Explicit,
-}
-
-/// An endpoint's settings, replaced whole by an update.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointConfig {
-    pub url: String,
-    /// Event kind names; empty: every deliverable kind.
-    pub kinds: Vec<String>,
-    pub semantics: Semantics,
-    pub max_attempts: u32,
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
-    pub ack_mode: AckMode,
-    pub ack_timeout_seconds: u32,
-    /// Per account, a delivery waits until the ones before it are finished.
-    pub ordered: bool,
-    pub request_timeout_ms: u32,
-}
-
-/// Whether an endpoint is sent to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EndpointStatus {
-    Active,
-    /// Deliveries accumulate, nothing is sent.
-    Paused,
-    /// No new deliveries; open ones are dropped.
-    Deleted,
-}
-
-impl EndpointStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            EndpointStatus::Active => "active",
-            EndpointStatus::Paused => "paused",
-            EndpointStatus::Deleted => "deleted",
-        }
-    }
-}
 
 /// Where a delivery stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -465,29 +396,4 @@ fn record_attempt(
     if delivery.attempts.len() > DELIVERY_ATTEMPTS_KEPT {
         delivery.attempts.remove(0);
     }
-}
-
-/// What the worker saw of one attempt.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptResult {
-    /// 0: no HTTP answer.
-    pub status_code: u16,
-    pub latency_us: u64,
-    /// Empty on a 2xx answer.
-    pub error: String,
-}
-
-/// Which deliveries a retry by hand is for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RetrySelection {
-    One {
-        endpoint_id: u64,
-        event_seq: u64,
-    },
-    /// `to_us` 0: no end.
-    FailedBetween {
-        endpoint_id: u64,
-        from_us: u64,
-        to_us: u64,
-    },
 }

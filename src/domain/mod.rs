@@ -14,6 +14,7 @@ pub mod delivery;
 mod endpoints;
 pub mod event;
 mod evolve;
+mod fingerprint;
 mod hold;
 pub mod identities;
 mod ingest;

@@ -2,10 +2,9 @@
 //! produced it, and that command's natural identity. What the idempotency index files an
 //! identity under when it is rebuilt from the log (`evolve` and the identity window).
 
-use super::award::natural_key;
 use super::command::{AwardRequest, Command};
 use super::event::{AwardSource, Event, Record};
-use super::state::NaturalKey;
+use super::fingerprint::{natural_key, NaturalKey};
 
 /// The request that a command's first event answers, rebuilt from the event.
 pub fn request_of(record: &Record) -> Option<Command> {

@@ -1,8 +1,21 @@
 //! The ledger's payloads: what changes an account's balances, holds and tier.
 
-use super::Effect;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// An account's balances and tier around one event, recorded in every ledger event so that
+/// history reads need no fold and replay can check itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effect {
+    pub posted_before: u64,
+    pub posted_after: u64,
+    pub held_before: u64,
+    pub held_after: u64,
+    pub lifetime_before: u64,
+    pub lifetime_after: u64,
+    pub tier_before: String,
+    pub tier_after: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountOpened {

@@ -3,7 +3,6 @@
 //! Changing one changes the log format: bump the format version and add a golden file under
 //! `snapshots/`.
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 mod ledger;
@@ -41,20 +40,6 @@ pub struct Envelope {
     pub actor: String,
     pub idempotency_key: String,
     pub idempotency_scope: String,
-}
-
-/// An account's balances and tier around one event, recorded in every ledger event so that
-/// history reads need no fold and replay can check itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Effect {
-    pub posted_before: u64,
-    pub posted_after: u64,
-    pub held_before: u64,
-    pub held_after: u64,
-    pub lifetime_before: u64,
-    pub lifetime_after: u64,
-    pub tier_before: String,
-    pub tier_after: String,
 }
 
 /// The one table of event kinds: the variant and its payload type, the code written in

@@ -118,7 +118,7 @@ pub struct ApiKeyRevoked {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRegistered {
     pub endpoint_id: u64,
-    pub config: crate::domain::endpoints::EndpointConfig,
+    pub config: EndpointConfig,
     pub secret_kid: String,
     pub secret_nonce: String,
 }
@@ -127,8 +127,8 @@ pub struct EndpointRegistered {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointUpdated {
     pub endpoint_id: u64,
-    pub config: crate::domain::endpoints::EndpointConfig,
-    pub status: crate::domain::endpoints::EndpointStatus,
+    pub config: EndpointConfig,
+    pub status: EndpointStatus,
 }
 
 /// At-most-once: the one attempt is about to be made (recorded first, so a crash during it
@@ -202,6 +202,75 @@ impl LinkStatus {
             LinkStatus::Locked => "locked",
             LinkStatus::Revoked => "revoked",
             LinkStatus::Expired => "expired",
+        }
+    }
+}
+
+/// How often a receiver may get one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Semantics {
+    /// One attempt, recorded before it is made; never retried, even after a crash.
+    AtMostOnce,
+    /// Retried until delivered (acknowledged, in explicit-ack mode) or failed for good.
+    AtLeastOnce,
+    /// At least once, with a stable idempotency key the receiver deduplicates on, and an
+    /// explicit ack: effectively once if the receiver keeps its promise.
+    ExactlyOnce,
+}
+
+impl Semantics {
+    pub fn name(self) -> &'static str {
+        match self {
+            Semantics::AtMostOnce => "at_most_once",
+            Semantics::AtLeastOnce => "at_least_once",
+            Semantics::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
+/// What counts as delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckMode {
+    /// Any 2xx answer.
+    Status2xx,
+    /// A 2xx answer, then the receiver's `Ack` within the ack timeout; without it the event
+    /// is delivered again.
+    Explicit,
+}
+
+/// An endpoint's settings, replaced whole by an update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointConfig {
+    pub url: String,
+    /// Event kind names; empty: every deliverable kind.
+    pub kinds: Vec<String>,
+    pub semantics: Semantics,
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub ack_mode: AckMode,
+    pub ack_timeout_seconds: u32,
+    /// Per account, a delivery waits until the ones before it are finished.
+    pub ordered: bool,
+    pub request_timeout_ms: u32,
+}
+
+/// Whether an endpoint is sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointStatus {
+    Active,
+    /// Deliveries accumulate, nothing is sent.
+    Paused,
+    /// No new deliveries; open ones are dropped.
+    Deleted,
+}
+
+impl EndpointStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndpointStatus::Active => "active",
+            EndpointStatus::Paused => "paused",
+            EndpointStatus::Deleted => "deleted",
         }
     }
 }
