@@ -165,7 +165,7 @@ pub struct LinksSection {
 impl Default for LinksSection {
     fn default() -> Self {
         Self {
-            base_url: crate::api::links::DEFAULT_BASE_URL.into(),
+            base_url: crate::api::link_settings::DEFAULT_BASE_URL.into(),
         }
     }
 }

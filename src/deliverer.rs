@@ -327,7 +327,7 @@ async fn send(engine: &EngineHandle, job: &Job, secret: &str, outbound: &Outboun
     };
     let body = crate::query::json::to_json_line(&record);
     let timestamp = (engine.now_us() / 1_000_000).to_string();
-    let signature = crate::query::json::hex(&hmac(secret.as_bytes(), format!("{timestamp}.{body}").as_bytes()));
+    let signature = crate::hex::hex(&hmac(secret.as_bytes(), format!("{timestamp}.{body}").as_bytes()));
     let delivery_id = format!("{}:{}", job.endpoint_id, job.event_seq);
     let mut headers = vec![
         ("content-type", "application/json".to_string()),

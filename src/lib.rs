@@ -28,6 +28,7 @@ pub mod config;
 pub mod deliverer;
 pub mod domain;
 pub mod engine;
+pub mod hex;
 pub mod loadgen;
 pub mod log;
 pub mod operator;

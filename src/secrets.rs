@@ -61,7 +61,7 @@ impl KeyRing {
                     "key id {kid:?} must be 1 to {MAX_KID_BYTES} letters, digits or -_."
                 ));
             }
-            let secret = crate::query::json::unhex32(hex.trim())
+            let secret = crate::hex::unhex32(hex.trim())
                 .ok_or_else(|| format!("key {kid}: the secret must be 64 hex digits (32 bytes)"))?;
             if keys.iter().any(|k| k.kid == kid) {
                 return Err(format!("key id {kid} appears twice"));
@@ -86,11 +86,11 @@ impl KeyRing {
                 let secret = random_bytes().map_err(|e| format!("no randomness: {e}"))?;
                 let kid = format!(
                     "k{}",
-                    &crate::query::json::hex(&random_bytes().map_err(|e| e.to_string())?)[..8]
+                    &crate::hex::hex(&random_bytes().map_err(|e| e.to_string())?)[..8]
                 );
                 let text = format!(
                     "# Tally's token and API-key keys: `kid hex-secret`, the first signs. Keep secret.\n{kid} {}\n",
-                    crate::query::json::hex(&secret)
+                    crate::hex::hex(&secret)
                 );
                 write_private(file, text.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))?;
                 KeyRing::parse(&text)

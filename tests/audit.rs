@@ -225,7 +225,7 @@ async fn digests_name_the_chain_hash_at_the_head_and_any_sequence() {
     let last = records.last().unwrap();
     assert_eq!(
         (head.sequence, head.head_sequence, head.hash.clone()),
-        (last.seq, last.seq, tally::query::json::hex(&last.hash))
+        (last.seq, last.seq, tally::hex::hex(&last.hash))
     );
     assert_eq!(
         head.timestamp_us, 0,
@@ -243,7 +243,7 @@ async fn digests_name_the_chain_hash_at_the_head_and_any_sequence() {
         .into_inner();
     assert_eq!(
         (at.sequence, at.timestamp_us, at.hash),
-        (own.seq, own.ts_us, tally::query::json::hex(&own.hash))
+        (own.seq, own.ts_us, tally::hex::hex(&own.hash))
     );
     // Another tenant's record is answered exactly as one that does not exist.
     let theirs = records.iter().find(|r| r.envelope.tenant == "t2").unwrap();

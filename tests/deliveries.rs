@@ -407,9 +407,9 @@ async fn the_receiver_verifies_the_signature_and_acks_redeliver_until_confirmed(
         .and_then(|rest| rest.split_once(",v1="))
         .expect("t=…,v1=…");
     let expected = tally::api::auth::hmac(secret.as_bytes(), format!("{t}.{}", got.body).as_bytes());
-    assert_eq!(v1, tally::query::json::hex(&expected));
+    assert_eq!(v1, tally::hex::hex(&expected));
     let wrong = tally::api::auth::hmac(b"whsec_other", format!("{t}.{}", got.body).as_bytes());
-    assert_ne!(v1, tally::query::json::hex(&wrong));
+    assert_ne!(v1, tally::hex::hex(&wrong));
     let body: serde_json::Value = serde_json::from_str(&got.body).unwrap();
     assert_eq!(
         (body["seq"].as_u64(), body["kind"].as_str()),

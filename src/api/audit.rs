@@ -127,7 +127,7 @@ impl Audit for AuditService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(super::until_stop(
+        Ok(Response::new(Box::pin(until_stop(
             self.slot.clone(),
             ReceiverStream::new(rx),
         ))))
@@ -163,7 +163,7 @@ impl Audit for AuditService {
             }),
             Err(error) => Err(to_status(error.into())),
         });
-        Ok(Response::new(Box::pin(super::until_stop(self.slot.clone(), stream))))
+        Ok(Response::new(Box::pin(until_stop(self.slot.clone(), stream))))
     }
 
     /// The chain hash at the head, or at one of the caller's tenant's records. The head is
@@ -179,7 +179,7 @@ impl Audit for AuditService {
             return Ok(Response::new(proto::Digest {
                 sequence: head.seq,
                 timestamp_us: 0,
-                hash: crate::query::json::hex(&head.hash),
+                hash: crate::hex::hex(&head.hash),
                 head_sequence: head.seq,
             }));
         }
@@ -202,7 +202,7 @@ impl Audit for AuditService {
         Ok(Response::new(proto::Digest {
             sequence,
             timestamp_us: record.ts_us,
-            hash: crate::query::json::hex(&record.hash),
+            hash: crate::hex::hex(&record.hash),
             head_sequence: head.seq,
         }))
     }
@@ -328,4 +328,31 @@ impl Audit for AuditService {
             active_holds: as_of.active_holds.iter().map(convert::hold).collect(),
         }))
     }
+}
+
+/// A stream that ends with SHUTTING_DOWN when the server begins to stop, so that an open
+/// subscription or replay never holds a stopping server up.
+fn until_stop<T: Send + 'static>(
+    slot: EngineSlot,
+    mut stream: impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+) -> ReceiverStream<Result<T, Status>> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let stopping = slot.stopping();
+        tokio::pin!(stopping);
+        loop {
+            let item = tokio::select! {
+                _ = &mut stopping => break,
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { return };
+            tokio::select! {
+                _ = &mut stopping => break,
+                sent = tx.send(item) => if sent.is_err() { return },
+            }
+        }
+        // A client that reads nothing is not waited for: the grace bounds the stop anyway.
+        let _ = tx.try_send(Err(super::status::shutting_down()));
+    });
+    ReceiverStream::new(rx)
 }

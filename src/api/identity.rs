@@ -76,7 +76,7 @@ fn key_info(key_id: &str, key: &ApiKey) -> proto::ApiKeyInfo {
         key_id: key_id.to_string(),
         name: key.name.clone(),
         role: key.role.clone(),
-        fingerprint: crate::query::json::hex(&key.fingerprint[..8]),
+        fingerprint: crate::hex::hex(&key.fingerprint[..8]),
         created_at_us: key.created_at_us,
         created_by: key.created_by.clone(),
         revoked_at_us: key.revoked_at_us.unwrap_or(0),

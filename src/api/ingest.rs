@@ -83,7 +83,7 @@ pub fn ingest_response(receipt: &Receipt) -> proto::IngestResponse {
     let mut response = proto::IngestResponse {
         receipt_sequence: first.seq,
         external_id: received.external_id.clone(),
-        checksum: crate::query::json::hex(&received.checksum),
+        checksum: crate::hex::hex(&received.checksum),
         duplicate: match (receipt.replayed, received.duplicate_of) {
             (true, _) => Duplicate::ExternalId,
             (false, 0) => Duplicate::None,

@@ -6,6 +6,7 @@
 
 use super::caller::Caller;
 use super::convert::{self, Common};
+pub use super::link_settings::{LinkSettings, DEFAULT_BASE_URL, LINK_KEY_VARIABLE};
 use super::proto::{self, links_server::Links};
 use super::slot::EngineSlot;
 use super::status::{classify_rejection, invalid, link_token_mismatch, to_status};
@@ -16,63 +17,7 @@ use crate::domain::limits::MAX_LINK_VERIFY_FAILURES;
 use crate::domain::state::Link;
 use crate::domain::{Command, CommandMeta, Rejection};
 use crate::engine::{EngineHandle, Receipt};
-use std::path::Path;
 use tonic::{Request, Response, Status};
-
-/// The deep links' base when none is configured: `.invalid` never resolves (RFC 2606), so
-/// a deployment that forgot `links.base_url` sends links that plainly do not work.
-pub const DEFAULT_BASE_URL: &str = "https://links.invalid";
-
-/// Variable that holds the link key, 64 hex characters.
-pub const LINK_KEY_VARIABLE: &str = "TALLY_LINK_KEY";
-
-/// Where deep links point and the key that hashes tokens.
-#[derive(Clone)]
-pub struct LinkSettings {
-    pub base_url: String,
-    key: [u8; 32],
-}
-
-impl std::fmt::Debug for LinkSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkSettings")
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LinkSettings {
-    /// The key from `TALLY_LINK_KEY`, else from `<data_dir>/link.key` (made if missing).
-    pub fn for_data_dir(data_dir: &Path, base_url: &str) -> std::io::Result<LinkSettings> {
-        let key = match std::env::var(LINK_KEY_VARIABLE) {
-            Ok(hex) => crate::query::json::unhex32(&hex)
-                .ok_or_else(|| std::io::Error::other(format!("{LINK_KEY_VARIABLE} must be 64 hex characters")))?,
-            Err(_) => key_file(&data_dir.join("link.key"))?,
-        };
-        Ok(LinkSettings {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            key,
-        })
-    }
-
-    fn hash(&self, token: &[u8; 32]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.key, token).as_bytes()
-    }
-}
-
-fn key_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    match std::fs::read(path) {
-        Ok(bytes) => bytes
-            .try_into()
-            .map_err(|_| std::io::Error::other(format!("{} must hold exactly 32 bytes", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = crate::secrets::random_bytes()?;
-            crate::secrets::write_private(path, &key)?;
-            Ok(key)
-        }
-        Err(e) => Err(e),
-    }
-}
 
 fn state(status: LinkStatus) -> proto::LinkState {
     match status {
@@ -174,7 +119,7 @@ impl Links for LinksService {
         // A replay answers without the token: the ledger only ever had its hash.
         let token = match receipt.replayed {
             true => String::new(),
-            false => crate::query::json::hex(&token),
+            false => crate::hex::hex(&token),
         };
         let deep_link = match token.is_empty() {
             true => String::new(),
@@ -195,8 +140,7 @@ impl Links for LinksService {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         // A malformed token is refused and not counted: it cannot be anyone's token.
-        let token =
-            crate::query::json::unhex32(&r.token).ok_or_else(|| invalid("token", "must be 64 hex characters"))?;
+        let token = crate::hex::unhex32(&r.token).ok_or_else(|| invalid("token", "must be 64 hex characters"))?;
         self.may_change(&caller, r.link_id).await?;
         let meta = meta(&caller, &r.idempotency_key, &r.idempotency_scope, &r.correlation_id);
         let command = Command::VerifyLink {

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod ingest;
 pub mod ledger;
 pub mod limits;
+pub mod link_settings;
 pub mod links;
 pub mod malformed;
 pub mod operations;
@@ -130,33 +131,6 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
     })
 }
 
-/// A stream that ends with SHUTTING_DOWN when the server begins to stop, so that an open
-/// subscription or replay never holds a stopping server up.
-pub(crate) fn until_stop<T: Send + 'static>(
-    slot: EngineSlot,
-    mut stream: impl tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send + Unpin + 'static,
-) -> tokio_stream::wrappers::ReceiverStream<Result<T, tonic::Status>> {
-    use tokio_stream::StreamExt;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(async move {
-        let stopping = slot.stopping();
-        tokio::pin!(stopping);
-        loop {
-            let item = tokio::select! {
-                _ = &mut stopping => break,
-                item = stream.next() => item,
-            };
-            let Some(item) = item else { return };
-            tokio::select! {
-                _ = &mut stopping => break,
-                sent = tx.send(item) => if sent.is_err() { return },
-            }
-        }
-        // A client that reads nothing is not waited for: the grace bounds the stop anyway.
-        let _ = tx.try_send(Err(status::shutting_down()));
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
 /// Follows the slot, then the engine's status, into the health service, until a stop.
 async fn report_health(slot: EngineSlot, reporter: HealthReporter) {
     let mut phase = slot.phase_watch();

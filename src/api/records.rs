@@ -93,7 +93,7 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
             external_id: r.external_id.clone(),
             r#type: r.body.kind().name().to_string(),
             payload_json: super::external::to_json(&r.body).to_string(),
-            checksum: crate::query::json::hex(&r.checksum),
+            checksum: crate::hex::hex(&r.checksum),
         }),
         Event::ExternalProcessed(p) => Payload::ExternalProcessed(proto::ExternalProcessedEvent {
             receipt_sequence: p.receipt_seq,
@@ -186,7 +186,7 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
             key_id: k.key_id.clone(),
             name: k.name.clone(),
             role: k.role.clone(),
-            fingerprint: crate::query::json::hex(&k.fingerprint),
+            fingerprint: crate::hex::hex(&k.fingerprint),
             ..Default::default()
         }),
         Event::ApiKeyRevoked(k) => Payload::Credential(proto::CredentialEvent {
@@ -254,7 +254,7 @@ pub fn ledger_event(record: &Record) -> proto::LedgerEvent {
         causation_id: e.causation_id.clone(),
         idempotency_key: e.idempotency_key.clone(),
         idempotency_scope: e.idempotency_scope.clone(),
-        hash: crate::query::json::hex(&record.hash),
+        hash: crate::hex::hex(&record.hash),
         effect: record.event.effect().map(effect_message),
         payload: Some(payload),
     }

@@ -30,7 +30,7 @@ pub struct ApiSettings {
     /// The keys and rules of tokens and signed calls.
     pub auth: super::auth::AuthSettings,
     /// Where deep links point and the key that hashes their tokens.
-    pub links: super::links::LinkSettings,
+    pub links: super::link_settings::LinkSettings,
     /// Where delivery endpoints may point.
     pub destinations: crate::outbound::Destinations,
     /// How many calls the server admits at once.
@@ -46,7 +46,7 @@ impl ApiSettings {
     pub fn for_data_dir(data_dir: &std::path::Path) -> Result<Self, String> {
         Ok(Self {
             auth: super::auth::AuthSettings::for_data_dir(data_dir)?,
-            links: super::links::LinkSettings::for_data_dir(data_dir, super::links::DEFAULT_BASE_URL)
+            links: super::link_settings::LinkSettings::for_data_dir(data_dir, super::link_settings::DEFAULT_BASE_URL)
                 .map_err(|e| format!("the link key: {e}"))?,
             destinations: crate::outbound::Destinations::PublicOnly,
             admission: super::admission::Admission::default(),
@@ -94,7 +94,7 @@ impl EngineSlot {
     }
 
     /// The links' settings.
-    pub fn links(&self) -> &super::links::LinkSettings {
+    pub fn links(&self) -> &super::link_settings::LinkSettings {
         &self.inner.settings.links
     }
 

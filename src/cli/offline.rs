@@ -1,6 +1,6 @@
 //! The offline tools: they read a data directory, never the network.
 
-use super::{AuditQuery, Format, ReplayArgs};
+use super::args::{AuditQuery, Format, ReplayArgs};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -44,12 +44,12 @@ pub fn check_digest(log_dir: &Path, digest: &str) -> ExitCode {
         Err(e) => return fail(e),
     };
     match tally::log::read_one(&reader, seq) {
-        Ok(Some(record)) if json::hex(&record.hash) == hash => {
+        Ok(Some(record)) if tally::hex::hex(&record.hash) == hash => {
             println!("digest matches: sequence {seq} has hash {hash}");
             ExitCode::SUCCESS
         }
         Ok(Some(record)) => {
-            println!("DIGEST MISMATCH at sequence {seq}: the log has {}, the digest says {hash}; the log was rewritten up to there", json::hex(&record.hash));
+            println!("DIGEST MISMATCH at sequence {seq}: the log has {}, the digest says {hash}; the log was rewritten up to there", tally::hex::hex(&record.hash));
             ExitCode::from(3)
         }
         Ok(None) => {

@@ -1,6 +1,13 @@
 //! `tally serve`: the effective configuration, logs, and the server run until a stop.
 
-use super::*;
+use super::args::{DurabilityArg, LogFormat, OnCorruptArg, ServeArgs};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tally::api::EngineSlot;
+use tally::config::{Config, DurabilitySetting, LogFormat as ConfigLogFormat, OnCorruptLog, Settings};
+use tally::engine::{sweeper, Engine, EngineError, SystemClock};
+use tally::log::LogError;
 
 /// Log lines on stderr: `format`, filtered by `filter` (a tracing directive). Command spans
 /// (debug level) are logged when they close, with their fields: correlation id, tenant,
@@ -225,7 +232,7 @@ pub(crate) async fn run_server(settings: Settings) -> ExitCode {
         let address = listener.local_addr().expect("a bound listener has an address");
         println!("tally metrics on http://{address}/metrics");
     }
-    let links = match tally::api::links::LinkSettings::for_data_dir(&data_dir, &settings.links_base_url) {
+    let links = match tally::api::link_settings::LinkSettings::for_data_dir(&data_dir, &settings.links_base_url) {
         Ok(links) => links,
         Err(error) => {
             eprintln!("tally: the link key: {error}");

@@ -1,6 +1,12 @@
 //! `tally token issue`, `tally bench` and `tally verify`.
 
-use super::*;
+use super::args::{BenchArgs, DistributionArg, ModeArg, WorkloadArg};
+use super::client_args::{auth_settings, unix_seconds};
+use super::offline;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+use tally::log::{self, LogError};
 
 pub(crate) fn issue_token(tenant: &str, subject: &str, roles: &[String], ttl_seconds: u64, keys: &Path) -> ExitCode {
     use tally::api::auth::OPERATOR_TOKEN_TTL_MAX_SECONDS;
@@ -108,7 +114,7 @@ pub(crate) fn verify(data_dir: &std::path::Path, expect: Option<&str>) -> ExitCo
         Ok(verified) => {
             println!("ok: {} records in {} segments", verified.head.seq, verified.segments);
             println!("head sequence: {}", verified.head.seq);
-            println!("head hash: {}", hex(&verified.head.hash));
+            println!("head hash: {}", tally::hex::hex(&verified.head.hash));
             if let Some((seq, bytes)) = verified.torn_tail {
                 println!("torn tail: {bytes} bytes from sequence {seq} were never acknowledged and are cut off when the server opens the log");
             }
@@ -130,8 +136,4 @@ pub(crate) fn verify(data_dir: &std::path::Path, expect: Option<&str>) -> ExitCo
             ExitCode::from(1)
         }
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    tally::query::json::hex(bytes)
 }

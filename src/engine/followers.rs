@@ -6,6 +6,8 @@
 //! what is durable (the projections' checkpoints; the write-state snapshot and the log)
 //! after a growing pause. The trouble clears when the follower folds again.
 
+use super::signal::{lower_priority, Signal};
+use super::types::panic_text;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,8 +107,8 @@ pub(super) trait Follower: Send + 'static {
 
 /// Runs `follower` until it returns (the engine stops); a panic is reported and the
 /// follower reset and run again after a pause, for as long as the engine runs.
-pub(super) fn supervise<F: Follower>(mut follower: F, health: Arc<FollowerHealth>, signal: Arc<super::Signal>) {
-    super::lower_priority(F::NAME);
+pub(super) fn supervise<F: Follower>(mut follower: F, health: Arc<FollowerHealth>, signal: Arc<Signal>) {
+    lower_priority(F::NAME);
     ::metrics::gauge!(FOLLOWER_HEALTHY, "follower" => F::NAME).set(1.0);
     let mut pause = FIRST_RESTART_PAUSE;
     loop {
@@ -114,7 +116,7 @@ pub(super) fn supervise<F: Follower>(mut follower: F, health: Arc<FollowerHealth
         let Err(panic) = run else {
             return;
         };
-        let reason = super::panic_text(panic.as_ref());
+        let reason = panic_text(panic.as_ref());
         tracing::error!(follower = F::NAME, %reason, ?pause, "follower panicked; starting it again after a pause");
         health.trouble(F::NAME, format!("stopped by a panic ({reason}); starting again"));
         ::metrics::counter!(FOLLOWER_RESTARTS_TOTAL, "follower" => F::NAME).increment(1);
@@ -128,10 +130,7 @@ pub(super) fn supervise<F: Follower>(mut follower: F, health: Arc<FollowerHealth
             match reset {
                 Ok(Ok(())) => break,
                 Ok(Err(error)) => health.trouble(F::NAME, format!("cannot start again: {error}")),
-                Err(panic) => health.trouble(
-                    F::NAME,
-                    format!("cannot start again: {}", super::panic_text(panic.as_ref())),
-                ),
+                Err(panic) => health.trouble(F::NAME, format!("cannot start again: {}", panic_text(panic.as_ref()))),
             }
         }
     }

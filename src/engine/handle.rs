@@ -2,7 +2,22 @@
 //! commands, read the write-side state through the sequencer, and wait for or read the
 //! projections.
 
-use super::*;
+use super::clock::Clock;
+use super::followers::{self, FollowerHealth};
+use super::messages::{Answer, Job, Msg, Outcome, Query, Read};
+use super::operations::{JobError, OperationRecord, Operations};
+use super::pipeline::{LetterFilter, LetterPage, PipelineStats, ReceiptState, RedriveSelection};
+use super::recovery::read_ranges;
+use super::signal::Hurry;
+use super::types::{EngineConfig, EngineError, Receipt, Status, QUERY_CONSISTENCY_WAIT};
+use super::{jobs, metrics, projector};
+use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
+use crate::domain::state::{OlderIdentities, OlderRecords};
+use crate::domain::{Command, CommandMeta, Identity, Record, Rejection, State};
+use crate::log::LogReader;
+use crate::projection::{ProjectionName, Projections};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// A cheap, cloneable handle to a running engine: submit commands, read projections.
 #[derive(Clone)]
@@ -195,7 +210,7 @@ impl EngineHandle {
         }
     }
 
-    /// The letters a re-drive would apply, in order (see [`pipeline::redrive_plan`]).
+    /// The letters a re-drive would apply, in order (see [`pipeline::redrive_plan`](super::pipeline::redrive_plan)).
     pub async fn redrive_plan(
         &self,
         tenant: &str,

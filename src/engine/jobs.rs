@@ -201,7 +201,7 @@ pub fn describe(outcome: &RebuildOutcome) -> String {
         "{}: rebuilt {start} to sequence {}, digest {} {verdict} ({}) at the same sequence{difference}; {action}",
         outcome.projection.name(),
         outcome.seq,
-        json::hex(&outcome.rebuilt_digest),
-        json::hex(&outcome.live_digest),
+        crate::hex::hex(&outcome.rebuilt_digest),
+        crate::hex::hex(&outcome.live_digest),
     )
 }

@@ -8,6 +8,7 @@ mod clock;
 pub mod followers;
 mod handle;
 pub mod jobs;
+mod messages;
 pub mod metrics;
 pub mod operations;
 pub mod owner;
@@ -19,6 +20,7 @@ mod signal;
 pub mod snapshot;
 mod snapshotter;
 pub mod sweeper;
+mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use followers::FollowerHealth;
@@ -26,250 +28,21 @@ pub use handle::EngineHandle;
 pub use operations::{JobControl, JobError, OperationRecord, OperationState, Operations};
 pub use owner::{DataDirLock, OwnerError};
 pub use pipeline::{LetterFilter, LetterPage, LetterView, PipelineStats, ReceiptState, RedriveSelection};
-use recovery::{adopt_projection_snapshots, open_projections, read_ranges, restore};
 pub use sequencer::MAX_GROUP_COMMIT_COMMANDS;
-use signal::lower_priority;
-pub(crate) use signal::{Hurry, Signal};
+pub use types::{
+    EngineConfig, EngineError, LogPlace, Receipt, StartReport, Status, DEFAULT_INBOX_CAPACITY,
+    DEFAULT_PROJECTION_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_INTERVAL, QUERY_CONSISTENCY_WAIT,
+};
 
-use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
-use crate::domain::state::{OlderIdentities, OlderRecords, WindowPolicy};
-use crate::domain::{evolve, Command, CommandMeta, Identity, Policy, Record, Rejection, State};
-use crate::log::{self, Durability, FileLog, FileStorage, LogError, LogOptions, LogReader, LogWriter, Storage};
-use crate::projection::{ProjectionName, Projections, StoreError};
-use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use crate::log::{FileLog, LogOptions, LogWriter};
+use crate::projection::ProjectionName;
+use messages::Msg;
+use recovery::{adopt_projection_snapshots, open_projections, restore};
+use signal::{Hurry, Signal};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-
-/// Jobs waiting for the sequencer. A job is one request (a single command or a batch), so
-/// this bounds the memory of waiting work; when it is full, callers hear
-/// RESOURCE_EXHAUSTED at once instead of queueing without bound.
-pub const DEFAULT_INBOX_CAPACITY: usize = 8192;
-
-/// Records between periodic write-state snapshots (and at least 5 minutes, see the
-/// snapshotter): a restart folds at most this many records, or 5 minutes' worth of them.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
-/// Least time between two write-state snapshots taken while serving.
-pub use snapshotter::DEFAULT_SNAPSHOT_INTERVAL;
-
-/// Records between periodic projection snapshot files: a lost projection store or a
-/// rebuild from a snapshot folds at most this many records.
-pub const DEFAULT_PROJECTION_SNAPSHOT_EVERY: u64 = 1_000_000;
-
-/// How long a query waits for the projections to reach the log head it saw on arrival.
-pub const QUERY_CONSISTENCY_WAIT: Duration = Duration::from_secs(5);
-
-/// How to start an engine.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    pub data_dir: PathBuf,
-    pub durability: Durability,
-    pub segment_bytes: u64,
-    pub policy: Policy,
-    pub inbox_capacity: usize,
-    pub snapshot_every: u64,
-    /// Least time between two periodic write-state snapshots (5 minutes).
-    pub snapshot_interval: Duration,
-    /// 0 turns periodic projection snapshots off (they can still be asked for).
-    pub projection_snapshot_every: u64,
-    /// Bytes of the projection store's page cache.
-    pub projection_cache_bytes: u64,
-    /// Where the log's segments live.
-    pub log_place: LogPlace,
-    /// How many identities the writer keeps whole in RAM (older ones are read from the log).
-    pub identity_window: WindowPolicy,
-}
-
-/// Where the engine keeps its log.
-#[derive(Clone, Debug, Default)]
-pub enum LogPlace {
-    /// Segment files in `<data-dir>/log`: what `serve` uses.
-    #[default]
-    DataDir,
-    /// Another storage: a simulated disk that tests cut the power of.
-    Storage(Arc<dyn Storage>),
-}
-
-impl EngineConfig {
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            durability: Durability::Sync,
-            segment_bytes: log::DEFAULT_SEGMENT_BYTES,
-            policy: Policy::default(),
-            inbox_capacity: DEFAULT_INBOX_CAPACITY,
-            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
-            snapshot_interval: snapshotter::DEFAULT_SNAPSHOT_INTERVAL,
-            projection_snapshot_every: DEFAULT_PROJECTION_SNAPSHOT_EVERY,
-            projection_cache_bytes: crate::projection::DEFAULT_CACHE_BYTES,
-            log_place: LogPlace::DataDir,
-            identity_window: WindowPolicy::default(),
-        }
-    }
-
-    /// The storage the log lives on.
-    pub fn log_storage(&self) -> Arc<dyn Storage> {
-        match &self.log_place {
-            LogPlace::DataDir => Arc::new(FileStorage::new(self.data_dir.join("log"))),
-            LogPlace::Storage(storage) => storage.clone(),
-        }
-    }
-
-    /// Where projection snapshot files go.
-    pub fn projection_snapshot_dir(&self) -> PathBuf {
-        self.data_dir.join("projection-snapshots")
-    }
-
-    /// Where replays to file are written.
-    pub fn exports_dir(&self) -> PathBuf {
-        self.data_dir.join("exports")
-    }
-}
-
-/// Errors of the engine layer.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The ledger refused the command.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// The inbox is full: retry later.
-    #[error("the ledger is busy: its inbox is full")]
-    Busy,
-    /// The engine stopped or failed; nothing was applied.
-    #[error("the ledger is unavailable: {0}")]
-    Unavailable(String),
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Another process owns the data directory.
-    #[error(transparent)]
-    Owner(#[from] OwnerError),
-    /// Something folded from the log (a snapshot, a projection) stands further than the log
-    /// now reaches: the log lost records that were acknowledged. Refused, never cut.
-    #[error(
-        "{what} has folded the log to sequence {folded}, but the log ends at {log_head}: \
-         records {first_lost} and on, acknowledged once, are missing from the log; refusing to serve"
-    )]
-    LogBehind {
-        what: String,
-        folded: u64,
-        log_head: u64,
-        first_lost: u64,
-    },
-    /// A record of a sound chain breaks an invariant of the fold: this build cannot serve
-    /// the log (a bug, or a log written by a build with other rules). Refused, named.
-    #[error("record {seq} of the log does not fold into the state: {reason}; refusing to serve")]
-    Unfoldable { seq: u64, reason: String },
-}
-
-/// Where the engine stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Status {
-    Serving,
-    /// A commit failed: the process must restart to re-read the log.
-    Failed(String),
-    Stopped,
-}
-
-/// The result of an accepted command: its records, and whether they are the original
-/// result of an earlier request (a replay).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Receipt {
-    pub replayed: bool,
-    pub records: Vec<Record>,
-}
-
-pub(crate) enum Outcome {
-    Appended(Vec<Record>),
-    Replayed { first_seq: u64, last_seq: u64 },
-    Nothing,
-    Rejected(Rejection),
-}
-
-pub(crate) struct Job {
-    commands: Vec<(CommandMeta, Command)>,
-    /// Each command's [`Identity`], worked out by the submitting task so that the sequencer
-    /// does not hash the commands' texts itself.
-    identities: Vec<Identity>,
-    reply: oneshot::Sender<Vec<Outcome>>,
-}
-
-/// A read of the current state, answered by the sequencer after the group commit it arrived
-/// with: it sees every command acknowledged before it, and nothing uncommitted.
-pub(crate) struct Read {
-    query: Query,
-    reply: oneshot::Sender<Answer>,
-}
-
-pub(crate) enum Query {
-    Account {
-        tenant: String,
-        account: String,
-    },
-    Hold(u64),
-    DeadLetters {
-        tenant: String,
-        filter: LetterFilter,
-        limit: usize,
-    },
-    Receipt {
-        tenant: String,
-        receipt_seq: u64,
-    },
-    PipelineStats {
-        tenant: String,
-    },
-    RedrivePlan {
-        tenant: String,
-        selection: RedriveSelection,
-        max: usize,
-    },
-    Link {
-        tenant: String,
-        link_id: u64,
-    },
-    LinksOf {
-        tenant: String,
-        account: String,
-    },
-    /// Runs a read of the committed state; the closure sends its own answer.
-    Inspect(Box<dyn FnOnce(&State) + Send>),
-}
-
-pub(crate) enum Answer {
-    Account(Option<crate::projection::AccountView>),
-    Hold(Option<crate::projection::HoldView>),
-    DeadLetters(LetterPage),
-    Receipt(Option<ReceiptState>),
-    PipelineStats(PipelineStats),
-    RedrivePlan(Vec<u64>),
-    Link(Option<crate::domain::state::Link>),
-    Links(Vec<(u64, crate::domain::state::Link)>),
-    /// The closure of an `Inspect` answered through its own channel.
-    Inspected,
-}
-
-pub(crate) enum Msg {
-    Job(Job),
-    Read(Read),
-    Stop,
-}
-
-/// What starting found.
-#[derive(Clone, Debug, Default)]
-pub struct StartReport {
-    pub head_seq: u64,
-    /// First sequence number and bytes of a torn tail that was cut off.
-    pub truncated: Option<(u64, u64)>,
-    /// Sequence number of the write-state snapshot used, if any.
-    pub snapshot_seq: Option<u64>,
-    /// Records folded after the snapshot.
-    pub folded: u64,
-    /// Projections that started from a snapshot file, and its sequence number.
-    pub projections_from_snapshot: Vec<(ProjectionName, u64)>,
-}
+use tokio::sync::{mpsc, watch};
+use types::panic_text;
 
 /// A running engine. Dropping it without [`Engine::shutdown`] stops nothing gracefully.
 pub struct Engine {
@@ -469,13 +242,4 @@ impl Engine {
             let _ = follower.join();
         }
     }
-}
-
-/// What a caught panic said.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }

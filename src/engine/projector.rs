@@ -4,7 +4,7 @@
 //! batch in hand and leaves the rest to the next start, which resumes from the checkpoints.
 
 use super::followers::FollowerHealth;
-use super::{Hurry, Signal};
+use super::signal::{Hurry, Signal};
 use crate::log::LogReader;
 use crate::projection::Projections;
 use std::path::PathBuf;

@@ -2,7 +2,14 @@
 //! the projection store opened (once per process), projection snapshots adopted, and the
 //! log's records read back by ranges.
 
-use super::*;
+use super::snapshot;
+use super::types::{panic_text, EngineError, StartReport};
+use crate::domain::state::WindowPolicy;
+use crate::domain::{evolve, Record, State};
+use crate::log::{LogError, LogReader};
+use crate::projection::{ProjectionName, Projections};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// Projection stores open in this process, by directory: the ones a stopped engine's
 /// handles still hold.

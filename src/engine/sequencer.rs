@@ -7,8 +7,11 @@
 //! disk: the sequencer stops, and every later command is refused until a restart re-reads
 //! the log.
 
+use super::clock::Clock;
+use super::messages::{Answer, Job, Msg, Outcome, Query, Read};
 use super::metrics::{Outcome as Counted, SequencerMetrics};
-use super::{Answer, Clock, Job, Msg, Outcome, Query, Read, Signal, Status};
+use super::signal::Signal;
+use super::types::Status;
 use crate::domain::{
     decide_identified, evolve_identified, Command, CommandMeta, Decision, Envelope, Identity, Policy, Record, State,
 };

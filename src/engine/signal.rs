@@ -1,7 +1,8 @@
 //! How the engine's threads wake each other: the followers' signal (commits to fold, or a
 //! stop), the queries that hurry the projector, and the followers' lower priority.
 
-use super::*;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 /// Wakes the projector; also carries the request to stop.
 #[derive(Default)]

@@ -8,7 +8,7 @@
 //! folds nothing). Nothing waits for the snapshotter.
 
 use super::followers::FollowerHealth;
-use super::Signal;
+use super::signal::Signal;
 use crate::domain::state::WindowPolicy;
 use crate::log::LogReader;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,6 @@ use std::time::Duration;
 
 /// How long the snapshotter sleeps between looks at the log head, if no commit wakes it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Least time between two periodic snapshots by default. A snapshot costs a fold of the
-/// records since the last one and a write of the whole state: taking one every N records at
-/// a high command rate would spend a core on it. A restart folds at most this much time of
-/// commands instead, at millions of records per second.
-pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 
 pub(super) struct Snapshotter {
     pub reader: LogReader,
@@ -74,7 +69,7 @@ impl Snapshotter {
     fn snapshot(&self, head: u64) -> Result<(), String> {
         let started = std::time::Instant::now();
         let (state, _) =
-            super::restore(&self.snapshot_dir, &self.reader, head, self.window).map_err(|e| e.to_string())?;
+            super::recovery::restore(&self.snapshot_dir, &self.reader, head, self.window).map_err(|e| e.to_string())?;
         let hash = match self.reader.hash_at(state.head_seq) {
             Ok(Some(hash)) => hash,
             other => return Err(format!("cannot read the record a snapshot would end at: {other:?}")),

@@ -8,7 +8,7 @@ use super::codec::{self, FRAME_HEADER_LEN, HASH_LEN};
 use super::locator::{Location, Locator};
 use super::scan::{self, IndexEntry, Scan, SEGMENT_HEADER_LEN};
 use super::storage::{FileStorage, Storage, StorageFile};
-use super::{Head, LogError};
+use super::types::{Head, LogError};
 use crate::domain::Record;
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -172,7 +172,7 @@ impl LogReader {
         if seq == 0 {
             return Ok(Some(super::codec::GENESIS_HASH));
         }
-        Ok(super::read_one(self, seq)?.map(|record| record.hash))
+        Ok(read_one(self, seq)?.map(|record| record.hash))
     }
 
     /// Sequence number of the last record with a timestamp at or before `ts_us` (0 if none).
@@ -480,4 +480,14 @@ impl Iterator for RecordIter {
             }
         }
     }
+}
+
+/// Reads one record by sequence number (`None` if the log does not hold it), with one
+/// positioned read ([`LogReader::read_seqs`]).
+pub fn read_one(reader: &LogReader, seq: u64) -> Result<Option<Record>, LogError> {
+    // The head only moves forward: a sequence number at or before it stays readable.
+    if seq == 0 || seq > reader.head().seq {
+        return Ok(None);
+    }
+    Ok(reader.read_seqs(&[seq])?.pop())
 }

@@ -13,7 +13,7 @@
 use super::codec::{self, DecodeError, FRAME_HEADER_LEN};
 use super::locator::Locator;
 use super::storage::{FileStorage, Storage};
-use super::{Head, LogError};
+use super::types::{Head, LogError};
 use crate::domain::EventKind;
 use std::path::{Path, PathBuf};
 

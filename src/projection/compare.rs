@@ -2,7 +2,7 @@
 //! first row that differs (`tally rebuild --compare`, the simulation's checks).
 
 use super::postings::{self, Posting, BUCKETS};
-use super::{Index, ProjectionName, StoreError};
+use super::store::{Index, ProjectionName, Projections, StoreError};
 
 /// Two folds of one projection side by side; see [`Projections::compare`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,9 +31,9 @@ impl std::fmt::Display for Comparison {
             "projection {}: left at sequence {} digest {}, right at sequence {} digest {}",
             self.projection.name(),
             self.left_seq,
-            crate::query::json::hex(&self.left_digest),
+            crate::hex::hex(&self.left_digest),
             self.right_seq,
-            crate::query::json::hex(&self.right_digest),
+            crate::hex::hex(&self.right_digest),
         )?;
         match &self.first_difference {
             Some(difference) => write!(f, "; {difference}"),
@@ -61,7 +61,7 @@ impl std::fmt::Display for RowDifference {
             Some(bytes) => {
                 let shown = &bytes[..bytes.len().min(DIFFERENCE_SHOWN_BYTES)];
                 let more = if bytes.len() > shown.len() { "…" } else { "" };
-                format!("{} bytes {}{more}", bytes.len(), crate::query::json::hex(shown))
+                format!("{} bytes {}{more}", bytes.len(), crate::hex::hex(shown))
             }
         };
         write!(
@@ -71,6 +71,15 @@ impl std::fmt::Display for RowDifference {
             show(&self.left),
             show(&self.right)
         )
+    }
+}
+
+impl Projections {
+    /// Compares a projection here (`left`) with the same projection in `other` (`right`):
+    /// both heads, both digests and, when they differ, the first key that does. A digest
+    /// alone says that two folds disagree; this says where to look.
+    pub fn compare(&self, other: &Projections, name: ProjectionName) -> Result<Comparison, StoreError> {
+        compare_indexes(name, &self.index(name), &other.index(name))
     }
 }
 

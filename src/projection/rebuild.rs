@@ -14,9 +14,10 @@
 //! checksum against the rows (the file is intact). Files of version 1 (rows of the
 //! projections before they pointed into the log) are not read.
 
-use super::{
-    checkpoint_of, compare_indexes, generation_of, rows_checksum, tree_name, Index, ProjectionName, Projections,
-    RowDifference, StoreError, CHECKPOINT_KEY,
+use super::compare::{compare_indexes, RowDifference};
+use super::store::{
+    checkpoint_of, generation_of, rows_checksum, tree_name, Index, ProjectionName, Projections, StoreError,
+    CHECKPOINT_KEY,
 };
 use crate::domain::Record;
 use std::fs::{self, File};

@@ -4,6 +4,7 @@
 use super::time::format_rfc3339;
 use crate::domain::event::for_each_payload;
 use crate::domain::Record;
+use crate::hex::hex;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -46,20 +47,4 @@ pub fn to_json_line(record: &Record) -> String {
         data,
     };
     serde_json::to_string(&line).expect("plain data serializes")
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// 32 bytes from 64 hex digits (either case), `None` for anything else.
-pub fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(bytes)
 }

@@ -1,11 +1,15 @@
 //! The door itself: the authenticator that turns a call's credential into a
 //! [`Principal`](super::Principal), and the tower layer that runs it before any handler.
 
-use super::signed::{digest_body, signed_headers, Reservation, SeenSignatures, Unverified, BODY_UNREAD};
-use super::{denied, method, signing_string, unauthenticated, Access, AuthSettings, Charge, Credential, Principal};
-use super::{
-    ACTOR_HEADER, KEY_ID_HEADER, PUBLIC_PREFIXES, SIGNATURE_HEADER, SIGNED_BODY_TIMEOUT_SECONDS, TENANT_HEADER,
+use super::common::{
+    denied, unauthenticated, Credential, Principal, ACTOR_HEADER, KEY_ID_HEADER, SIGNATURE_HEADER, TENANT_HEADER,
 };
+use super::methods::{method, Access, Charge, PUBLIC_PREFIXES};
+use super::signed::{
+    digest_body, signed_headers, signing_string, Reservation, SeenSignatures, Unverified, BODY_UNREAD,
+    SIGNED_BODY_TIMEOUT_SECONDS,
+};
+use super::tokens::AuthSettings;
 use crate::api::slot::EngineSlot;
 use crate::api::status::error_status;
 use crate::domain::access::{Permissions, Role};

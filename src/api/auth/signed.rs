@@ -1,7 +1,8 @@
 //! Signed service calls: what a call signs, the headers a Rust client sends, and the
 //! replay memory that refuses a signature seen within the window.
 
-use super::{denied, unauthenticated, AuthSettings, KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use super::common::{denied, unauthenticated, KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use super::tokens::AuthSettings;
 use crate::api::status::error_status;
 use crate::domain::access::Role;
 use crate::domain::quote;
@@ -53,7 +54,7 @@ pub fn signing_string(path: &str, timestamp: &str, body_sha256_hex: &str) -> Str
 
 /// The lowercase hex SHA-256 of a request message's bytes.
 pub fn body_digest_hex(message: &[u8]) -> String {
-    crate::query::json::hex(&Sha256::digest(message))
+    crate::hex::hex(&Sha256::digest(message))
 }
 
 /// The headers of a signed call, for clients written in Rust (the CLI, tests).
@@ -72,7 +73,7 @@ pub fn sign_call(
     [
         (KEY_ID_HEADER, key_id.to_string()),
         (TIMESTAMP_HEADER, timestamp),
-        (SIGNATURE_HEADER, crate::query::json::hex(&tag)),
+        (SIGNATURE_HEADER, crate::hex::hex(&tag)),
     ]
 }
 
@@ -220,7 +221,7 @@ pub(super) fn signed_headers(
     };
     let key_id = text(KEY_ID_HEADER)?;
     let timestamp_text = text(TIMESTAMP_HEADER)?;
-    let signature = crate::query::json::unhex32(text(SIGNATURE_HEADER)?)
+    let signature = crate::hex::unhex32(text(SIGNATURE_HEADER)?)
         .ok_or_else(|| malformed(format!("{SIGNATURE_HEADER} must be 64 hex digits")))?;
     let timestamp: u64 = timestamp_text
         .parse()

@@ -1,7 +1,7 @@
 //! Bearer tokens: HS256 JWTs signed with the ring's first key, their claims, and the
 //! operator tokens `tally token issue` makes.
 
-use super::unauthenticated;
+use super::common::unauthenticated;
 use crate::domain::access::Role;
 use crate::domain::quote;
 use crate::secrets::{KeyRing, KEYS_FILE_NAME};
