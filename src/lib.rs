@@ -4,8 +4,9 @@
 //! - [`log`]: the source of truth. Segment files of batch frames, each record chained by
 //!   blake3; recovery of a torn tail; verification; a sparse time and sequence index, and
 //!   a dense in-memory locator for reads of chosen records by sequence number.
-//! - [`projection`]: folds of the log into sled trees (balances, holds, idempotency,
-//!   history), each checkpointed atomically with its state, and the write-state snapshot.
+//! - [`projection`]: indexes that point into the log (history, idempotency, correlation,
+//!   actor): posting lists of sequence numbers in sled, folded from the log, rebuilt from it.
+//! - [`query`]: reading the past: replays, subscriptions, index queries, as-of reads.
 //! - [`engine`]: the single-writer sequencer with group commit, its bounded inbox, the
 //!   projector thread and the sweeper (hold expiry and the ingest pipeline's retries).
 //! - [`api`]: the gRPC services (tonic), the door that authenticates and authorizes every
@@ -19,6 +20,7 @@
 //!   the API's door and the worker alike.
 //! - [`config`]: every setting of the server, as one TOML document with defaults,
 //!   overridden by environment variables and flags.
+//! - [`hex`]: bytes as hex and back, a leaf every layer may use.
 //! - [`telemetry`]: the Prometheus endpoint and the gauges sampled at each scrape.
 //! - [`operator`]: `tally ingest` and `tally dlq`, gRPC clients of a running server.
 //! - [`loadgen`]: `tally bench`, the load generator.

@@ -18,24 +18,53 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("projection", &["domain", "hex"]),
     ("query", &["domain", "log", "projection", "hex"]),
     ("engine", &["domain", "log", "projection", "query", "hex"]),
-    ("deliverer", &["domain", "log", "query", "engine", "secrets", "outbound", "hex"]),
+    (
+        "deliverer",
+        &["domain", "log", "query", "engine", "secrets", "outbound", "hex"],
+    ),
     (
         "api",
-        &["domain", "log", "projection", "query", "engine", "secrets", "outbound", "hex"],
+        &[
+            "domain",
+            "log",
+            "projection",
+            "query",
+            "engine",
+            "secrets",
+            "outbound",
+            "hex",
+        ],
     ),
     ("telemetry", &["api", "engine", "projection"]),
     ("operator", &["api", "query", "hex"]),
     ("loadgen", &["api", "operator"]),
     (
         "config",
-        &["domain", "log", "projection", "engine", "secrets", "outbound", "api", "hex"],
+        &[
+            "domain",
+            "log",
+            "projection",
+            "engine",
+            "secrets",
+            "outbound",
+            "api",
+            "hex",
+        ],
     ),
 ];
 
 /// What the domain never names: it decides and folds, and everything it knows comes in
 /// through its arguments (time included).
 const DOMAIN_NEVER: &[&str] = &[
-    "tokio", "tonic", "sled", "std::fs", "std::net", "std::thread", "SystemTime", "Instant", "std::env",
+    "tokio",
+    "tonic",
+    "sled",
+    "std::fs",
+    "std::net",
+    "std::thread",
+    "SystemTime",
+    "Instant",
+    "std::env",
 ];
 
 /// Lines a source file may have.
@@ -117,7 +146,10 @@ fn crate_paths(code: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
-        let preceded_by_ident = rest[..at].chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+        let preceded_by_ident = rest[..at]
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
         let after = &rest[at + "crate::".len()..];
         let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
         if !preceded_by_ident && !name.is_empty() {
@@ -172,7 +204,11 @@ fn every_arrow_between_top_level_modules_points_down() {
             }
         }
     }
-    assert!(wrong.is_empty(), "arrows that point up or sideways:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "arrows that point up or sideways:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

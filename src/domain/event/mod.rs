@@ -117,7 +117,7 @@ macro_rules! define_events {
                 }
             }
 
-            /// What a kind is, decided once per kind in [`event_table!`], so that no kind
+            /// What a kind is, decided once per kind in `event_table!`, so that no kind
             /// can drop out of history, as-of reads or deliveries by falling outside a range
             /// of codes.
             pub fn family(self) -> KindFamily {
