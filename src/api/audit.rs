@@ -330,6 +330,9 @@ impl Audit for AuditService {
     }
 }
 
+/// How long a stream's stop notice waits for the client to take what it has not read yet.
+const STOP_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A stream that ends with SHUTTING_DOWN when the server begins to stop, so that an open
 /// subscription or replay never holds a stopping server up.
 fn until_stop<T: Send + 'static>(
@@ -351,8 +354,9 @@ fn until_stop<T: Send + 'static>(
                 sent = tx.send(item) => if sent.is_err() { return },
             }
         }
-        // A client that reads nothing is not waited for: the grace bounds the stop anyway.
-        let _ = tx.try_send(Err(super::status::shutting_down()));
+        // The notice waits behind what the client has not read yet (the channel holds one
+        // item), but a client that reads nothing is not waited for past STOP_NOTICE_WAIT.
+        let _ = tokio::time::timeout(STOP_NOTICE_WAIT, tx.send(Err(super::status::shutting_down()))).await;
     });
     ReceiverStream::new(rx)
 }

@@ -193,6 +193,9 @@ pub(crate) fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> ExitCode 
 
 /// Opens the ports first, then recovers: health answers NOT_SERVING until the engine serves.
 pub(crate) async fn run_server(settings: Settings) -> ExitCode {
+    // Installed first, before the server says anything: a SIGTERM sent after any line it
+    // prints finds the handler, never the default action (which would end it unclean).
+    let stop_signals = StopSignals::install();
     // One owner per data directory: a second server exits here, before it opens a port.
     let owner = match tally::engine::DataDirLock::acquire(&settings.engine.data_dir) {
         Ok(owner) => owner,
@@ -286,7 +289,7 @@ pub(crate) async fn run_server(settings: Settings) -> ExitCode {
     };
     let grace = settings.shutdown_grace;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        stop_signals.wait().await;
         let _ = stop_tx.send(true);
         // The stop drains calls, ends streams and writes the snapshot; past the grace it is
         // cut short. Nothing acknowledged is lost by that: every acknowledged command is on
@@ -370,12 +373,26 @@ pub(crate) async fn run_server(settings: Settings) -> ExitCode {
     }
 }
 
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+/// SIGTERM and SIGINT, each listened for from the moment it is installed.
+pub(crate) struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(crate) fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals {
+            terminate: signal(SignalKind::terminate()).expect("SIGTERM handler installs"),
+            interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler installs"),
+        }
     }
-    tracing::info!("shutdown requested");
+
+    pub(crate) async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+    }
 }
