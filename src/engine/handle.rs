@@ -210,7 +210,7 @@ impl EngineHandle {
         }
     }
 
-    /// The letters a re-drive would apply, in order (see [`pipeline::redrive_plan`](super::pipeline::redrive_plan)).
+    /// The letters a re-drive would apply, in order (see `engine::pipeline::redrive_plan`).
     pub async fn redrive_plan(
         &self,
         tenant: &str,

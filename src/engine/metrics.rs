@@ -38,7 +38,7 @@ pub const DEAD_LETTER_DEPTH: &str = "tally_dead_letter_depth";
 /// External events waiting for a retry now.
 pub const INGEST_RETRYING: &str = "tally_ingest_retrying";
 
-/// Command kinds, in the order of [`kind_index`].
+/// Command kinds, in the order of `kind_index`.
 pub const KINDS: [&str; 25] = [
     "open_account",
     "award",
@@ -66,7 +66,7 @@ pub const KINDS: [&str; 25] = [
     "ack_delivery",
     "retry_deliveries",
 ];
-/// Pipeline events, in the order of [`pipeline_index`].
+/// Pipeline events, in the order of `pipeline_index`.
 pub const PIPELINE_EVENTS: [&str; 6] = [
     "received",
     "processed",
@@ -75,7 +75,7 @@ pub const PIPELINE_EVENTS: [&str; 6] = [
     "redriven",
     "discarded",
 ];
-/// Outcomes, in the order of [`Outcome`].
+/// Outcomes, in the order of `Outcome`.
 pub const OUTCOMES: [&str; 4] = ["appended", "replayed", "unchanged", "rejected"];
 
 /// How a decided command ended, for counting.
@@ -154,7 +154,7 @@ pub(crate) fn kind_index(command: &Command) -> usize {
     }
 }
 
-/// Delivery events, in the order of [`delivery_index`].
+/// Delivery events, in the order of `delivery_index`.
 pub const DELIVERY_EVENTS: [&str; 5] = ["delivered", "failed", "failed_permanently", "acked", "retried"];
 
 fn delivery_index(record: &Record) -> Option<usize> {

@@ -193,7 +193,7 @@ impl<'a> Indexed<'a> {
     }
 }
 
-/// Why [`account_at`] has no answer.
+/// Why [`Indexed::account_at`] has no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountAtError {
     #[error(transparent)]
