@@ -1,5 +1,5 @@
-//! The server's secrets: the key ring (from a file made on first use, mode 0600, or the
-//! environment), the secrets derived from it (API keys', endpoints'), HMAC-SHA256 and the
+//! The server's secrets: the key ring (from a file made at start when missing, mode 0600,
+//! or the environment), the secrets derived from it (API keys', endpoints'), HMAC-SHA256 and the
 //! system's randomness. The API's door and the delivery worker both use it; nothing here
 //! knows about either.
 

@@ -1,5 +1,6 @@
 //! Where deep links point and the key that hashes link tokens: the base URL, and the link
-//! key from `TALLY_LINK_KEY` or the file `link.key` in the data directory (made on first use).
+//! key from `TALLY_LINK_KEY` or the file `link.key` in the data directory (made at start
+//! when missing).
 
 use std::path::Path;
 

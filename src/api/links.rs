@@ -2,7 +2,7 @@
 //! tokens. The token is drawn here (256 bits from the operating system), answered once,
 //! and only its keyed hash goes to the ledger: `blake3::keyed_hash(link key, token)`. The
 //! link key comes from `TALLY_LINK_KEY` (64 hex characters) or the file `link.key` in the
-//! data directory, made on first use (32 random bytes, mode 0600) — never from the log.
+//! data directory, made at start when missing (32 random bytes, mode 0600) — never from the log.
 
 use super::caller::Caller;
 use super::convert::{self, Common};
