@@ -34,7 +34,7 @@ fn dump(
     state: &State,
     records: &[Record],
     projections: &Projections,
-    reader: &tally::log::LogReader,
+    reader: &dyn tally::log::ReadLog,
     head_hash: &[u8; 32],
 ) -> String {
     let mut out = String::new();

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use support::Rng;
 use tally::domain::Record;
 use tally::log::{
-    self, Durability, FileLog, FileStorage, LogError, LogOptions, LogReader, LogWriter, Recovery, SimDisk, Storage,
-    MIN_SEGMENT_BYTES,
+    self, Durability, FileLog, FileStorage, LogError, LogOptions, LogReader, LogWriter, ReadLog, Recovery, SimDisk,
+    Storage, MIN_SEGMENT_BYTES,
 };
 
 fn options(segment_bytes: u64) -> LogOptions {
@@ -91,7 +91,7 @@ fn subset(rng: &mut Rng, head: u64) -> Vec<u64> {
 
 /// The one check: `read_seqs(seqs)` gives exactly `model`'s records for them, and so do
 /// `read_one` and `hash_at` for a few.
-fn check(reader: &LogReader, model: &[Record], seqs: &[u64], rng: &mut Rng, context: &str) {
+fn check(reader: &dyn ReadLog, model: &[Record], seqs: &[u64], rng: &mut Rng, context: &str) {
     let read = reader
         .read_seqs(seqs)
         .unwrap_or_else(|e| panic!("{context}: read_seqs: {e}"));
@@ -116,7 +116,7 @@ fn check(reader: &LogReader, model: &[Record], seqs: &[u64], rng: &mut Rng, cont
 }
 
 /// Every record of the log, by iteration from the start: the reference.
-fn all_records(reader: &LogReader) -> Vec<Record> {
+fn all_records(reader: &dyn ReadLog) -> Vec<Record> {
     reader
         .iter_range(1, reader.head().seq)
         .collect::<Result<_, _>>()

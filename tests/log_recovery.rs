@@ -356,7 +356,7 @@ fn the_log_rolls_over_segments_and_reads_across_them() {
     assert_eq!(log::verify(dir.path()).unwrap().head.seq, 2000);
     let (log, _) = FileLog::open(dir.path(), options()).unwrap();
     let reader = log.reader();
-    let seqs = |it: log::RecordIter| it.map(|r| r.unwrap().seq).collect::<Vec<_>>();
+    let seqs = |it: log::Records| it.map(|r| r.unwrap().seq).collect::<Vec<_>>();
     assert_eq!(seqs(reader.iter_range(1, 2000)), (1..=2000).collect::<Vec<_>>());
     assert_eq!(seqs(reader.iter_range(777, 1234)), (777..=1234).collect::<Vec<_>>());
     assert_eq!(seqs(reader.iter_range(1999, 5000)), vec![1999, 2000]);

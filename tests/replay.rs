@@ -3,13 +3,16 @@
 //! sequence number and by time, random filters), in order, and respects its maximum and
 //! cancellation; over gRPC it streams the same events with progress ending in `done`. A
 //! subscription's hand-over from history to live under concurrent writes loses and repeats
-//! nothing, and its checkpoints only move forward and reach the head.
+//! nothing, and its checkpoints only move forward and reach the head. Replay reads the log
+//! only through `ReadLog`: the same windows over the records held in memory give the same
+//! answers, and the trait's own `seq_at_time` and `hash_at` agree with the file log's.
 
 mod support;
 
 use support::{random_workload, request, Rng, TestEngine, TestServer, ACTORS, TENANTS};
 use tally::domain::{EventKind, Record};
 use tally::engine::{jobs, JobControl, JobError};
+use tally::log::{Head, LogError, ReadLog, Records};
 use tally::query::{subscribe, EventFilter, Replay, Window};
 
 fn random_filter(rng: &mut Rng) -> EventFilter {
@@ -45,8 +48,49 @@ fn in_window(record: &Record, window: Window, head: u64) -> bool {
     }
 }
 
-fn replayed(engine: &TestEngine, window: Window, filter: EventFilter, max: u64) -> Vec<u64> {
-    let mut replay = Replay::new(engine.handle().reader(), window, filter, max);
+/// A log that is a vector of records: a second reader behind `ReadLog`, checking nothing.
+struct MemoryLog(Vec<Record>);
+
+impl MemoryLog {
+    fn records(&self, keep: impl Fn(&Record) -> bool + Send + 'static) -> Records {
+        Box::new(self.0.clone().into_iter().filter(keep).map(Ok))
+    }
+}
+
+impl ReadLog for MemoryLog {
+    fn head(&self) -> Head {
+        self.0.last().map_or(Head::default(), |r| Head {
+            seq: r.seq,
+            hash: r.hash,
+            ts_us: r.ts_us,
+        })
+    }
+
+    fn read_seqs(&self, seqs: &[u64]) -> Result<Vec<Record>, LogError> {
+        let head = self.head().seq;
+        seqs.iter()
+            .map(|&seq| match seq {
+                1.. if seq <= head => Ok(self.0[seq as usize - 1].clone()),
+                _ => Err(LogError::NotInLog { seq, head }),
+            })
+            .collect()
+    }
+
+    fn iter_range(&self, from: u64, to: u64) -> Records {
+        self.records(move |r| r.seq >= from && r.seq <= to)
+    }
+
+    fn iter_from_time(&self, ts_us: u64, to: u64) -> Records {
+        self.records(move |r| r.ts_us >= ts_us && r.seq <= to)
+    }
+
+    fn committed_bytes(&self) -> u64 {
+        0
+    }
+}
+
+fn replayed(reader: &dyn ReadLog, window: Window, filter: EventFilter, max: u64) -> Vec<u64> {
+    let mut replay = Replay::new(reader, window, filter, max);
     let mut seqs = Vec::new();
     while let Some(record) = replay.next_event().unwrap() {
         seqs.push(record.seq);
@@ -64,6 +108,19 @@ async fn a_window_replay_equals_a_filtered_full_scan() {
         let all: Vec<Record> = engine.handle().reader().iter_from(1).collect::<Result<_, _>>().unwrap();
         let head = all.last().unwrap().seq;
         let (t0, t1) = (all[0].ts_us, all.last().unwrap().ts_us);
+        let file = engine.handle().reader().clone();
+        let memory = MemoryLog(all.clone());
+        for _ in 0..50 {
+            let ts_us = t0.saturating_sub(1) + rng.below(t1 - t0 + 3);
+            let seq = rng.below(head + 2);
+            let context = format!("seed {seed}: at {ts_us} µs, seq {seq}");
+            assert_eq!(
+                file.seq_at_time(ts_us).unwrap(),
+                memory.seq_at_time(ts_us).unwrap(),
+                "{context}"
+            );
+            assert_eq!(file.hash_at(seq).unwrap(), memory.hash_at(seq).unwrap(), "{context}");
+        }
         for case in 0..60 {
             let window = if rng.below(2) == 0 {
                 let from = 1 + rng.below(head);
@@ -89,12 +146,17 @@ async fn a_window_replay_equals_a_filtered_full_scan() {
                 .map(|r| r.seq)
                 .collect();
             assert_eq!(
-                replayed(&engine, window, filter.clone(), 0),
+                replayed(&file, window, filter.clone(), 0),
                 expected,
                 "seed {seed} case {case}: {window:?} {filter:?}"
             );
+            assert_eq!(
+                replayed(&memory, window, filter.clone(), 0),
+                expected,
+                "seed {seed} case {case}, in memory: {window:?} {filter:?}"
+            );
             let max = 1 + rng.below(5);
-            let limited = replayed(&engine, window, filter, max);
+            let limited = replayed(&file, window, filter, max);
             assert_eq!(
                 limited,
                 expected.iter().copied().take(max as usize).collect::<Vec<_>>(),

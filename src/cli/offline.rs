@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Mutex;
 use tally::engine::{jobs, JobControl};
-use tally::log::LogReader;
+use tally::log::{LogReader, ReadLog};
 use tally::projection::{HistoryView, HoldView, ProjectionName, Projections};
 use tally::query::{asof, json, time, EventFilter, Replay, Window};
 

@@ -14,7 +14,7 @@ use super::{jobs, metrics, projector};
 use crate::domain::limits::EXPIRE_PULSE_MAX_HOLDS;
 use crate::domain::state::{OlderIdentities, OlderRecords};
 use crate::domain::{Command, CommandMeta, Identity, Record, Rejection, State};
-use crate::log::LogReader;
+use crate::log::ReadLog;
 use crate::projection::{ProjectionName, Projections};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 #[derive(Clone)]
 pub struct EngineHandle {
     pub(super) inbox: mpsc::Sender<Msg>,
-    pub(super) reader: LogReader,
+    pub(super) reader: Arc<dyn ReadLog>,
     /// The identities that left the writer's window, as it last published them.
     pub(super) older: Arc<std::sync::RwLock<Arc<OlderIdentities>>>,
     pub(super) projections: Arc<Projections>,
@@ -394,7 +394,7 @@ impl EngineHandle {
         *self.snapshot_saved.lock().expect("no panic holds the snapshot lock")
     }
 
-    pub fn reader(&self) -> &LogReader {
+    pub fn reader(&self) -> &Arc<dyn ReadLog> {
         &self.reader
     }
 
@@ -506,7 +506,7 @@ impl EngineHandle {
     pub fn indexed(&self) -> crate::query::indexed::Indexed<'_> {
         crate::query::indexed::Indexed {
             projections: self.projections(),
-            reader: self.reader(),
+            reader: self.reader().as_ref(),
         }
     }
 
@@ -516,7 +516,7 @@ impl EngineHandle {
 }
 
 /// The log answers for identities older than the writer's window.
-impl OlderRecords for LogReader {
+impl OlderRecords for Arc<dyn ReadLog> {
     fn read(&self, from: u64, to: u64) -> Result<Vec<Record>, String> {
         let to = to.min(self.head().seq);
         if from > to {

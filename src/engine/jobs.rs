@@ -2,7 +2,7 @@
 //! projection, snapshot the projections, replay a window to a file.
 
 use super::operations::{JobControl, JobError};
-use crate::log::LogReader;
+use crate::log::ReadLog;
 use crate::projection::{latest_projection_snapshot, ProjectionName, Projections, RebuildOutcome};
 use crate::query::{json, EventFilter, Replay, Window};
 use std::io::Write;
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 pub const REBUILD_CHUNK: u64 = 65_536;
 
 /// Chain hash of the record at `seq`, which must be in the log.
-fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], JobError> {
+fn hash_at(reader: &dyn ReadLog, seq: u64) -> Result<[u8; 32], JobError> {
     reader
         .hash_at(seq)?
         .ok_or_else(|| JobError::Failed(format!("no record {seq} in the log")))
@@ -25,7 +25,7 @@ fn hash_at(reader: &LogReader, seq: u64) -> Result<[u8; 32], JobError> {
 /// `verify_only`.
 pub fn rebuild(
     projections: &Projections,
-    reader: &LogReader,
+    reader: &dyn ReadLog,
     apply_lock: &Mutex<()>,
     name: ProjectionName,
     snapshot_dir: Option<&Path>,
@@ -73,7 +73,7 @@ pub fn rebuild(
 /// Writes a snapshot file of every projection, each at its own checkpoint.
 pub fn snapshot_projections(
     projections: &Projections,
-    reader: &LogReader,
+    reader: &dyn ReadLog,
     apply_lock: &Mutex<()>,
     dir: &Path,
 ) -> Result<String, JobError> {
@@ -89,7 +89,7 @@ pub fn snapshot_projections(
 
 /// Writes the window's matching events to `path` as JSON lines; returns how many.
 pub fn replay_to_file(
-    reader: &LogReader,
+    reader: &dyn ReadLog,
     window: Window,
     filter: EventFilter,
     max_events: u64,

@@ -5,7 +5,7 @@
 
 use super::followers::FollowerHealth;
 use super::signal::{Hurry, Signal};
-use crate::log::LogReader;
+use crate::log::ReadLog;
 use crate::projection::Projections;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ const LINGER: Duration = Duration::from_millis(10);
 
 pub(super) struct Projector {
     pub projections: Arc<Projections>,
-    pub reader: LogReader,
+    pub reader: Arc<dyn ReadLog>,
     pub signal: Arc<Signal>,
     /// Queries waiting for the projections; they cut the linger short.
     pub hurry: Arc<Hurry>,

@@ -6,7 +6,7 @@ use super::snapshot;
 use super::types::{panic_text, EngineError, StartReport};
 use crate::domain::state::WindowPolicy;
 use crate::domain::{evolve, Record, State};
-use crate::log::{LogError, LogReader};
+use crate::log::{LogError, ReadLog};
 use crate::projection::{ProjectionName, Projections};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ pub(super) fn open_projections(
 /// The write-side state: the snapshot if it belongs to this log, then the records after it.
 pub(super) fn restore(
     data_dir: &std::path::Path,
-    reader: &LogReader,
+    reader: &dyn ReadLog,
     head_seq: u64,
     window: WindowPolicy,
 ) -> Result<(State, StartReport), EngineError> {
@@ -116,7 +116,7 @@ pub(super) fn restore(
 /// file, when that snapshot belongs to this log, instead of from sequence 1.
 pub(super) fn adopt_projection_snapshots(
     projections: &Projections,
-    reader: &LogReader,
+    reader: &dyn ReadLog,
     dir: &std::path::Path,
 ) -> Result<Vec<(ProjectionName, u64)>, EngineError> {
     let head = reader.head().seq;
@@ -153,7 +153,7 @@ const REPLAY_READ_GAP_RECORDS: u64 = 4096;
 /// The records of each range, in the ranges' order. Ranges are visited in sequence order;
 /// one iterator serves every range that starts within [`REPLAY_READ_GAP_RECORDS`] of where
 /// it stands.
-pub(super) fn read_ranges(reader: &LogReader, ranges: &[(u64, u64)]) -> Result<Vec<Vec<Record>>, LogError> {
+pub(super) fn read_ranges(reader: &dyn ReadLog, ranges: &[(u64, u64)]) -> Result<Vec<Vec<Record>>, LogError> {
     let mut order: Vec<usize> = (0..ranges.len()).collect();
     order.sort_by_key(|&i| ranges[i]);
     let mut out: Vec<Vec<Record>> = vec![Vec::new(); ranges.len()];

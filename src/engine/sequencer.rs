@@ -33,7 +33,7 @@ pub(super) struct Sequencer {
     pub snapshot_dir: std::path::PathBuf,
     pub snapshot_saved: Arc<std::sync::Mutex<u64>>,
     /// Reads the records of identities older than the window.
-    pub reader: crate::log::LogReader,
+    pub reader: std::sync::Arc<dyn crate::log::ReadLog>,
     /// Where the identities that left the window are published to the submitting tasks.
     pub older: Arc<std::sync::RwLock<Arc<crate::domain::state::OlderIdentities>>>,
     pub log: Box<dyn LogWriter>,

@@ -10,7 +10,7 @@
 use super::followers::FollowerHealth;
 use super::signal::Signal;
 use crate::domain::state::WindowPolicy;
-use crate::log::LogReader;
+use crate::log::ReadLog;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use std::time::Duration;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 pub(super) struct Snapshotter {
-    pub reader: LogReader,
+    pub reader: Arc<dyn ReadLog>,
     pub signal: Arc<Signal>,
     /// Where the write-state snapshot file goes (the data directory).
     pub snapshot_dir: PathBuf,

@@ -1,6 +1,7 @@
 //! The file log: segment files in one directory, written by one writer with group commit.
 
 use super::codec::{self, FRAME_HEADER_LEN};
+use super::read::ReadLog;
 use super::reader::{LogReader, Shared, SharedState};
 use super::scan::{self, IndexEntry, Scan, INDEX_STRIDE_BYTES, SEGMENT_HEADER_LEN};
 use super::storage::{FileStorage, Storage, StorageFile};
@@ -250,8 +251,8 @@ impl LogWriter for FileLog {
         self.head
     }
 
-    fn reader(&self) -> LogReader {
-        LogReader::new(self.shared.clone())
+    fn reader(&self) -> Arc<dyn ReadLog> {
+        Arc::new(LogReader::new(self.shared.clone()))
     }
 }
 

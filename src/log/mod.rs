@@ -8,6 +8,7 @@
 pub mod codec;
 mod file;
 mod locator;
+mod read;
 mod reader;
 mod scan;
 pub mod sim;
@@ -16,7 +17,8 @@ mod types;
 mod writer;
 
 pub use file::FileLog;
-pub use reader::{read_one, LogReader, RecordIter};
+pub use read::{read_one, ReadLog, Records};
+pub use reader::{LogReader, RecordIter};
 pub use scan::{verify, verify_storage, Verified, FORMAT_VERSION};
 pub use sim::SimDisk;
 pub use storage::{FileStorage, Storage, StorageFile};

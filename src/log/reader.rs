@@ -6,6 +6,7 @@
 
 use super::codec::{self, FRAME_HEADER_LEN, HASH_LEN};
 use super::locator::{Location, Locator};
+use super::read::{ReadLog, Records};
 use super::scan::{self, IndexEntry, Scan, SEGMENT_HEADER_LEN};
 use super::storage::{FileStorage, Storage, StorageFile};
 use super::types::{Head, LogError};
@@ -165,30 +166,6 @@ impl LogReader {
             locations.push(location);
         }
         Ok(Located { locations, paths })
-    }
-
-    /// The chain hash after record `seq` (the genesis hash at 0), or `None` past the head.
-    pub fn hash_at(&self, seq: u64) -> Result<Option<[u8; 32]>, LogError> {
-        if seq == 0 {
-            return Ok(Some(super::codec::GENESIS_HASH));
-        }
-        Ok(read_one(self, seq)?.map(|record| record.hash))
-    }
-
-    /// Sequence number of the last record with a timestamp at or before `ts_us` (0 if none).
-    pub fn seq_at_time(&self, ts_us: u64) -> Result<u64, LogError> {
-        let head = self.head();
-        if ts_us >= head.ts_us {
-            return Ok(head.seq);
-        }
-        match self
-            .iter_from_time(ts_us.saturating_add(1), head.seq)
-            .next()
-            .transpose()?
-        {
-            Some(first_after) => Ok(first_after.seq - 1),
-            None => Ok(head.seq),
-        }
     }
 
     /// Bytes of committed frames across all segments.
@@ -482,12 +459,28 @@ impl Iterator for RecordIter {
     }
 }
 
-/// Reads one record by sequence number (`None` if the log does not hold it), with one
-/// positioned read ([`LogReader::read_seqs`]).
-pub fn read_one(reader: &LogReader, seq: u64) -> Result<Option<Record>, LogError> {
-    // The head only moves forward: a sequence number at or before it stays readable.
-    if seq == 0 || seq > reader.head().seq {
-        return Ok(None);
+impl ReadLog for LogReader {
+    fn head(&self) -> Head {
+        LogReader::head(self)
     }
-    Ok(reader.read_seqs(&[seq])?.pop())
+
+    fn read_seqs(&self, seqs: &[u64]) -> Result<Vec<Record>, LogError> {
+        LogReader::read_seqs(self, seqs)
+    }
+
+    fn iter_range(&self, from: u64, to: u64) -> Records {
+        Box::new(LogReader::iter_range(self, from, to))
+    }
+
+    fn iter_range_trusted(&self, from: u64, to: u64) -> Records {
+        Box::new(LogReader::iter_range_trusted(self, from, to))
+    }
+
+    fn iter_from_time(&self, ts_us: u64, to: u64) -> Records {
+        Box::new(LogReader::iter_from_time(self, ts_us, to))
+    }
+
+    fn committed_bytes(&self) -> u64 {
+        LogReader::committed_bytes(self)
+    }
 }

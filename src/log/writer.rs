@@ -1,6 +1,6 @@
 //! The writing side of a log, as a trait: the file log is one implementation.
 
-use super::reader::LogReader;
+use super::read::ReadLog;
 use super::types::{Head, LogError};
 use crate::domain::{Envelope, Event};
 
@@ -15,5 +15,5 @@ pub trait LogWriter: Send {
     /// The last committed record.
     fn head(&self) -> Head;
     /// A reader over committed records.
-    fn reader(&self) -> LogReader;
+    fn reader(&self) -> std::sync::Arc<dyn ReadLog>;
 }

@@ -1,9 +1,9 @@
 //! Queries through the indexes: an index gives sequence numbers, the log gives the records
-//! (`LogReader::read_seqs`, a point read each, checked against the chain), and the views
+//! (`ReadLog::read_seqs`, a point read each, checked against the chain), and the views
 //! are made from the records as they are read.
 
 use crate::domain::Record;
-use crate::log::{LogError, LogReader};
+use crate::log::{LogError, ReadLog};
 use crate::projection::{keys, HistoryView, ProjectionName, Projections, StoreError};
 
 /// What can go wrong reading through an index.
@@ -21,7 +21,7 @@ pub enum IndexedError {
 
 /// The records at `seqs` (ascending), each checked to be filed under `key` in `index`.
 pub fn records(
-    reader: &LogReader,
+    reader: &dyn ReadLog,
     index: ProjectionName,
     key: &[u8],
     seqs: &[u64],
@@ -42,7 +42,7 @@ pub fn records(
 #[derive(Clone, Copy)]
 pub struct Indexed<'a> {
     pub projections: &'a Projections,
-    pub reader: &'a LogReader,
+    pub reader: &'a dyn ReadLog,
 }
 
 fn views(records: Vec<Record>) -> Vec<HistoryView> {

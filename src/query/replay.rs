@@ -4,7 +4,7 @@
 
 use super::filter::{EventFilter, Window};
 use crate::domain::Record;
-use crate::log::{LogError, LogReader, RecordIter};
+use crate::log::{LogError, ReadLog, Records};
 
 /// How far a replay has come.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -19,7 +19,7 @@ pub struct Progress {
 
 /// A window replay in progress; pull events with [`Replay::next_event`].
 pub struct Replay {
-    records: RecordIter,
+    records: Records,
     filter: EventFilter,
     window: Window,
     /// Last sequence number that can be in the window (the head at the start, at most).
@@ -31,7 +31,7 @@ pub struct Replay {
 }
 
 impl Replay {
-    pub fn new(reader: &LogReader, window: Window, filter: EventFilter, max_events: u64) -> Replay {
+    pub fn new(reader: &dyn ReadLog, window: Window, filter: EventFilter, max_events: u64) -> Replay {
         let head = reader.head();
         let (records, last_seq) = match window {
             Window::Sequence { from, to } => {

@@ -5,7 +5,8 @@
 
 use super::filter::EventFilter;
 use crate::domain::Record;
-use crate::log::{LogError, LogReader};
+use crate::log::{LogError, ReadLog};
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 /// Records read per step from the log.
@@ -23,7 +24,7 @@ pub enum Delivery {
 /// Runs a subscription until the receiver goes away or the engine stops. `committed`
 /// follows the log's committed head.
 pub async fn run(
-    reader: LogReader,
+    reader: Arc<dyn ReadLog>,
     mut committed: watch::Receiver<u64>,
     from_seq: u64,
     filter: EventFilter,
