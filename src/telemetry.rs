@@ -169,7 +169,7 @@ pub fn sample(slot: &EngineSlot) {
     metrics::gauge!(LOG_BYTES).set(engine.log_bytes() as f64);
     metrics::gauge!(SNAPSHOT_LAG).set(head.saturating_sub(engine.snapshot_seq()) as f64);
     for name in ProjectionName::ALL {
-        if let Ok(checkpoint) = engine.projections().checkpoint(name) {
+        if let Ok(checkpoint) = engine.indexes().checkpoint(name) {
             metrics::gauge!(PROJECTION_LAG, "projection" => name.name()).set(head.saturating_sub(checkpoint) as f64);
         }
     }

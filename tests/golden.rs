@@ -40,7 +40,10 @@ fn dump(
     let mut out = String::new();
     let hash: String = head_hash.iter().map(|b| format!("{b:02x}")).collect();
     writeln!(out, "head {} {hash}", state.head_seq).unwrap();
-    let indexed = tally::query::indexed::Indexed { projections, reader };
+    let indexed = tally::query::indexed::Indexed {
+        indexes: projections,
+        reader,
+    };
     let mut accounts: Vec<_> = state.accounts.iter().collect();
     accounts.sort_by(|a, b| a.0.cmp(b.0));
     for (key, a) in accounts {

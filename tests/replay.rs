@@ -9,10 +9,10 @@
 
 mod support;
 
-use support::{random_workload, request, Rng, TestEngine, TestServer, ACTORS, TENANTS};
+use support::{random_workload, request, MemoryLog, Rng, TestEngine, TestServer, ACTORS, TENANTS};
 use tally::domain::{EventKind, Record};
 use tally::engine::{jobs, JobControl, JobError};
-use tally::log::{Head, LogError, ReadLog, Records};
+use tally::log::ReadLog;
 use tally::query::{subscribe, EventFilter, Replay, Window};
 
 fn random_filter(rng: &mut Rng) -> EventFilter {
@@ -45,47 +45,6 @@ fn in_window(record: &Record, window: Window, head: u64) -> bool {
     match window {
         Window::Sequence { from, to } => record.seq >= from && record.seq < to.unwrap_or(head + 1),
         Window::Time { from_us, to_us } => record.ts_us >= from_us && to_us.is_none_or(|to| record.ts_us < to),
-    }
-}
-
-/// A log that is a vector of records: a second reader behind `ReadLog`, checking nothing.
-struct MemoryLog(Vec<Record>);
-
-impl MemoryLog {
-    fn records(&self, keep: impl Fn(&Record) -> bool + Send + 'static) -> Records {
-        Box::new(self.0.clone().into_iter().filter(keep).map(Ok))
-    }
-}
-
-impl ReadLog for MemoryLog {
-    fn head(&self) -> Head {
-        self.0.last().map_or(Head::default(), |r| Head {
-            seq: r.seq,
-            hash: r.hash,
-            ts_us: r.ts_us,
-        })
-    }
-
-    fn read_seqs(&self, seqs: &[u64]) -> Result<Vec<Record>, LogError> {
-        let head = self.head().seq;
-        seqs.iter()
-            .map(|&seq| match seq {
-                1.. if seq <= head => Ok(self.0[seq as usize - 1].clone()),
-                _ => Err(LogError::NotInLog { seq, head }),
-            })
-            .collect()
-    }
-
-    fn iter_range(&self, from: u64, to: u64) -> Records {
-        self.records(move |r| r.seq >= from && r.seq <= to)
-    }
-
-    fn iter_from_time(&self, ts_us: u64, to: u64) -> Records {
-        self.records(move |r| r.ts_us >= ts_us && r.seq <= to)
-    }
-
-    fn committed_bytes(&self) -> u64 {
-        0
     }
 }
 

@@ -505,11 +505,17 @@ impl EngineHandle {
     /// The indexes and the log together, for queries through the indexes.
     pub fn indexed(&self) -> crate::query::indexed::Indexed<'_> {
         crate::query::indexed::Indexed {
-            projections: self.projections(),
+            indexes: self.indexes(),
             reader: self.reader().as_ref(),
         }
     }
 
+    /// The indexes, as queries and the API read them.
+    pub fn indexes(&self) -> &dyn crate::projection::ReadIndexes {
+        self.projections.as_ref()
+    }
+
+    /// The projection store itself, for the engine's jobs and for tests that compare it.
     pub fn projections(&self) -> &Projections {
         &self.projections
     }

@@ -20,11 +20,13 @@
 mod compare;
 pub mod keys;
 pub mod postings;
+mod read;
 mod rebuild;
 mod store;
 pub mod views;
 
 pub use compare::{Comparison, RowDifference};
+pub use read::ReadIndexes;
 pub use rebuild::{latest_projection_snapshot, Rebuild, RebuildOutcome, SnapshotInfo};
 pub use store::{ProjectionName, Projections, StoreError, StoreOptions, DEFAULT_CACHE_BYTES, FLUSH_AGE, FLUSH_RECORDS};
 pub use views::{AccountView, HistoryView, HoldView};

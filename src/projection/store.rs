@@ -554,45 +554,6 @@ impl Projections {
         self.index(name).postings(key, after, up_to)
     }
 
-    /// The sequence numbers of an account's records after `after_seq` and up to
-    /// `up_to_seq`; only those that move a balance (the ingest pipeline's left out) when
-    /// `ledger_only`.
-    pub fn account_seqs(
-        &self,
-        tenant: &str,
-        account: &str,
-        after_seq: u64,
-        up_to_seq: u64,
-        ledger_only: bool,
-    ) -> Result<Vec<u64>, StoreError> {
-        let found = self.postings(
-            ProjectionName::History,
-            &keys::account(tenant, account),
-            after_seq,
-            up_to_seq,
-        )?;
-        Ok(found
-            .into_iter()
-            .filter(|&p| !ledger_only || postings::flag_of(p))
-            .map(postings::seq_of)
-            .collect())
-    }
-
-    /// The sequence numbers filed under a key of an index (no flags).
-    pub fn seqs(
-        &self,
-        name: ProjectionName,
-        key: &[u8],
-        after_seq: u64,
-        up_to_seq: u64,
-    ) -> Result<Vec<u64>, StoreError> {
-        Ok(self
-            .postings(name, key, after_seq, up_to_seq)?
-            .into_iter()
-            .map(postings::seq_of)
-            .collect())
-    }
-
     /// blake3 over a projection's keys and postings in key order: two stores that folded
     /// the same records have the same digest, however their flushes fell.
     pub fn digest(&self, name: ProjectionName) -> Result<[u8; 32], StoreError> {

@@ -4,7 +4,7 @@
 
 use crate::domain::Record;
 use crate::log::{LogError, ReadLog};
-use crate::projection::{keys, HistoryView, ProjectionName, Projections, StoreError};
+use crate::projection::{keys, HistoryView, ProjectionName, ReadIndexes, StoreError};
 
 /// What can go wrong reading through an index.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub fn records(
 /// The two sources an indexed query reads: the index, then the log.
 #[derive(Clone, Copy)]
 pub struct Indexed<'a> {
-    pub projections: &'a Projections,
+    pub indexes: &'a dyn ReadIndexes,
     pub reader: &'a dyn ReadLog,
 }
 
@@ -62,7 +62,7 @@ impl<'a> Indexed<'a> {
         after_seq: u64,
         limit: usize,
     ) -> Result<Option<Vec<HistoryView>>, IndexedError> {
-        let all = self.projections.account_seqs(tenant, account, 0, u64::MAX, true)?;
+        let all = self.indexes.account_seqs(tenant, account, 0, u64::MAX, true)?;
         if all.is_empty() {
             return Ok(None);
         }
@@ -85,7 +85,7 @@ impl<'a> Indexed<'a> {
         limit: usize,
     ) -> Result<Vec<Record>, IndexedError> {
         let mut seqs = self
-            .projections
+            .indexes
             .account_seqs(tenant, account, after_seq, up_to_seq, false)?;
         seqs.truncate(limit);
         records(
@@ -108,7 +108,7 @@ impl<'a> Indexed<'a> {
         up_to_seq: u64,
         limit: usize,
     ) -> Result<Vec<HistoryView>, IndexedError> {
-        let mut seqs = self.projections.seqs(index, key, after_seq, up_to_seq)?;
+        let mut seqs = self.indexes.seqs(index, key, after_seq, up_to_seq)?;
         seqs.truncate(limit);
         Ok(views(records(self.reader, index, key, &seqs)?))
     }

@@ -8,7 +8,7 @@ use tally::domain::{
     Policy, Record, Rejection, State,
 };
 use tally::engine::{Engine, EngineConfig, EngineHandle, ManualClock};
-use tally::log::Durability;
+use tally::log::{Durability, Head, LogError, ReadLog, Records};
 
 /// A fixed start time: 2026-01-01T00:00:00Z.
 pub const T0: u64 = 1_767_225_600_000_000;
@@ -583,5 +583,46 @@ pub fn open_sled_store(dir: &std::path::Path) -> sled::Db {
             }
             opened => return opened.unwrap(),
         }
+    }
+}
+
+/// A log that is a vector of records: a second reader behind `ReadLog`, checking nothing.
+pub struct MemoryLog(pub Vec<Record>);
+
+impl MemoryLog {
+    fn records(&self, keep: impl Fn(&Record) -> bool + Send + 'static) -> Records {
+        Box::new(self.0.clone().into_iter().filter(keep).map(Ok))
+    }
+}
+
+impl ReadLog for MemoryLog {
+    fn head(&self) -> Head {
+        self.0.last().map_or(Head::default(), |r| Head {
+            seq: r.seq,
+            hash: r.hash,
+            ts_us: r.ts_us,
+        })
+    }
+
+    fn read_seqs(&self, seqs: &[u64]) -> Result<Vec<Record>, LogError> {
+        let head = self.head().seq;
+        seqs.iter()
+            .map(|&seq| match seq {
+                1.. if seq <= head => Ok(self.0[seq as usize - 1].clone()),
+                _ => Err(LogError::NotInLog { seq, head }),
+            })
+            .collect()
+    }
+
+    fn iter_range(&self, from: u64, to: u64) -> Records {
+        self.records(move |r| r.seq >= from && r.seq <= to)
+    }
+
+    fn iter_from_time(&self, ts_us: u64, to: u64) -> Records {
+        self.records(move |r| r.ts_us >= ts_us && r.seq <= to)
+    }
+
+    fn committed_bytes(&self) -> u64 {
+        0
     }
 }
