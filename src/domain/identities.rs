@@ -269,77 +269,127 @@ impl std::fmt::Debug for OlderIdentities {
     }
 }
 
-/// In a snapshot: the cutoff, then every identity in sequence order as 8 little-endian
-/// bytes of sequence number and 4 of fingerprint, in one byte string (MessagePack would
-/// spend more as pairs of integers).
+/// Entries of a run per byte string in a snapshot (512 KiB): a run is written and read a
+/// chunk at a time, so a snapshot costs no copy of the older identities, only one chunk.
+const SNAPSHOT_CHUNK_ENTRIES: usize = 64 << 10;
+
+/// In a snapshot: the cutoff, then each run in sequence order as its base, its last sequence
+/// number and its entries (as in RAM: the fingerprint's first 4 bytes, then the offset from
+/// the base) in byte strings of 8 little-endian bytes each. The runs are written as they
+/// are and read back as they were, so the writer's runs survive a restart unchanged.
 impl Serialize for OlderIdentities {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(self.len as usize * 12);
-        for (seq, f) in self.pairs() {
-            bytes.extend_from_slice(&seq.to_le_bytes());
-            bytes.extend_from_slice(&f.to_le_bytes());
+        (self.cutoff, RunsOut(&self.runs)).serialize(serializer)
+    }
+}
+
+struct RunsOut<'a>(&'a [Run]);
+
+impl Serialize for RunsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|run| (run.base, run.last, ChunksOut(&run.entries))))
+    }
+}
+
+struct ChunksOut<'a>(&'a [OlderEntry]);
+
+impl Serialize for ChunksOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len().div_ceil(SNAPSHOT_CHUNK_ENTRIES)))?;
+        let mut bytes = Vec::with_capacity(SNAPSHOT_CHUNK_ENTRIES.min(self.0.len()) * 8);
+        for chunk in self.0.chunks(SNAPSHOT_CHUNK_ENTRIES) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|e| e.to_le_bytes()));
+            seq.serialize_element(&BytesOut(&bytes))?;
         }
-        (self.cutoff, Bytes(bytes)).serialize(serializer)
+        seq.end()
+    }
+}
+
+struct BytesOut<'a>(&'a [u8]);
+
+impl Serialize for BytesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for OlderIdentities {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (cutoff, Bytes(bytes)) = <(u64, Bytes)>::deserialize(deserializer)?;
-        if bytes.len() % 12 != 0 {
-            return Err(serde::de::Error::custom("older identities are 12 bytes each"));
+        use serde::de::Error;
+        let (cutoff, runs) = <(u64, Vec<RunIn>)>::deserialize(deserializer)?;
+        let runs: Vec<Run> = runs.into_iter().map(|RunIn(run)| run).collect();
+        let mut previous_last: Option<u64> = None;
+        for run in &runs {
+            if previous_last.is_some_and(|last| run.base <= last)
+                || run.last < run.base
+                || run.last - run.base > u64::from(u32::MAX)
+                || run.last > cutoff
+            {
+                return Err(D::Error::custom(
+                    "older identities: runs overlap, are out of order or end beyond the cutoff",
+                ));
+            }
+            let span = run.last - run.base;
+            if !run.entries.is_sorted() || run.entries.iter().any(|e| e & u64::from(u32::MAX) > span) {
+                return Err(D::Error::custom(
+                    "older identities: a run is not sorted or holds an entry beyond its end",
+                ));
+            }
+            previous_last = Some(run.last);
         }
-        let pairs: Vec<(u64, u32)> = bytes
-            .chunks_exact(12)
-            .map(|c| {
-                (
-                    u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
-                    u32::from_le_bytes(c[8..].try_into().expect("4 bytes")),
-                )
-            })
-            .collect();
-        if !pairs.is_sorted() || pairs.last().is_some_and(|&(seq, _)| seq > cutoff) {
-            return Err(serde::de::Error::custom(
-                "older identities are sorted, none beyond the cutoff",
-            ));
-        }
-        let mut older = Self {
-            cutoff,
-            len: pairs.len() as u64,
-            runs: Vec::new(),
-        };
-        // Runs as `add` makes them: one per 2^32 sequence numbers.
-        let mut at = 0;
-        while at < pairs.len() {
-            let base = pairs[at].0;
-            let end = pairs[at..]
-                .iter()
-                .position(|&(seq, _)| seq - base > u64::from(u32::MAX))
-                .map_or(pairs.len(), |n| at + n);
-            let mut entries: Vec<OlderEntry> = pairs[at..end]
-                .iter()
-                .map(|&(seq, f)| (u64::from(f) << 32) | (seq - base))
-                .collect();
-            entries.sort_unstable();
-            older.runs.push(Run {
-                base,
-                last: pairs[end - 1].0,
-                entries: entries.into(),
-            });
-            at = end;
-        }
-        Ok(older)
+        let len = runs.iter().map(|run| run.entries.len() as u64).sum();
+        Ok(Self { runs, cutoff, len })
     }
 }
 
-/// A byte string, serialized as one (MessagePack `bin`).
+/// One run read back, its chunks appended as they are decoded.
+struct RunIn(Run);
+
+impl<'de> Deserialize<'de> for RunIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (base, last, ChunksIn(entries)) = <(u64, u64, ChunksIn)>::deserialize(deserializer)?;
+        Ok(RunIn(Run {
+            base,
+            last,
+            entries: entries.into(),
+        }))
+    }
+}
+
+struct ChunksIn(Vec<OlderEntry>);
+
+impl<'de> Deserialize<'de> for ChunksIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ChunksIn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("byte strings of 8-byte entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ChunksIn, A::Error> {
+                use serde::de::Error;
+                let mut entries = Vec::new();
+                while let Some(Bytes(bytes)) = seq.next_element()? {
+                    if bytes.len() % 8 != 0 {
+                        return Err(A::Error::custom("older identities are 8 bytes each"));
+                    }
+                    entries.extend(
+                        bytes
+                            .chunks_exact(8)
+                            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                    );
+                }
+                Ok(ChunksIn(entries))
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
+}
+
+/// A byte string read back (MessagePack `bin`).
 struct Bytes(Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
-    }
-}
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -549,11 +599,80 @@ mod tests {
         let bytes = rmp_serde::to_vec(&older).unwrap();
         let back: OlderIdentities = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, older);
+        assert_eq!(layout(&back), layout(&older), "the runs come back as they were");
         for set in [&older, &back] {
             for (seq, f) in &added {
                 assert!(set.candidates(f).contains(seq), "identity at {seq} is found");
             }
         }
         assert!(older.candidates(&fingerprint(u64::MAX)).is_empty());
+    }
+
+    fn layout(older: &OlderIdentities) -> Vec<(u64, u64, Vec<u64>)> {
+        older
+            .runs
+            .iter()
+            .map(|r| (r.base, r.last, r.entries.to_vec()))
+            .collect()
+    }
+
+    /// A run longer than a snapshot chunk is written in several byte strings and read back
+    /// whole; runs that are out of order, overlap, end beyond the cutoff, are not sorted or
+    /// hold an entry beyond their end are refused.
+    #[test]
+    fn a_snapshot_of_older_identities_is_written_in_chunks_and_checked_when_read() {
+        let mut older = OlderIdentities::default();
+        let chunk: Vec<WindowEntry> = (1..=150_000u64)
+            .map(|seq| WindowEntry {
+                first_seq: seq,
+                ts_us: 0,
+                key: Some(fingerprint(seq)),
+                natural: None,
+            })
+            .collect();
+        older.add(&chunk);
+        let bytes = rmp_serde::to_vec(&older).unwrap();
+        let back: OlderIdentities = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(layout(&back), layout(&older));
+        assert_eq!(back.len(), 150_000);
+        assert_eq!(back, older);
+
+        type Encoded = (u64, Vec<(u64, u64, Vec<serde_bytes_like::Buf>)>);
+        let encode = |entries: &[u64]| serde_bytes_like::Buf(entries.iter().flat_map(|e| e.to_le_bytes()).collect());
+        let read = |value: &Encoded| rmp_serde::from_slice::<OlderIdentities>(&rmp_serde::to_vec(value).unwrap());
+        let sound: Encoded = (
+            20,
+            vec![
+                (1, 5, vec![encode(&[1 << 32, (2 << 32) | 4])]),
+                (10, 20, vec![encode(&[3])]),
+            ],
+        );
+        assert_eq!(read(&sound).unwrap().len(), 3);
+        let damaged: [(&str, Encoded); 5] = [
+            ("unsorted", (20, vec![(1, 5, vec![encode(&[(2 << 32) | 4, 1 << 32])])])),
+            ("beyond its end", (20, vec![(1, 5, vec![encode(&[5])])])),
+            (
+                "overlapping",
+                (20, vec![(1, 5, vec![encode(&[0])]), (5, 9, vec![encode(&[0])])]),
+            ),
+            ("beyond the cutoff", (4, vec![(1, 5, vec![encode(&[0])])])),
+            (
+                "out of order",
+                (20, vec![(10, 12, vec![encode(&[0])]), (1, 5, vec![encode(&[0])])]),
+            ),
+        ];
+        for (what, value) in damaged {
+            assert!(read(&value).is_err(), "{what} runs are refused");
+        }
+    }
+
+    /// A byte string, as the snapshot writes one.
+    mod serde_bytes_like {
+        pub struct Buf(pub Vec<u8>);
+        impl serde::Serialize for Buf {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_bytes(&self.0)
+            }
+        }
     }
 }

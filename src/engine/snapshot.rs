@@ -5,7 +5,7 @@
 //! log's head, the log lost acknowledged records and the engine refuses to start.
 //!
 //! ```text
-//! "TALLYWSS" | u32 version (11) | u64 seq | [32] chain hash at seq | MessagePack of the state
+//! "TALLYWSS" | u32 version (12) | u64 seq | [32] chain hash at seq | MessagePack of the state
 //! | [32] blake3 of every byte before it
 //! ```
 //!
@@ -18,7 +18,9 @@
 //! version 6 drops the all-tenant letter count (the sum of those depths), version 7 adds
 //! sessions and API keys, version 8 endpoints and deliveries, version 9 the checksum, version 10 request prints of
 //! endpoints and delivery retries from their encoding instead of their debug text, version
-//! 11 the identity window and the identities older than it (16 bytes each). A file
+//! 11 the identity window and the identities older than it (16 bytes each), version 12
+//! those older identities as their runs, a chunk at a time (no copy of them to write or
+//! read a snapshot). A file
 //! of another version is ignored and the log folded (it is only a cache).
 //!
 //! Written to a temporary file, synced, then renamed over the old one: a crash leaves the
@@ -30,7 +32,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"TALLYWSS";
-const VERSION: u32 = 11;
+const VERSION: u32 = 12;
 /// Magic, version, sequence number, chain hash.
 const HEADER_LEN: u64 = 8 + 4 + 8 + 32;
 const CHECKSUM_LEN: u64 = 32;
