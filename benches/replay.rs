@@ -7,7 +7,8 @@
 //!     cargo bench --bench replay
 //!
 //! `TALLY_BENCH_SMALL=1` uses 100k and 1M events instead, for a quick look.
-//! `TALLY_BENCH_ONLY=point-reads` measures only the point reads (on both log sizes).
+//! `TALLY_BENCH_ONLY=point-reads` measures only the point reads (on both log sizes);
+//! `TALLY_BENCH_ONLY=rebuild` only the rebuilds, beside the log's read rate (smaller log).
 
 mod common;
 
@@ -62,6 +63,12 @@ fn main() {
             generate(dir.path(), size, Keys::None);
             point_reads(&LogReader::open(&dir.path().join("log")).unwrap());
         }
+        return;
+    }
+    if std::env::var("TALLY_BENCH_ONLY").is_ok_and(|only| only == "rebuild") {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), size_a, Keys::None);
+        rebuilds(&LogReader::open(&dir.path().join("log")).unwrap(), size_a);
         return;
     }
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -122,16 +129,7 @@ fn main() {
     let (single, batched) = sled_insert_rates(size_a);
     println!("limit: sled 0.34 inserts of 150-byte rows into a fresh tree: {single:.0}/s one by one, {batched:.0}/s in batches of 4096");
 
-    // Rebuild of each projection from the smaller log into a fresh generation: the fold
-    // alone, in the chunks a rebuild uses (the swap and the live catch-up are not timed).
-    for name in ProjectionName::ALL {
-        let seconds = fold_seconds(&reader_a, name);
-        println!(
-            "rebuild of {} from {size_a} events: {seconds:.2} s ({:.0} events/s)",
-            name.name(),
-            size_a as f64 / seconds
-        );
-    }
+    rebuilds(&reader_a, size_a);
     // The live projector folds all four in turn and writes them: its catch-up rate.
     let store = tempfile::tempdir().unwrap();
     let projections = Projections::open(store.path()).unwrap();
@@ -234,20 +232,38 @@ fn point_reads(reader: &LogReader) {
     );
 }
 
-/// Seconds to fold the whole log into a fresh generation of `name`, in rebuild chunks.
+/// Rebuild of each projection into a fresh generation, medians of three (the fold alone, in
+/// the chunks a rebuild uses; the swap and the live catch-up are not timed), beside the
+/// log's own decode rate in the same run: the records read back as a rebuild reads them
+/// (trusted, in rebuild chunks) and doing nothing with them.
+fn rebuilds(reader: &LogReader, size: u64) {
+    let decode = median(
+        (0..RUNS)
+            .map(|_| timed(|| jobs::fold_range(reader, 1, size, |_| Ok(())).unwrap()).1)
+            .collect(),
+    );
+    let decode_rate = size as f64 / decode;
+    println!("the log read back as a rebuild reads it, {size} events: {decode_rate:.0} events/s");
+    for name in ProjectionName::ALL {
+        let seconds = median((0..RUNS).map(|_| fold_seconds(reader, name)).collect());
+        let rate = size as f64 / seconds;
+        println!(
+            "rebuild of {} from {size} events: {seconds:.2} s ({rate:.0} events/s, {:.2}x the log's read rate)",
+            name.name(),
+            rate / decode_rate
+        );
+    }
+}
+
+/// Seconds to fold the whole log into a fresh generation of `name`, as a rebuild does (the
+/// log read on a second thread).
 fn fold_seconds(reader: &LogReader, name: ProjectionName) -> f64 {
     let store = tempfile::tempdir().unwrap();
     let projections = Projections::open(store.path()).unwrap();
     let rebuild = projections.begin_rebuild(name).unwrap();
     let head = reader.head().seq;
     let (_, seconds) = timed(|| {
-        let mut from = 1;
-        while from <= head {
-            let to = head.min(from + jobs::REBUILD_CHUNK - 1);
-            let records: Vec<_> = reader.iter_range_trusted(from, to).collect::<Result<_, _>>().unwrap();
-            rebuild.apply(&records).unwrap();
-            from = to + 1;
-        }
+        jobs::fold_range(reader, 1, head, |records| Ok(rebuild.apply(records)?)).unwrap();
     });
     assert_eq!(rebuild.checkpoint().unwrap(), head);
     projections.abandon_rebuild(rebuild).unwrap();

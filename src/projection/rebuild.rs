@@ -69,6 +69,10 @@ pub struct SnapshotInfo {
     pub path: PathBuf,
 }
 
+/// A rebuild writes its runs once this many records are folded (at most about 40 MB of
+/// postings in memory, for an index that files every record under a key of its own).
+pub const REBUILD_FLUSH_RECORDS: u64 = 1 << 18;
+
 impl Rebuild {
     pub fn projection(&self) -> ProjectionName {
         self.name
@@ -78,11 +82,16 @@ impl Rebuild {
         Ok(self.index.applied())
     }
 
-    /// Folds records after the rebuild's checkpoint and writes them: one flush per call, so
-    /// the caller passes large slices (a rebuild, `REBUILD_CHUNK`).
+    /// Folds records after the rebuild's checkpoint, and writes what was folded once
+    /// [`REBUILD_FLUSH_RECORDS`] gathered: fewer, larger runs, each posting merged fewer
+    /// times. What is folded and not yet written is compared and adopted like the rest
+    /// (the live projection's memory is too), and written when the rebuild is adopted.
     pub fn apply(&self, records: &[Record]) -> Result<(), StoreError> {
         self.index.fold(records);
-        self.index.flush()
+        if self.index.pending_records() >= REBUILD_FLUSH_RECORDS {
+            self.index.flush()?;
+        }
+        Ok(())
     }
 }
 

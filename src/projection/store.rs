@@ -181,6 +181,11 @@ impl Index {
         self.mem.read().expect("index lock").applied
     }
 
+    /// Records folded and not yet written.
+    pub(super) fn pending_records(&self) -> u64 {
+        self.pending().0
+    }
+
     fn pending(&self) -> (u64, Option<std::time::Instant>) {
         let mem = self.mem.read().expect("index lock");
         (mem.applied - mem.durable, mem.oldest)
