@@ -96,6 +96,9 @@ impl FollowerHealth {
 /// A thread that folds the committed log.
 pub(super) trait Follower: Send + 'static {
     const NAME: &'static str;
+    /// Runs at a lower scheduling priority ([`lower_priority`]): work that may wait while
+    /// the writer and the API are busy.
+    const BACKGROUND: bool;
 
     /// Folds until the engine stops. Reports its own read errors to `health` (and clears
     /// them when a fold succeeds).
@@ -108,7 +111,9 @@ pub(super) trait Follower: Send + 'static {
 /// Runs `follower` until it returns (the engine stops); a panic is reported and the
 /// follower reset and run again after a pause, for as long as the engine runs.
 pub(super) fn supervise<F: Follower>(mut follower: F, health: Arc<FollowerHealth>, signal: Arc<Signal>) {
-    lower_priority(F::NAME);
+    if F::BACKGROUND {
+        lower_priority(F::NAME);
+    }
     ::metrics::gauge!(FOLLOWER_HEALTHY, "follower" => F::NAME).set(1.0);
     let mut pause = FIRST_RESTART_PAUSE;
     loop {

@@ -51,10 +51,10 @@ impl Signal {
     }
 }
 
-/// The followers' scheduling niceness. They are background work: balance and hold reads are
-/// answered by the sequencer, history queries wait for the projector only when they come,
-/// and the snapshotter only writes snapshots; so under CPU pressure the
-/// sequencer and the API go first, and the followers catch up when the load eases.
+/// The scheduling niceness of background followers (the snapshotter, which only writes
+/// snapshots): under CPU pressure the sequencer, the API and the projector go first, and
+/// the snapshotter catches up when the load eases. The projector is not lowered: queries
+/// see only what it has folded.
 const FOLLOWER_NICENESS: libc::c_int = 10;
 
 /// Lowers the calling thread's priority to [`FOLLOWER_NICENESS`] (Linux schedules threads

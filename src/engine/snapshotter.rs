@@ -33,6 +33,7 @@ pub(super) struct Snapshotter {
 
 impl super::followers::Follower for Snapshotter {
     const NAME: &'static str = "snapshotter";
+    const BACKGROUND: bool = true;
 
     fn run(&mut self, health: &FollowerHealth) {
         let mut last_at = std::time::Instant::now();
