@@ -1835,19 +1835,21 @@ async fn an_overloaded_server_refuses_at_once_and_health_still_answers() {
     let now = server.engine.clock.now_us() / SECOND;
     // Signed calls whose bodies never end: each stays in flight, holding a slot.
     let path = "/tally.v1.Identity/WhoAmI";
-    let mut held = Vec::new();
-    for n in 0..limit as u64 {
-        let mut headers = signed(&key_id, "tk_not-the-secret", path, now - n, b"");
+    let hold = |n: u64| {
+        let mut headers = signed(&key_id, "tk_not-the-secret", path, now - n % 60, b"");
         headers.retain(|(name, _)| *name != SIGNATURE_HEADER);
         headers.push((SIGNATURE_HEADER, format!("{n:064x}")));
-        held.push(held_open_call(&channel, path, 64, headers));
-    }
+        held_open_call(&channel, path, 64, headers)
+    };
+    let mut held: Vec<_> = (0..limit as u64).map(hold).collect();
+    let mut next_held = limit as u64;
     let who_am_i = || {
         let mut identity = IdentityClient::new(channel.clone());
         let admin = admin.clone();
         async move { identity.who_am_i(with_token(proto::WhoAmIRequest {}, &admin)).await }
     };
-    // The held calls reach the server in their own time: ask until the answer says so.
+    // The held calls reach the server in their own time: ask until the answer says so. A
+    // held call that arrived while a probe held a slot was itself refused: hold another.
     let mut refused = None;
     for _ in 0..500 {
         match who_am_i().await {
@@ -1855,7 +1857,13 @@ async fn an_overloaded_server_refuses_at_once_and_health_still_answers() {
                 refused = Some(status);
                 break;
             }
-            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Ok(_) => {
+                for slot in held.iter_mut().filter(|h| h.is_finished()) {
+                    *slot = hold(next_held);
+                    next_held += 1;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
         }
     }
     let status = refused.expect("with every slot held, a call is refused");
