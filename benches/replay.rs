@@ -8,7 +8,8 @@
 //!
 //! `TALLY_BENCH_SMALL=1` uses 100k and 1M events instead, for a quick look.
 //! `TALLY_BENCH_ONLY=point-reads` measures only the point reads (on both log sizes);
-//! `TALLY_BENCH_ONLY=rebuild` only the rebuilds, beside the log's read rate (smaller log).
+//! `TALLY_BENCH_ONLY=rebuild` only the rebuilds, beside the log's read rate (smaller log);
+//! `TALLY_BENCH_ONLY=history` only the history of an account with 10,000 events.
 
 mod common;
 
@@ -63,6 +64,10 @@ fn main() {
             generate(dir.path(), size, Keys::None);
             point_reads(&LogReader::open(&dir.path().join("log")).unwrap());
         }
+        return;
+    }
+    if std::env::var("TALLY_BENCH_ONLY").is_ok_and(|only| only == "history") {
+        long_history();
         return;
     }
     if std::env::var("TALLY_BENCH_ONLY").is_ok_and(|only| only == "rebuild") {
@@ -230,6 +235,85 @@ fn point_reads(reader: &LogReader) {
         per_record_us(old, sample.len()),
         reader.locator_bytes() as f64 / head as f64,
     );
+}
+
+/// The whole history of one account with 10,000 awards among 1M other records, read through
+/// the history index and the log as GetHistory reads it: median of five, and the same for a
+/// page of 100.
+fn long_history() {
+    use tally::domain::{AwardRequest, Command, CommandMeta, IdempotencyKey};
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 1_000_000, Keys::None);
+    let config = EngineConfig {
+        durability: Durability::Buffered,
+        projection_snapshot_every: 0,
+        ..EngineConfig::new(dir.path())
+    };
+    let engine = Engine::start(config, Arc::new(SystemClock)).unwrap();
+    let handle = engine.handle();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let meta = |key: String| CommandMeta {
+        tenant: "long".into(),
+        actor: "bench".into(),
+        idempotency: Some(IdempotencyKey {
+            key,
+            scope: String::new(),
+        }),
+        ..CommandMeta::default()
+    };
+    runtime.block_on(async {
+        let open = Command::OpenAccount {
+            account: "member".into(),
+        };
+        handle.submit_batch(vec![(meta("open".into()), open)]).await.unwrap();
+        for batch in 0..10u64 {
+            let awards = (0..1000u64)
+                .map(|n| {
+                    let n = batch * 1000 + n;
+                    let award = Command::Award {
+                        account: "member".into(),
+                        source: AwardRequest::Promotion {
+                            points: 1,
+                            promotion_id: "bench".into(),
+                            external_reward_id: format!("long-{n}"),
+                        },
+                    };
+                    (meta(format!("award-{n}")), award)
+                })
+                .collect();
+            handle.submit_batch(awards).await.unwrap();
+        }
+        while handle.wait_for_projections().await.is_err() {}
+    });
+    for (what, limit) in [("every entry", 20_000), ("a page of 100", 100)] {
+        let mut entries = 0;
+        let seconds = median(
+            (0..5)
+                .map(|_| {
+                    timed(|| {
+                        entries = handle
+                            .indexed()
+                            .history("long", "member", 0, limit)
+                            .unwrap()
+                            .unwrap()
+                            .len()
+                    })
+                    .1
+                })
+                .collect(),
+        );
+        println!(
+            "history of an account with 10,000 awards in a log of {}, {what}: {:.2} ms ({entries} entries)",
+            handle.committed_seq(),
+            seconds * 1e3
+        );
+    }
+    drop(runtime);
+    engine.shutdown();
 }
 
 /// Rebuild of each projection into a fresh generation, medians of three (the fold alone, in
