@@ -112,6 +112,8 @@ pub struct EngineSection {
     pub projection_snapshot_every_records: u64,
     /// MiB of the projection store's page cache (sled's; its own default is 1 GiB).
     pub projection_cache_mib: u64,
+    /// Seconds folded projection records wait at most before they are written to the store.
+    pub projection_flush_seconds: u64,
     /// Log time for which the writer keeps an accepted command's identities whole in RAM;
     /// older ones are read back from the log (docs/API.md, "Idempotency").
     pub identity_window_seconds: u64,
@@ -314,6 +316,7 @@ impl Default for EngineSection {
             snapshot_every_records: crate::engine::DEFAULT_SNAPSHOT_EVERY,
             projection_snapshot_every_records: crate::engine::DEFAULT_PROJECTION_SNAPSHOT_EVERY,
             projection_cache_mib: crate::projection::DEFAULT_CACHE_BYTES >> 20,
+            projection_flush_seconds: crate::projection::FLUSH_AGE.as_secs(),
             identity_window_seconds: crate::domain::identities::DEFAULT_WINDOW_SECONDS,
             identity_window_mib: crate::domain::identities::DEFAULT_WINDOW_BYTES >> 20,
             sweep_interval_ms: crate::engine::sweeper::DEFAULT_SWEEP_INTERVAL.as_millis() as u64,
@@ -515,6 +518,7 @@ impl Config {
             snapshot_interval: crate::engine::DEFAULT_SNAPSHOT_INTERVAL,
             projection_snapshot_every: self.engine.projection_snapshot_every_records,
             projection_cache_bytes: self.engine.projection_cache_mib << 20,
+            projection_flush_age: std::time::Duration::from_secs(self.engine.projection_flush_seconds),
             identity_window: crate::domain::state::WindowPolicy::new(
                 self.engine.identity_window_seconds,
                 self.engine.identity_window_mib << 20,

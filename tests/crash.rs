@@ -36,6 +36,8 @@ fn start(data_dir: &Path) -> Server {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(["--segment-mib", "1", "--metrics-listen", ""])
+        // Projections written every second, so that a cycle's load outlasts a flush.
+        .args(["--projection-flush-seconds", "1"])
         .env("TALLY_AUTH_KEYS", support::TEST_KEYS)
         .env("TALLY_LOG", "warn")
         .stdout(Stdio::piped())
@@ -326,7 +328,7 @@ async fn kill_9_under_ingest_load_receives_each_event_once_and_applies_it_once()
 }
 
 /// The chain verifies, and every projection, folded by servers that were killed while they
-/// held folded records not yet written (a flush comes every second or 65,536 records, and
+/// held folded records not yet written (a flush comes every second here, or 65,536 records, and
 /// each kill falls within a second of load) and folded them again from their checkpoints
 /// after each restart, has the digest of one rebuilt once from the log.
 fn verify_offline(dir: &Path) {

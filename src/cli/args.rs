@@ -200,6 +200,9 @@ pub(crate) struct ServeArgs {
     /// engine.projection_cache_mib: MiB of the projection store's page cache.
     #[arg(long, env = "TALLY_PROJECTION_CACHE_MIB")]
     pub(crate) projection_cache_mib: Option<u64>,
+    /// engine.projection_flush_seconds: seconds folded projection records wait at most to be written.
+    #[arg(long, env = "TALLY_PROJECTION_FLUSH_SECONDS")]
+    pub(crate) projection_flush_seconds: Option<u64>,
     /// engine.identity_window_seconds: log time the writer keeps identities whole in RAM.
     #[arg(long, env = "TALLY_IDENTITY_WINDOW_SECONDS")]
     pub(crate) identity_window_seconds: Option<u64>,

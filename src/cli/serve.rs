@@ -80,6 +80,9 @@ pub(crate) fn effective_config(args: &ServeArgs, log_format: Option<LogFormat>) 
     if let Some(v) = args.projection_cache_mib {
         c.engine.projection_cache_mib = v;
     }
+    if let Some(v) = args.projection_flush_seconds {
+        c.engine.projection_flush_seconds = v;
+    }
     if let Some(v) = args.identity_window_seconds {
         c.engine.identity_window_seconds = v;
     }

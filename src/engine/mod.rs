@@ -85,6 +85,7 @@ impl Engine {
             &config.data_dir.join("projections"),
             &crate::projection::StoreOptions {
                 cache_bytes: config.projection_cache_bytes,
+                flush_age: config.projection_flush_age,
             },
         )?;
         let head = log.head();

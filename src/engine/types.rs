@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub projection_snapshot_every: u64,
     /// Bytes of the projection store's page cache.
     pub projection_cache_bytes: u64,
+    /// How long folded projection records wait at most to be written to the store.
+    pub projection_flush_age: Duration,
     /// Where the log's segments live.
     pub log_place: LogPlace,
     /// How many identities the writer keeps whole in RAM (older ones are read from the log).
@@ -76,6 +78,7 @@ impl EngineConfig {
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             projection_snapshot_every: DEFAULT_PROJECTION_SNAPSHOT_EVERY,
             projection_cache_bytes: crate::projection::DEFAULT_CACHE_BYTES,
+            projection_flush_age: crate::projection::FLUSH_AGE,
             log_place: LogPlace::DataDir,
             identity_window: WindowPolicy::default(),
         }
