@@ -1,5 +1,5 @@
 //! The engine's resident memory as records accumulate, in-process: awards in batches of
-//! 1,000 from 8 producers over 10,000 accounts with a short identity window (1 s of log
+//! 1,000 from 8 producers over 10,000 accounts (or more) with a short identity window (1 s of log
 //! time), the resident memory (VmRSS) and its peak so far (VmHWM) printed every 500,000
 //! records, once the projections have caught up. Between two lines, what grows is what the
 //! engine keeps per record; the peak shows the write-state snapshots' transient memory (one
@@ -7,7 +7,8 @@
 //!
 //!     cargo bench --bench memory
 //!
-//! `TALLY_MEMORY_RECORDS` (default 6000000), `TALLY_MEMORY_CACHE_MIB` (the projection
+//! `TALLY_MEMORY_RECORDS` (default 6000000), `TALLY_MEMORY_ACCOUNTS` (default 10000),
+//! `TALLY_MEMORY_CACHE_MIB` (the projection
 //! store's cache, default the engine's), `TALLY_MEMORY_PROJECTION_SNAPSHOT_EVERY`
 //! (default the engine's; 0 turns projection snapshots off).
 
@@ -23,7 +24,6 @@ use tally::log::Durability;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ACCOUNTS: u64 = common::ACCOUNTS;
 const STEP: u64 = 500_000;
 
 fn env(name: &str) -> Option<u64> {
@@ -42,9 +42,14 @@ fn keyed(key: String) -> CommandMeta {
     }
 }
 
+fn accounts() -> u64 {
+    static ACCOUNTS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ACCOUNTS.get_or_init(|| env("TALLY_MEMORY_ACCOUNTS").unwrap_or(common::ACCOUNTS))
+}
+
 fn award(n: u64) -> (CommandMeta, Command) {
     let command = Command::Award {
-        account: format!("p{}", n % ACCOUNTS),
+        account: format!("p{}", n % accounts()),
         source: AwardRequest::Promotion {
             points: 1 + n % 50,
             promotion_id: "bench".into(),
@@ -99,7 +104,7 @@ fn main() {
     );
     runtime.block_on(async {
         let handle = engine.handle();
-        let opens: Vec<_> = (0..ACCOUNTS)
+        let opens: Vec<_> = (0..accounts())
             .map(|a| {
                 (
                     keyed(format!("open-{a}")),
