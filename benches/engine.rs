@@ -14,13 +14,13 @@
 
 mod common;
 
-use common::{generate, median, producers_rate, seconds, sled_insert_rates, timed, Keys, Measured};
+use common::{generate, keyed, median, producers_rate, seconds, sled_insert_rates, timed, Keys, Measured};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tally::domain::{AwardRequest, Command, CommandMeta, IdempotencyKey};
+use tally::domain::{AwardRequest, Command, CommandMeta};
 use tally::engine::{Engine, EngineConfig, SystemClock};
 use tally::log::Durability;
 
@@ -70,18 +70,6 @@ fn sequential_bandwidth() -> f64 {
 }
 
 /// A bench command's meta: tenant and actor `bench`, the idempotency key `key`.
-fn keyed(key: String) -> CommandMeta {
-    CommandMeta {
-        tenant: "bench".into(),
-        actor: "bench".into(),
-        idempotency: Some(IdempotencyKey {
-            key,
-            scope: String::new(),
-        }),
-        ..CommandMeta::default()
-    }
-}
-
 /// Account `p{a}`'s opening.
 fn open(a: u64) -> (CommandMeta, Command) {
     let command = Command::OpenAccount {

@@ -14,10 +14,12 @@
 
 mod common;
 
+use common::keyed;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tally::domain::state::WindowPolicy;
-use tally::domain::{AwardRequest, Command, CommandMeta, IdempotencyKey};
+use tally::domain::{AwardRequest, Command, CommandMeta};
 use tally::engine::{Engine, EngineConfig, SystemClock};
 use tally::log::Durability;
 
@@ -28,18 +30,6 @@ const STEP: u64 = 500_000;
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-fn keyed(key: String) -> CommandMeta {
-    CommandMeta {
-        tenant: "bench".into(),
-        actor: "bench".into(),
-        idempotency: Some(IdempotencyKey {
-            key,
-            scope: String::new(),
-        }),
-        ..CommandMeta::default()
-    }
 }
 
 fn accounts() -> u64 {

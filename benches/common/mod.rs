@@ -8,6 +8,19 @@ use tally::domain::event::{AccountOpened, AwardSource, PointsAwarded, PromotionS
 use tally::domain::{Effect, Envelope, Event};
 use tally::log::{Durability, FileLog, LogOptions, LogWriter};
 
+/// A command's metadata in tenant `bench`, by actor `bench`, with idempotency key `key`.
+pub fn keyed(key: String) -> tally::domain::CommandMeta {
+    tally::domain::CommandMeta {
+        tenant: "bench".into(),
+        actor: "bench".into(),
+        idempotency: Some(tally::domain::IdempotencyKey {
+            key,
+            scope: String::new(),
+        }),
+        ..tally::domain::CommandMeta::default()
+    }
+}
+
 /// Accounts in a generated log, all in tenant `bench`, named `p0`, `p1`, ….
 pub const ACCOUNTS: u64 = 10_000;
 /// Events per second of log time: a one-hour window is 360,000 events at any log size.
