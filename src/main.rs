@@ -105,10 +105,11 @@ enum Cmd {
     /// Who changed what, when and why (reads the log only; safe beside a running server).
     Audit {
         data_dir: PathBuf,
-        /// Only this tenant.
-        #[arg(long)]
+        /// Only this tenant (before or after the query).
+        #[arg(long, global = true)]
         tenant: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        /// How to print (before or after the query).
+        #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
         format: Format,
         #[command(subcommand)]
         query: AuditQuery,

@@ -5,7 +5,9 @@
 //! `tally dlq` lists, shows, re-drives and discards its dead letters (a line naming a key
 //! twice is refused before it is sent); `tally token issue`
 //! signs with an existing key ring only and refuses unknown roles, long lives and bad ids;
-//! `tally deliveries` registers an endpoint and shows what the server's worker delivered.
+//! `tally deliveries` registers an endpoint and shows what the server's worker delivered;
+//! `tally audit` takes `--tenant` and `--format` before or after its query, as the README
+//! writes them.
 
 mod support;
 
@@ -53,6 +55,29 @@ fn verify_reports_the_head_of_a_sound_log() {
             .lines()
             .any(|l| l.starts_with("head hash: ") && l.len() == "head hash: ".len() + 64),
         "{stdout}"
+    );
+}
+
+#[test]
+fn audit_takes_its_options_before_or_after_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 5);
+    let data = dir.path().to_str().unwrap();
+    let before = tally(&["audit", data, "--tenant", "t1", "--format", "jsonl", "history", "p3"]);
+    let after = tally(&["audit", data, "history", "p3", "--tenant", "t1", "--format", "jsonl"]);
+    let mixed = tally(&["audit", data, "--tenant", "t1", "history", "p3", "--format", "jsonl"]);
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).to_string();
+    for out in [&before, &after, &mixed] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(stdout(&before).contains("\"seq\":3"), "{}", stdout(&before));
+    assert_eq!(stdout(&after), stdout(&before));
+    assert_eq!(stdout(&mixed), stdout(&before));
+    let other = tally(&["audit", data, "history", "p3", "--tenant", "t2", "--format", "jsonl"]);
+    assert!(
+        !stdout(&other).contains("\"seq\":3"),
+        "another tenant's account: {}",
+        stdout(&other)
     );
 }
 
