@@ -2,7 +2,8 @@
 //! or a time agrees with a reference fold of the log up to that point; everything with a
 //! correlation id, everything an actor did in a time window, and what an idempotency key
 //! produced equal a filtered scan of the log; digests name the chain hash at the head and at
-//! any of the caller's tenant's records, and another tenant's record is not found.
+//! any of the caller's tenant's records, and another tenant's record is not found; `tally verify
+//! --expect` checks a saved digest offline (exit 3 on a mismatch, 64 on a malformed one).
 
 mod support;
 
@@ -270,4 +271,14 @@ async fn digests_name_the_chain_hash_at_the_head_and_any_sequence() {
     assert!(verify(format!("{}:{}", head.sequence, head.hash)).status.success());
     assert_eq!(verify(format!("42:{}", "0".repeat(64))).status.code(), Some(3));
     assert_eq!(verify(format!("{}:{}", last.seq + 5, head.hash)).status.code(), Some(3));
+    // A placeholder taken literally, or a hash cut short, is a usage error, not a mismatch.
+    for wrong in ["4:<hash>".to_string(), format!("4:{}", &head.hash[..63]), "4:".into()] {
+        let out = verify(wrong.clone());
+        assert_eq!(out.status.code(), Some(64), "{wrong}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("64 hexadecimal digits"),
+            "{wrong}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -39,6 +39,13 @@ pub fn check_digest(log_dir: &Path, digest: &str) -> ExitCode {
     else {
         return usage("--expect takes SEQUENCE:HASH, as `tally verify` prints them");
     };
+    // A placeholder taken literally (`4:<hash>`) is a mistake of the command line, not a
+    // log rewritten under a digest.
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return usage(format!(
+            "--expect {digest}: the hash is 64 hexadecimal digits, as `tally verify` prints it"
+        ));
+    }
     let reader = match LogReader::open(log_dir) {
         Ok(reader) => reader,
         Err(e) => return fail(e),
