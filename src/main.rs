@@ -67,6 +67,9 @@ enum Cmd {
         from_snapshot: bool,
     },
     /// Load a running server over gRPC and report throughput, latency percentiles and errors.
+    /// Its awards are real commands: they stay in the server's log for good, in the tenant
+    /// it runs as (`--tenant`, "default" unless given), on accounts bench-0, bench-1, ….
+    /// Point it at a server for trials, not at a ledger in use.
     Bench(BenchArgs),
     /// Send external events from a JSON-lines file to a running server (docs/INGEST.md).
     /// Safe to run again: events already accepted are answered as duplicates.
