@@ -1,5 +1,6 @@
 //! Protects what an operator sees of a running server: the Prometheus endpoint counts
-//! commands by kind and outcome and the ingest pipeline's events, and reports the log head
+//! commands by kind and outcome (the sweeper's idle pulses apart) and the ingest pipeline's
+//! events, and reports the log head
 //! and the dead-letter queue's depth; every command's span carries its
 //! correlation id, tenant, actor and sequence number into the JSON logs; health answers
 //! NOT_SERVING while recovering and when the log is refused as corrupt (calls then answer
@@ -134,7 +135,14 @@ async fn the_metrics_endpoint_counts_commands_by_kind_and_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, address, metrics) = serve(
         dir.path(),
-        &["--metrics-listen", "127.0.0.1:0", "--ingest-max-attempts", "1"],
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--ingest-max-attempts",
+            "1",
+            "--sweep-interval-ms",
+            "5",
+        ],
         &[],
     );
     let metrics = metrics.expect("the metrics endpoint is on");
@@ -195,6 +203,16 @@ async fn the_metrics_endpoint_counts_commands_by_kind_and_outcome() {
     let count = |kind, outcome| sample(&page, "tally_commands_total", &[("kind", kind), ("outcome", outcome)]);
     assert_eq!(count("ingest", "appended"), Some(2.0));
     assert_eq!(count("ingest", "replayed"), Some(1.0));
+    // The sweeper pulsed every 5 ms with nothing due: pulses, not commands.
+    let pulses = |pulse| sample(&page, "tally_sweeper_pulses_total", &[("pulse", pulse)]).unwrap_or(0.0);
+    assert!(pulses("retry_due") >= 1.0 && pulses("expire_due") >= 1.0, "{page}");
+    for kind in ["retry_due", "expire_due"] {
+        assert_eq!(
+            count(kind, "unchanged"),
+            Some(0.0),
+            "an idle pulse is not a command: {page}"
+        );
+    }
     assert!(terminate(&mut child).success());
 }
 

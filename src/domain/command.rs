@@ -203,6 +203,12 @@ pub enum AwardRequest {
 }
 
 impl Command {
+    /// The sweeper's pulses (hold expiry, ingest retries): submitted on a timer by the
+    /// server itself, not by a caller.
+    pub fn is_pulse(&self) -> bool {
+        matches!(self, Command::ExpireDue { .. } | Command::RetryDue)
+    }
+
     /// Short name for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {

@@ -156,20 +156,29 @@ impl EngineHandle {
         Ok(read?)
     }
 
-    /// Up to `pulses` retry pulses in one job; returns how many attempts were made (fewer
-    /// than `pulses` means no retry is due now).
+    /// Up to `pulses` retry pulses; returns how many attempts were made (fewer than `pulses`
+    /// means no retry is due now). One pulse goes first: when it finds nothing due, as on
+    /// an idle server, that is all; otherwise the rest go in one job.
     pub async fn retry_due(&self, pulses: usize) -> Result<usize, EngineError> {
         let meta = CommandMeta {
             tenant: "system".into(),
             actor: "system:ingest".into(),
             ..CommandMeta::default()
         };
-        let commands = (0..pulses).map(|_| (meta.clone(), Command::RetryDue)).collect();
-        let results = self.submit_batch(commands).await?;
-        Ok(results
-            .iter()
-            .filter(|r| matches!(r, Ok(receipt) if !receipt.records.is_empty()))
-            .count())
+        let attempts = |results: Vec<Result<Receipt, Rejection>>| {
+            results
+                .iter()
+                .filter(|r| matches!(r, Ok(receipt) if !receipt.records.is_empty()))
+                .count()
+        };
+        ::metrics::counter!(super::metrics::SWEEPER_PULSES_TOTAL, "pulse" => "retry_due").increment(1);
+        let first = attempts(self.submit_batch(vec![(meta.clone(), Command::RetryDue)]).await?);
+        if first == 0 || pulses <= 1 {
+            return Ok(first);
+        }
+        let rest = (1..pulses).map(|_| (meta.clone(), Command::RetryDue)).collect();
+        ::metrics::counter!(super::metrics::SWEEPER_PULSES_TOTAL, "pulse" => "retry_due").increment(pulses as u64 - 1);
+        Ok(first + attempts(self.submit_batch(rest).await?))
     }
 
     /// The tenant's dead letters (and, if asked, retrying events) matching `filter`.

@@ -109,7 +109,10 @@ pub fn describe() {
         Unit::Seconds,
         "Decide, write and sync time per group commit, until the answers go out"
     );
-    describe_counter!(SWEEPER_PULSES_TOTAL, "Expiry pulses submitted by the sweeper");
+    describe_counter!(
+        SWEEPER_PULSES_TOTAL,
+        "Pulses submitted by the sweeper: hold expiry and ingest retries"
+    );
     describe_counter!(SWEEPER_EXPIRED_TOTAL, "Holds expired by the sweeper's pulses");
     describe_counter!(
         INGEST_EVENTS_TOTAL,

@@ -157,6 +157,9 @@ impl Sequencer {
                         self.metrics.records(records);
                     }
                     Outcome::Replayed { .. } => self.metrics.count(command, Counted::Replayed),
+                    // A pulse that found nothing due is the sweeper idling, not a command
+                    // anyone sent (`tally_sweeper_pulses_total` counts the pulses).
+                    Outcome::Nothing if command.is_pulse() => {}
                     Outcome::Nothing => self.metrics.count(command, Counted::Unchanged),
                     Outcome::Rejected(rejection) => self.metrics.rejected(command, rejection),
                 }

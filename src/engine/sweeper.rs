@@ -34,7 +34,7 @@ pub fn spawn(engine: EngineHandle, interval: Duration) -> tokio::task::JoinHandl
                 }
             }
             loop {
-                ::metrics::counter!(super::metrics::SWEEPER_PULSES_TOTAL).increment(1);
+                ::metrics::counter!(super::metrics::SWEEPER_PULSES_TOTAL, "pulse" => "expire_due").increment(1);
                 let swept = engine.sweep().await;
                 if let Ok(expired) = swept {
                     ::metrics::counter!(super::metrics::SWEEPER_EXPIRED_TOTAL).increment(expired as u64);
