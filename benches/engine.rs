@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{generate, keyed, median, producers_rate, seconds, sled_insert_rates, timed, Keys, Measured};
+use common::{generate, keyed, median, open, producers_rate, seconds, sled_insert_rates, timed, Keys, Measured};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,15 +67,6 @@ fn fdatasync_rate() -> f64 {
 /// 1 MiB writes + fdatasync: bytes per second the disk takes durably in large writes.
 fn sequential_bandwidth() -> f64 {
     synced_writes_per_second(256 << 20, 1 << 20) * (1 << 20) as f64
-}
-
-/// A bench command's meta: tenant and actor `bench`, the idempotency key `key`.
-/// Account `p{a}`'s opening.
-fn open(a: u64) -> (CommandMeta, Command) {
-    let command = Command::OpenAccount {
-        account: format!("p{a}"),
-    };
-    (keyed(format!("open-{a}")), command)
 }
 
 fn award(n: u64) -> (CommandMeta, Command) {
@@ -250,17 +241,10 @@ fn awards_per_second_in(
         ..EngineConfig::new(data_dir)
     };
     let engine = Engine::start(config, Arc::new(SystemClock)).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let rate = runtime.block_on(async {
         let handle = engine.handle();
-        let opens = (0..ACCOUNTS).map(open).collect::<Vec<_>>();
-        for chunk in opens.chunks(4096) {
-            handle.submit_batch(chunk.to_vec()).await.unwrap();
-        }
+        common::open_accounts(&handle, ACCOUNTS).await;
         // Numbers never repeat within a process, so that a run on a reused log awards anew
         // instead of replaying the run before it.
         let first = NEXT_RUN.fetch_add(1 << 40, Ordering::Relaxed);

@@ -93,11 +93,7 @@ async fn open_members(handle: &EngineHandle) {
 fn rate(make: fn(u64) -> (CommandMeta, Command)) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _) = start(dir.path());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let rate = runtime.block_on(async {
         let handle = engine.handle();
         open_members(&handle).await;
@@ -113,11 +109,7 @@ fn rate(make: fn(u64) -> (CommandMeta, Command)) -> f64 {
 fn retry_storm() -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let (engine, clock) = start(dir.path());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let rate = runtime.block_on(async {
         let handle = engine.handle();
         let events: Vec<_> = (0..STORM).map(external).collect();

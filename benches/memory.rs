@@ -83,30 +83,14 @@ fn main() {
         config.projection_snapshot_every = every;
     }
     let engine = Engine::start(config, Arc::new(SystemClock)).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     println!(
         "{:>10} {:>9} {:>14} {:>9}",
         "records", "rss_mib", "bytes/record", "peak_mib"
     );
     runtime.block_on(async {
         let handle = engine.handle();
-        let opens: Vec<_> = (0..accounts())
-            .map(|a| {
-                (
-                    keyed(format!("open-{a}")),
-                    Command::OpenAccount {
-                        account: format!("p{a}"),
-                    },
-                )
-            })
-            .collect();
-        for chunk in opens.chunks(4096) {
-            handle.submit_batch(chunk.to_vec()).await.unwrap();
-        }
+        common::open_accounts(&handle, accounts()).await;
         let next = Arc::new(AtomicU64::new(0));
         let mut last = (handle.committed_seq(), rss_mib());
         while handle.committed_seq() < records {

@@ -251,11 +251,7 @@ fn long_history() {
     };
     let engine = Engine::start(config, Arc::new(SystemClock)).unwrap();
     let handle = engine.handle();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let meta = |key: String| CommandMeta {
         tenant: "long".into(),
         actor: "bench".into(),
@@ -358,11 +354,7 @@ fn fold_seconds(reader: &LogReader, name: ProjectionName) -> f64 {
 /// caught up (so they do not compete for the two cores).
 fn grpc_replay(data_dir: &Path, events: u64) {
     use tally::api::proto::{audit_client::AuditClient, replay_response::Item, ReplayRequest};
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let config = EngineConfig {
         durability: Durability::Buffered,
         projection_snapshot_every: 0,

@@ -21,6 +21,31 @@ pub fn keyed(key: String) -> tally::domain::CommandMeta {
     }
 }
 
+/// The runtime the benches drive an engine from: two workers, as the machine has two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Account `p{a}`'s opening, in tenant `bench`.
+pub fn open(a: u64) -> (tally::domain::CommandMeta, tally::domain::Command) {
+    let command = tally::domain::Command::OpenAccount {
+        account: format!("p{a}"),
+    };
+    (keyed(format!("open-{a}")), command)
+}
+
+/// Opens accounts `p0` … `p{count - 1}` in tenant `bench`, in batches of 4,096.
+pub async fn open_accounts(handle: &tally::engine::EngineHandle, count: u64) {
+    let opens: Vec<_> = (0..count).map(open).collect();
+    for chunk in opens.chunks(4096) {
+        handle.submit_batch(chunk.to_vec()).await.unwrap();
+    }
+}
+
 /// Accounts in a generated log, all in tenant `bench`, named `p0`, `p1`, ….
 pub const ACCOUNTS: u64 = 10_000;
 /// Events per second of log time: a one-hour window is 360,000 events at any log size.
