@@ -1,6 +1,7 @@
 //! The engine's resident memory as records accumulate, in-process: awards in batches of
 //! 1,000 from 8 producers over 10,000 accounts (or more) with a short identity window (1 s of log
-//! time), the resident memory (VmRSS) and its peak so far (VmHWM) printed every 500,000
+//! time), the resident memory (VmRSS), its peak so far (VmHWM) and the heap bytes the program
+//! holds (a counting allocator) printed every 500,000
 //! records, once the projections have caught up. Between two lines, what grows is what the
 //! engine keeps per record; the peak shows the write-state snapshots' transient memory (one
 //! every million records here).
@@ -16,15 +17,43 @@ mod common;
 
 use common::keyed;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::Arc;
 use tally::domain::state::WindowPolicy;
 use tally::domain::{AwardRequest, Command, CommandMeta};
 use tally::engine::{Engine, EngineConfig, SystemClock};
 use tally::log::Durability;
 
+/// mimalloc, as the server uses, counting the bytes the program holds: resident memory
+/// that grows while these do not is the allocator's, not the engine's.
+struct Counting;
+
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
+
+fn heap_mib() -> f64 {
+    HELD.load(Ordering::Relaxed) as f64 / 1048576.0
+}
 
 const STEP: u64 = 500_000;
 
@@ -85,14 +114,14 @@ fn main() {
     let engine = Engine::start(config, Arc::new(SystemClock)).unwrap();
     let runtime = common::runtime();
     println!(
-        "{:>10} {:>9} {:>14} {:>9}",
-        "records", "rss_mib", "bytes/record", "peak_mib"
+        "{:>10} {:>9} {:>14} {:>9} {:>9} {:>14}",
+        "records", "rss_mib", "bytes/record", "peak_mib", "heap_mib", "heap b/record"
     );
     runtime.block_on(async {
         let handle = engine.handle();
         common::open_accounts(&handle, accounts()).await;
         let next = Arc::new(AtomicU64::new(0));
-        let mut last = (handle.committed_seq(), rss_mib());
+        let mut last = (handle.committed_seq(), rss_mib(), heap_mib());
         while handle.committed_seq() < records {
             let target = (handle.committed_seq() / STEP + 1) * STEP;
             let tasks: Vec<_> = (0..8)
@@ -113,13 +142,14 @@ fn main() {
             // The projector catches up before each reading (a slow one under a profiler
             // takes longer than one wait allows).
             while handle.wait_for_projections().await.is_err() {}
-            let (seq, rss) = (handle.committed_seq(), rss_mib());
+            let (seq, rss, heap) = (handle.committed_seq(), rss_mib(), heap_mib());
             println!(
-                "{seq:>10} {rss:>9.0} {:>14.1} {:>9.0}",
+                "{seq:>10} {rss:>9.0} {:>14.1} {:>9.0} {heap:>9.0} {:>14.1}",
                 (rss - last.1) * 1048576.0 / (seq - last.0) as f64,
-                peak_mib()
+                peak_mib(),
+                (heap - last.2) * 1048576.0 / (seq - last.0) as f64,
             );
-            last = (seq, rss);
+            last = (seq, rss, heap);
         }
     });
     drop(runtime);
