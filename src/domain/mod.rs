@@ -24,6 +24,7 @@ pub mod rejection;
 mod requests;
 mod rules;
 pub mod session;
+pub mod sharded;
 pub mod state;
 pub mod tier;
 

@@ -7,6 +7,7 @@ use super::event::{ExternalBody, LinkStatus};
 pub use super::identities::{
     NoOlderRecords, OlderIdentities, OlderRecords, Prior, Recalled, WindowEntry, WindowPolicy,
 };
+use super::sharded::{Chunked, Sharded};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -113,14 +114,14 @@ pub struct Applied {
 pub struct Idempotency {
     /// [`key_fingerprint`] of `(tenant, scope, key)` → sequence number of the command's
     /// first event, for identities in the window.
-    pub by_key: FastMap<Fingerprint, u64>,
+    pub by_key: Sharded<Fingerprint, u64>,
     /// [`NaturalKey::fingerprint`] → sequence number of the command's first event, for
     /// identities in the window.
-    pub by_natural: FastMap<Fingerprint, u64>,
+    pub by_natural: Sharded<Fingerprint, u64>,
     /// First sequence number → the command's print and its last event.
-    pub applied: FastMap<u64, Applied>,
+    pub applied: Sharded<u64, Applied>,
     /// The identities in the window, oldest first: the order they leave it in.
-    pub window: VecDeque<WindowEntry>,
+    pub window: Chunked<WindowEntry>,
     /// The identities that left the window.
     pub older: OlderIdentities,
     /// How many identities the window keeps: a setting, not state (equal folds of one log
@@ -263,7 +264,7 @@ impl Idempotency {
             if !self.window[chunk - 1].evictable(&self.policy, newer, now_us) {
                 return;
             }
-            let evicted: Vec<WindowEntry> = self.window.drain(..chunk).collect();
+            let evicted: Vec<WindowEntry> = self.window.take_front(chunk);
             for entry in &evicted {
                 if let Some(key) = &entry.key {
                     let removed = self.by_key.remove(key);
@@ -303,9 +304,9 @@ pub struct State {
     /// Sequence number of the last folded record (0 for an empty log).
     pub head_seq: u64,
     pub head_ts_us: u64,
-    pub accounts: HashMap<AccountKey, Account>,
+    pub accounts: Sharded<AccountKey, Account, std::collections::hash_map::RandomState>,
     /// Every hold ever placed, by id (the sequence number of its reservation).
-    pub holds: FastMap<u64, Hold>,
+    pub holds: Sharded<u64, Hold>,
     /// Active holds by `(expires_at_us, hold_id)`, for the expiry pulse.
     pub expiry: BTreeSet<(u64, u64)>,
     pub idempotency: Idempotency,

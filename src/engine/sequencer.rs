@@ -21,6 +21,11 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+/// A group commit that takes this long (deciding, writing and syncing) is logged as a
+/// warning: every caller in it waited that long, and a disk or a neighbour that stalls the
+/// writer is what an operator looks for first.
+const SLOW_GROUP_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Commands decided per group commit: enough to amortize an fdatasync (~1 ms here) over
 /// thousands of commands, small enough that the first caller of a batch is not kept
 /// waiting on a huge write.
@@ -116,8 +121,17 @@ impl Sequencer {
             // Tenants are programs, a handful: summing their depths is cheap.
             let depth = ingest.counters.values().map(|c| c.depth).sum();
             self.metrics.pipeline_depth(depth, ingest.retry_due.len());
-            self.metrics
-                .flush(commands, records, commit_seconds, started.elapsed().as_secs_f64());
+            let batch_seconds = started.elapsed().as_secs_f64();
+            self.metrics.flush(commands, records, commit_seconds, batch_seconds);
+            if batch_seconds >= SLOW_GROUP_COMMIT.as_secs_f64() {
+                tracing::warn!(
+                    commands,
+                    records,
+                    decide_ms = (committing - started).as_millis() as u64,
+                    commit_ms = (commit_seconds * 1e3) as u64,
+                    "slow group commit: every caller in it waited"
+                );
+            }
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 // A caller that gave up (dropped its receiver) still had its command applied.
                 let _ = job.reply.send(outcome);
