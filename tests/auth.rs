@@ -9,7 +9,8 @@
 //! Also: SSO sessions (refresh, logout, expiry by log time), signed service calls (skew,
 //! replay, wrong key, revoked key), manual rewards bound to the caller (spoofed staff id,
 //! missing permission, the 11th comp in a minute, 10,001 points, a short reason, the same
-//! comp twice in a day and again the next day), and a member confined to its own account.
+//! comp twice in a day and again the next day), a member confined to its own account, and
+//! bearer tokens the door remembers as verified (still expiring, never mistaken for another).
 //!
 //! Memory: what unauthenticated signed calls (a real key id, a garbage signature) make the
 //! server hold before their signatures are checked stays under a fixed bound.
@@ -1898,5 +1899,47 @@ async fn an_overloaded_server_refuses_at_once_and_health_still_answers() {
         }
     }
     assert!(answered.is_some(), "slots are given back when their calls end");
+    server.stop().await;
+}
+
+/// The door remembers tokens that verified (a client sends the same one with every call):
+/// a remembered token is still refused once it expires, and a token that differs from a
+/// remembered one in any byte is checked afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_token_still_expires_and_a_changed_one_is_checked_again() {
+    use tally::api::auth::operator_token;
+    use tally::domain::access::Role;
+    let mut server = TestServer::start().await;
+    let mut identity = IdentityClient::new(server.channel().await);
+    let now_s = server.engine.clock.now_us() / SECOND;
+    let settings = support::test_auth();
+    let short = operator_token(&settings, "t1", "ops", &[Role::Service], now_s, 120);
+    for _ in 0..3 {
+        let who = identity.who_am_i(with_token(proto::WhoAmIRequest {}, &short)).await;
+        assert!(who.is_ok(), "{who:?}");
+    }
+    // The claims with one letter changed (a tenant of t2), the signature kept.
+    let parts: Vec<&str> = short.split('.').collect();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(claims.replace("\"t1\"", "\"t2\"")),
+        parts[2]
+    );
+    let refused = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &forged))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "SIGNATURE_INVALID");
+    // Past its expiry and the minute of skew allowed.
+    server.engine.clock.advance(181 * SECOND);
+    let refused = identity
+        .who_am_i(with_token(proto::WhoAmIRequest {}, &short))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "TOKEN_EXPIRED");
     server.stop().await;
 }

@@ -9,7 +9,7 @@ use super::signed::{
     digest_body, signed_headers, signing_string, Reservation, SeenSignatures, Unverified, BODY_UNREAD,
     SIGNED_BODY_TIMEOUT_SECONDS,
 };
-use super::tokens::AuthSettings;
+use super::tokens::{AuthSettings, VerifiedTokens};
 use crate::api::slot::EngineSlot;
 use crate::api::status::error_status;
 use crate::domain::access::{Permissions, Role};
@@ -25,6 +25,8 @@ pub struct Authenticator {
     slot: EngineSlot,
     seen: Mutex<SeenSignatures>,
     unverified: Arc<Mutex<Unverified>>,
+    /// Bearer tokens that verified, so that a client's next call skips decoding its token.
+    verified: VerifiedTokens,
 }
 
 impl Authenticator {
@@ -33,6 +35,7 @@ impl Authenticator {
             slot,
             seen: Mutex::new(SeenSignatures::default()),
             unverified: Arc::new(Mutex::new(Unverified::default())),
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -65,7 +68,7 @@ impl Authenticator {
         let principal = if headers.contains_key(SIGNATURE_HEADER) || headers.contains_key(KEY_ID_HEADER) {
             self.signed(settings, engine, path, headers, body_sha256_hex)?
         } else {
-            bearer(settings, engine, headers)?
+            bearer(settings, &self.verified, engine, headers)?
         };
         check_names(&principal, headers)?;
         if let Access::AnyOf(needed) = access {
@@ -134,6 +137,7 @@ impl Authenticator {
 
 fn bearer(
     settings: &AuthSettings,
+    verified: &VerifiedTokens,
     engine: &crate::engine::EngineHandle,
     headers: &http::HeaderMap,
 ) -> Result<Principal, Status> {
@@ -149,7 +153,7 @@ fn bearer(
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .ok_or_else(|| unauthenticated("CREDENTIAL_MALFORMED", "authorization must be `Bearer <token>`"))?;
     let now_us = engine.now_us();
-    let claims = settings.verify(token.trim(), now_us)?;
+    let claims = settings.verify_remembered(verified, token.trim(), now_us)?;
     let well_formed = |text: &str, max: usize| {
         !text.is_empty() && text.len() <= max && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@/".contains(c))
     };
