@@ -18,11 +18,37 @@ use std::marker::PhantomData;
 /// entries of the index), and 256 empty maps cost 12 KiB.
 pub const SHARDS: usize = 256;
 
-/// A hash map of [`SHARDS`] shards, the shard picked by the key's hash under `S`.
+/// How a key picks its shard.
+pub trait Shard {
+    /// A number whose low byte picks the shard; `pick` is the map's seeded hasher, for keys
+    /// that are not uniform already.
+    fn shard(&self, pick: &foldhash::fast::RandomState) -> usize;
+}
+
+/// Fingerprints are blake3 output: their first byte is uniform already.
+impl Shard for [u8; 16] {
+    fn shard(&self, _: &foldhash::fast::RandomState) -> usize {
+        usize::from(self[0])
+    }
+}
+
+/// Sequence numbers and hold ids are consecutive: their low byte spreads them evenly.
+impl Shard for u64 {
+    fn shard(&self, _: &foldhash::fast::RandomState) -> usize {
+        *self as usize
+    }
+}
+
+/// A hash map of [`SHARDS`] shards, the shard picked by [`Shard`] (no second hash for
+/// fingerprints and sequence numbers), each shard a map hashing with `S` (SipHash for keys
+/// callers choose).
 #[derive(Clone)]
 pub struct Sharded<K, V, S = foldhash::fast::RandomState> {
-    /// Picks the shard; each shard hashes again with its own state.
-    pick: S,
+    /// For keys that hash to pick their shard: foldhash whatever `S` is (a second SipHash of
+    /// every account key cost the writer 10% of its rate). A caller who steers keys into
+    /// one shard gains little: the shard still hashes with `S`, and this seed is not theirs
+    /// to see.
+    pick: foldhash::fast::RandomState,
     shards: Vec<HashMap<K, V, S>>,
     len: usize,
 }
@@ -30,21 +56,20 @@ pub struct Sharded<K, V, S = foldhash::fast::RandomState> {
 impl<K, V, S: Default> Default for Sharded<K, V, S> {
     fn default() -> Self {
         Self {
-            pick: S::default(),
+            pick: foldhash::fast::RandomState::default(),
             shards: (0..SHARDS).map(|_| HashMap::with_hasher(S::default())).collect(),
             len: 0,
         }
     }
 }
 
-impl<K: Hash + Eq, V, S: BuildHasher + Default> Sharded<K, V, S> {
+impl<K: Hash + Eq + Shard, V, S: BuildHasher + Default> Sharded<K, V, S> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn shard_of<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
-        // The high bits: the shard's own map uses the low ones (with another seed).
-        (self.pick.hash_one(key) >> 56) as usize % SHARDS
+    fn shard_of(&self, key: &K) -> usize {
+        key.shard(&self.pick) % SHARDS
     }
 
     pub fn len(&self) -> usize {
@@ -55,28 +80,16 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Sharded<K, V, S> {
         self.len == 0
     }
 
-    pub fn get<Q>(&self, key: &Q) -> Option<&V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    pub fn get(&self, key: &K) -> Option<&V> {
         self.shards[self.shard_of(key)].get(key)
     }
 
-    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let shard = self.shard_of(key);
         self.shards[shard].get_mut(key)
     }
 
-    pub fn contains_key<Q>(&self, key: &Q) -> bool
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    pub fn contains_key(&self, key: &K) -> bool {
         self.get(key).is_some()
     }
 
@@ -89,11 +102,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Sharded<K, V, S> {
         previous
     }
 
-    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    pub fn remove(&mut self, key: &K) -> Option<V> {
         let shard = self.shard_of(key);
         let removed = self.shards[shard].remove(key);
         if removed.is_some() {
@@ -139,27 +148,22 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Sharded<K, V, S> {
     }
 }
 
-impl<K, Q, V, S> std::ops::Index<&Q> for Sharded<K, V, S>
-where
-    K: Hash + Eq + std::borrow::Borrow<Q>,
-    Q: Hash + Eq + ?Sized,
-    S: BuildHasher + Default,
-{
+impl<K: Hash + Eq + Shard, V, S: BuildHasher + Default> std::ops::Index<&K> for Sharded<K, V, S> {
     type Output = V;
 
     /// The value under `key`; panics if there is none, as a map's index does.
-    fn index(&self, key: &Q) -> &V {
+    fn index(&self, key: &K) -> &V {
         self.get(key).expect("the key is in the map")
     }
 }
 
-impl<K: Hash + Eq, V: PartialEq, S: BuildHasher + Default> PartialEq for Sharded<K, V, S> {
+impl<K: Hash + Eq + Shard, V: PartialEq, S: BuildHasher + Default> PartialEq for Sharded<K, V, S> {
     fn eq(&self, other: &Self) -> bool {
         self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
     }
 }
 
-impl<K: Hash + Eq, V: Eq, S: BuildHasher + Default> Eq for Sharded<K, V, S> {}
+impl<K: Hash + Eq + Shard, V: Eq, S: BuildHasher + Default> Eq for Sharded<K, V, S> {}
 
 impl<K: std::fmt::Debug, V: std::fmt::Debug, S> std::fmt::Debug for Sharded<K, V, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,7 +173,7 @@ impl<K: std::fmt::Debug, V: std::fmt::Debug, S> std::fmt::Debug for Sharded<K, V
     }
 }
 
-impl<K: Hash + Eq, V, S: BuildHasher + Default> FromIterator<(K, V)> for Sharded<K, V, S> {
+impl<K: Hash + Eq + Shard, V, S: BuildHasher + Default> FromIterator<(K, V)> for Sharded<K, V, S> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
         let mut map = Self::default();
         for (k, v) in entries {
@@ -191,7 +195,7 @@ impl<K: Serialize, V: Serialize, S> Serialize for Sharded<K, V, S> {
 
 impl<'de, K, V, S> Deserialize<'de> for Sharded<K, V, S>
 where
-    K: Deserialize<'de> + Hash + Eq,
+    K: Deserialize<'de> + Hash + Eq + Shard,
     V: Deserialize<'de>,
     S: BuildHasher + Default,
 {
@@ -199,7 +203,7 @@ where
         struct Entries<K, V, S>(PhantomData<(K, V, S)>);
         impl<'de, K, V, S> Visitor<'de> for Entries<K, V, S>
         where
-            K: Deserialize<'de> + Hash + Eq,
+            K: Deserialize<'de> + Hash + Eq + Shard,
             V: Deserialize<'de>,
             S: BuildHasher + Default,
         {

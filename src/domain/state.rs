@@ -23,6 +23,14 @@ pub use super::fingerprint::{
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AccountKey(Box<str>);
 
+/// Account ids are callers' texts: their shard comes from the map's seeded hash.
+impl super::sharded::Shard for AccountKey {
+    fn shard(&self, pick: &foldhash::fast::RandomState) -> usize {
+        use std::hash::BuildHasher;
+        (pick.hash_one(self) >> 56) as usize
+    }
+}
+
 impl AccountKey {
     pub fn new(tenant: &str, account: &str) -> Self {
         debug_assert!(!tenant.contains('\0'), "tenant ids hold no control characters");
