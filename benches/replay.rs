@@ -319,7 +319,7 @@ fn long_history() {
 fn rebuilds(reader: &LogReader, size: u64) {
     let decode = median(
         (0..RUNS)
-            .map(|_| timed(|| jobs::fold_range(reader, 1, size, |_| Ok(())).unwrap()).1)
+            .map(|_| timed(|| jobs::fold_range(reader, 1, size, |_| Ok::<(), tally::log::LogError>(())).unwrap()).1)
             .collect(),
     );
     let decode_rate = size as f64 / decode;
@@ -343,7 +343,10 @@ fn fold_seconds(reader: &LogReader, name: ProjectionName) -> f64 {
     let rebuild = projections.begin_rebuild(name).unwrap();
     let head = reader.head().seq;
     let (_, seconds) = timed(|| {
-        jobs::fold_range(reader, 1, head, |records| Ok(rebuild.apply(records)?)).unwrap();
+        jobs::fold_range(reader, 1, head, |records| {
+            Ok::<(), tally::engine::JobError>(rebuild.apply(records)?)
+        })
+        .unwrap();
     });
     assert_eq!(rebuild.checkpoint().unwrap(), head);
     projections.abandon_rebuild(rebuild).unwrap();

@@ -69,28 +69,32 @@ pub fn rebuild(
 
 /// Reads records `from..=to` in chunks of [`REBUILD_CHUNK`] on a second thread while `apply`
 /// folds the chunk before on this one: decoding a record and folding it each take about a
-/// microsecond of a core, so on two cores a rebuild goes at the pace of the slower, not of
-/// their sum. Two chunks at most wait between them. The chain was checked when the log was
-/// opened (`tally verify` checks it again), so the records are read back trusted. An error
-/// of either side ends both.
-pub fn fold_range(
+/// microsecond of a core, so on two cores a rebuild (or a start's fold of the write state)
+/// goes at the pace of the slower, not of their sum. Two chunks at most wait between them.
+/// The chain was checked when the log was opened (`tally verify` checks it again), so the
+/// records are read back trusted. An error of either side ends both; if no second thread
+/// can be started, this one reads too.
+pub fn fold_range<E: From<LogError>>(
     reader: &dyn ReadLog,
     from: u64,
     to: u64,
-    mut apply: impl FnMut(&[Record]) -> Result<(), JobError>,
-) -> Result<(), JobError> {
+    mut apply: impl FnMut(&[Record]) -> Result<(), E>,
+) -> Result<(), E> {
     if from > to {
         return Ok(());
     }
+    let chunk_of = move |at: u64| {
+        let end = to.min(at.saturating_add(REBUILD_CHUNK - 1));
+        (end, reader.iter_range_trusted(at, end).collect::<Result<Vec<_>, _>>())
+    };
     std::thread::scope(|scope| {
         let (send, chunks) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, LogError>>(2);
-        std::thread::Builder::new()
-            .name("tally-rebuild-read".into())
+        let reading = std::thread::Builder::new()
+            .name("tally-fold-read".into())
             .spawn_scoped(scope, move || {
                 let mut at = from;
                 while at <= to {
-                    let end = to.min(at.saturating_add(REBUILD_CHUNK - 1));
-                    let chunk = reader.iter_range_trusted(at, end).collect::<Result<Vec<_>, _>>();
+                    let (end, chunk) = chunk_of(at);
                     let failed = chunk.is_err();
                     // A closed channel: the folding side stopped, with an error of its own.
                     if send.send(chunk).is_err() || failed {
@@ -98,8 +102,16 @@ pub fn fold_range(
                     }
                     at = end + 1;
                 }
-            })
-            .map_err(|e| JobError::Failed(format!("cannot start the rebuild's reader: {e}")))?;
+            });
+        if reading.is_err() {
+            let mut at = from;
+            while at <= to {
+                let (end, chunk) = chunk_of(at);
+                apply(&chunk?)?;
+                at = end + 1;
+            }
+            return Ok(());
+        }
         for chunk in chunks {
             apply(&chunk?)?;
         }
