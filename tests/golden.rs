@@ -7,7 +7,8 @@
 //! version 5, with sessions (started, refreshed, ended) and API keys (created, revoked), and
 //! a comp refused at the door for want of permission; `snapshots/v6/` one written by version
 //! 6, with endpoints and deliveries (delivered, failed then retried by hand, acked,
-//! dispatched at most once, failed for good). This test decodes, verifies and folds each on every run, forever;
+//! dispatched at most once, failed for good). This test decodes, verifies and folds each on every run, forever
+//! (also with each record's identity worked out ahead, as a start folds, to the same state);
 //! a change that breaks one breaks every log already written. A new format version adds a
 //! new directory and keeps these.
 //!
@@ -19,7 +20,7 @@ mod support;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use support::{meta, meta_as, TestEngine, T0};
-use tally::domain::{evolve, AwardRequest, Command, Record, State};
+use tally::domain::{evolve, evolve_identified, record_identity, AwardRequest, Command, Record, State};
 use tally::log::{FileLog, LogOptions, LogWriter};
 use tally::projection::Projections;
 
@@ -273,6 +274,13 @@ fn fold_golden(dir: &Path) -> String {
     for record in &records {
         evolve(&mut state, record);
     }
+    // A start folds with the identities worked out ahead, on its reading thread: the same
+    // state, for every kind of record these logs hold.
+    let mut identified = State::default();
+    for record in &records {
+        evolve_identified(&mut identified, record, record_identity(record).as_ref());
+    }
+    assert_eq!(identified, state, "a fold with record identities differs from evolve's");
     let store = tempfile::tempdir().unwrap();
     let projections = Projections::open(store.path()).unwrap();
     projections.apply(&records).unwrap();

@@ -19,6 +19,27 @@ pub fn evolve(state: &mut State, record: &Record) {
     evolve_identified(state, record, None);
 }
 
+/// The identity [`evolve`] works out from `record` itself (its key's fingerprint, and for a
+/// record that carries a request, the request's print and natural identity), worked out
+/// ahead: a start folding millions of records has another thread do these hashes, as the
+/// writer has the submitting tasks do them. `evolve_identified(state, record,
+/// record_identity(record).as_ref())` leaves the state `evolve(state, record)` leaves (debug
+/// builds check it record by record). `None` for a record that carries no request.
+pub fn record_identity(record: &Record) -> Option<Identity> {
+    let request = request_of(record)?;
+    let envelope = &record.envelope;
+    let key = (!envelope.idempotency_key.is_empty())
+        .then(|| key_fingerprint(&envelope.tenant, &envelope.idempotency_scope, &envelope.idempotency_key));
+    let natural = natural_of(record, &request).map(|natural| natural.fingerprint());
+    Some(Identity {
+        key,
+        natural,
+        print: request.print(),
+        checked_older: None,
+        resolved: Vec::new(),
+    })
+}
+
 /// [`evolve`], given the [`Identity`] of the command whose first event `record` is, when it
 /// is (the writer's: it worked the identity out before deciding). The state it leaves is
 /// the one `evolve` leaves; debug builds check that the identity is the record's. Where

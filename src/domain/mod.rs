@@ -32,7 +32,7 @@ pub use award::{accrual, ANONYMOUS_ACTOR};
 pub use command::{AwardRequest, Command, CommandMeta, IdempotencyKey};
 pub use decide::{decide, decide_identified};
 pub use event::{Effect, Envelope, Event, EventKind, HoldStatus, Record};
-pub use evolve::{evolve, evolve_identified};
+pub use evolve::{evolve, evolve_identified, record_identity};
 pub use ingest::{validate_body, validate_identity, INGEST_SCOPE_PREFIX};
 pub use rejection::{quote, Rejection};
 pub use requests::request_of;

@@ -80,15 +80,34 @@ pub fn fold_range<E: From<LogError>>(
     to: u64,
     mut apply: impl FnMut(&[Record]) -> Result<(), E>,
 ) -> Result<(), E> {
+    fold_range_prepared(reader, from, to, |records| records, |records| apply(&records))
+}
+
+/// [`fold_range`], with `prepare` run on each chunk on the reading thread (work the fold
+/// would otherwise do on its own: the identities a start's fold of the write state needs).
+pub fn fold_range_prepared<C: Send, E: From<LogError>>(
+    reader: &dyn ReadLog,
+    from: u64,
+    to: u64,
+    prepare: impl Fn(Vec<Record>) -> C + Sync,
+    mut apply: impl FnMut(C) -> Result<(), E>,
+) -> Result<(), E> {
     if from > to {
         return Ok(());
     }
+    let prepare = &prepare;
     let chunk_of = move |at: u64| {
         let end = to.min(at.saturating_add(REBUILD_CHUNK - 1));
-        (end, reader.iter_range_trusted(at, end).collect::<Result<Vec<_>, _>>())
+        (
+            end,
+            reader
+                .iter_range_trusted(at, end)
+                .collect::<Result<Vec<_>, _>>()
+                .map(prepare),
+        )
     };
     std::thread::scope(|scope| {
-        let (send, chunks) = std::sync::mpsc::sync_channel::<Result<Vec<Record>, LogError>>(2);
+        let (send, chunks) = std::sync::mpsc::sync_channel::<Result<C, LogError>>(2);
         let reading = std::thread::Builder::new()
             .name("tally-fold-read".into())
             .spawn_scoped(scope, move || {
@@ -107,13 +126,13 @@ pub fn fold_range<E: From<LogError>>(
             let mut at = from;
             while at <= to {
                 let (end, chunk) = chunk_of(at);
-                apply(&chunk?)?;
+                apply(chunk?)?;
                 at = end + 1;
             }
             return Ok(());
         }
         for chunk in chunks {
-            apply(&chunk?)?;
+            apply(chunk?)?;
         }
         Ok(())
     })

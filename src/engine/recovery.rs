@@ -5,7 +5,7 @@
 use super::snapshot;
 use super::types::{panic_text, EngineError, StartReport};
 use crate::domain::state::WindowPolicy;
-use crate::domain::{evolve, Record, State};
+use crate::domain::{evolve_identified, record_identity, Record, State};
 use crate::log::{LogError, ReadLog};
 use crate::projection::{ProjectionName, Projections};
 use std::path::PathBuf;
@@ -91,11 +91,20 @@ pub(super) fn restore(
     // a panic of the start-up.
     let mut at = state.head_seq;
     let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), EngineError> {
-        // Decoded on a second thread while this one folds (twice the pace on two cores).
-        super::jobs::fold_range(reader, state.head_seq + 1, head_seq, |records| {
-            for record in records {
+        // Decoded, and their identities hashed, on a second thread while this one folds.
+        let identified = |records: Vec<Record>| {
+            records
+                .into_iter()
+                .map(|record| {
+                    let identity = record_identity(&record);
+                    (record, identity)
+                })
+                .collect::<Vec<_>>()
+        };
+        super::jobs::fold_range_prepared(reader, state.head_seq + 1, head_seq, identified, |records| {
+            for (record, identity) in records {
                 at = record.seq;
-                evolve(&mut state, record);
+                evolve_identified(&mut state, &record, identity.as_ref());
                 report.folded += 1;
             }
             Ok::<(), EngineError>(())

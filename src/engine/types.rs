@@ -23,8 +23,8 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
 /// Least time between two periodic write-state snapshots by default. A snapshot costs a
 /// fold of the records since the last one and a write of the whole state: taking one every
 /// N records at a high command rate would spend a core on it. A restart folds at most this
-/// much time of commands instead, at about 350,000 records a second on this kind of
-/// machine (`benches/restart.sh`: 10M records folded in 29 s after a kill -9).
+/// much time of commands instead, at about 500,000 records a second on this kind of
+/// machine (`benches/restart.sh`, BENCHMARKS.md).
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Records between periodic projection snapshot files: a lost projection store or a
