@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
+. benches/common/serve.sh
 rounds=${1:-2}
 tally=${TALLY_BIN:-target/release/tally}
 peer=${PEERS_DIR:-../shared/peers/umadb}/run.sh
@@ -33,13 +34,8 @@ tally_run() {
     local load=$1 data port server result
     data=$(mktemp -d)
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    "$tally" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:0 --data-dir "$data" \
-        ${TALLY_SERVE_ARGS:-} >"$data.log" 2>&1 &
-    server=$!
-    for _ in $(seq 200); do
-        grep -q "tally serving" "$data.log" && break
-        sleep 0.1
-    done
+    start_server "$data.log" --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:0 --data-dir "$data" \
+        ${TALLY_SERVE_ARGS:-} || exit 1
     local args=(--target http://127.0.0.1:$port --keys "$data/auth.keys" --seconds "$seconds" --accounts 10000)
     case $load in
         single1) args+=(--clients 1) ;;

@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
+. benches/common/serve.sh
 tally=${TALLY_BIN:-target/release/tally}
 seconds=${1:-60}
 clients=${2:-8}
@@ -21,15 +22,11 @@ shift 2 || shift || true
 port=50191
 metrics=50190
 data=$(mktemp -d)
-"$tally" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics --data-dir "$data" \
-    ${TALLY_SERVE_ARGS:-} >"$data.serve.log" 2>&1 &
-server=$!
 load=
+server=
 trap 'kill $load $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data" "$data".*' EXIT
-for _ in $(seq 100); do
-    grep -q "tally serving" "$data.serve.log" && break
-    sleep 0.1
-done
+start_server "$data.serve.log" --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics --data-dir "$data" \
+    ${TALLY_SERVE_ARGS:-}
 # "head max_lag" from one scrape.
 sample() {
     curl -s http://127.0.0.1:$metrics/metrics | awk '

@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
+. benches/common/serve.sh
 tally=${TALLY_BIN:-target/release/tally}
 records=${1:-10000000}
 [ -x "$tally" ] || { echo "no $tally: cargo build --release first" >&2; exit 2; }
@@ -25,18 +26,13 @@ server=
 load=
 trap 'kill -9 $load $server 2>/dev/null; rm -rf "$data" "$data".*' EXIT
 start() {
-    "$tally" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics --data-dir "$data" \
-        ${TALLY_SERVE_ARGS:-} >"$data.serve.$1.log" 2>&1 &
-    server=$!
+    start_server "$data.serve.$1.log" --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics \
+        --data-dir "$data" ${TALLY_SERVE_ARGS:-}
 }
 head_seq() {
     curl -s http://127.0.0.1:$metrics/metrics | awk '/^tally_log_head_sequence/ {print $2}'
 }
 start 1
-for _ in $(seq 100); do
-    grep -q "tally serving" "$data.serve.1.log" && break
-    sleep 0.1
-done
 "$tally" bench --target http://127.0.0.1:$port --keys "$data/auth.keys" --clients 8 --mode batch \
     --batch-size 1000 --seconds 100000 --warmup-seconds 0 >/dev/null 2>&1 &
 load=$!
@@ -54,10 +50,6 @@ echo "loaded $loaded records in $(( $(date +%s) - began )) s; killed the server 
 du -sh "$data" | awk '{print "data directory: " $1}'
 t0=$(date +%s%N)
 start 2
-until grep -q "tally serving" "$data.serve.2.log"; do
-    kill -0 $server 2>/dev/null || { cat "$data.serve.2.log" >&2; exit 1; }
-    sleep 0.02
-done
 t1=$(date +%s%N)
 echo "serving again after $(( (t1 - t0) / 1000000 )) ms"
 grep -o "StartReport {[^}]*}" "$data.serve.2.log" | head -1

@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
+. benches/common/serve.sh
 tally=${TALLY_BIN:-target/release/tally}
 clients=${1:-64}
 shift || true
@@ -28,13 +29,9 @@ done
 port=50199
 metrics=50198
 data=$(mktemp -d)
-"$tally" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics --data-dir "$data" >"$data.serve.log" 2>&1 &
-server=$!
+server=
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data" "$data".*' EXIT
-for _ in $(seq 100); do
-    grep -q "tally serving" "$data.serve.log" && break
-    sleep 0.1
-done
+start_server "$data.serve.log" --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics --data-dir "$data"
 hz=$(getconf CLK_TCK)
 load() {
     "$tally" bench --target http://127.0.0.1:$port --keys "$data/auth.keys" --clients "$clients" --warmup-seconds 0 "$@"

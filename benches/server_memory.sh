@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
+. benches/common/serve.sh
 tally=${TALLY_BIN:-target/release/tally}
 minutes=${1:-6}
 clients=${2:-64}
@@ -27,15 +28,11 @@ window=${TALLY_WINDOW_SECONDS:-60}
 port=50189
 metrics=50188
 data=$(mktemp -d)
-"$tally" serve --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics --data-dir "$data" \
-    --identity-window-seconds "$window" ${TALLY_SERVE_ARGS:-} >"$data.serve.log" 2>&1 &
-server=$!
+server=
 trap 'kill $load $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data" "$data".*' EXIT
 load=
-for _ in $(seq 100); do
-    grep -q "tally serving" "$data.serve.log" && break
-    sleep 0.1
-done
+start_server "$data.serve.log" --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$metrics --data-dir "$data" \
+    --identity-window-seconds "$window" ${TALLY_SERVE_ARGS:-}
 head_seq() {
     curl -s http://127.0.0.1:$metrics/metrics | awk '/^tally_log_head_sequence/ {print $2}'
 }
